@@ -1,0 +1,174 @@
+"""The `bench` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from bench_harness.errors import BenchError
+
+
+def _registry():
+    from bench_harness.plugins import get_registry
+
+    return get_registry()
+
+
+def cmd_plugins(args) -> int:
+    reg = _registry()
+    for info in sorted(reg.plugins.values(), key=lambda i: (i.distribution != "bench-harness", i.name)):
+        status = f"  ERROR: {info.error}" if info.error else ""
+        print(f"{info.name}  ({info.distribution} {info.version}; {info.module}){status}")
+        for kind, names in sorted(info.registers.items()):
+            print(f"    {kind}s: {', '.join(sorted(names))}")
+            if args.verbose and kind == "pruner":
+                for name in sorted(names):
+                    cls = reg.get("pruner", name)
+                    print(f"      {name} v{cls.version}: {cls.description} [regime={cls.regime.value}, "
+                          f"granularity={cls.granularity.value}, needs data={cls.requires.data}, "
+                          f"labels={cls.requires.labels}, pretrained={cls.requires.pretrained}]")
+                    for pname, (default, help_text) in cls.param_help().items():
+                        print(f"        {pname} = {default!r}: {help_text}")
+    return 0
+
+
+def cmd_check_plugin(args) -> int:
+    from bench_harness.conformance import check_pruner
+
+    cls = _registry().get("pruner", args.name)
+    params = cls.make_params(json.loads(args.params) if args.params else {})
+    checks = check_pruner(cls, params)
+    failed = [c for c in checks if not c.passed]
+    for c in checks:
+        if args.verbose or not c.passed:
+            mark = "PASS" if c.passed else "FAIL"
+            print(f"{mark}  {c.model:<9} sparsity={c.sparsity:<4}  {c.name}" + (f": {c.detail}" if not c.passed else ""))
+    print(f"{args.name}: {len(checks) - len(failed)}/{len(checks)} checks passed")
+    return 1 if failed else 0
+
+
+def cmd_validate(args) -> int:
+    from bench_harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    print(f"{args.suite}: suite {suite.name!r} is valid: {len(suite.runs)} runs")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench_harness.executor import pending_runs, run_local
+    from bench_harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.results_root:
+        for run in suite.runs:
+            run.results_root = args.results_root
+    todo, done = pending_runs(suite, args.force)
+    if args.dry_run:
+        for run in suite.runs:
+            state = "done" if run in done else "todo"
+            print(f"[{state}] {run.describe()}")
+        print(f"{len(suite.runs)} runs: {len(done)} finished, {len(todo)} to run")
+        return 0
+    if args.executor != "local":
+        raise BenchError(f"unknown executor {args.executor!r}: use 'local'")
+    print(f"suite {suite.name}: {len(suite.runs)} runs, {len(done)} already finished, {len(todo)} to run "
+          f"-> {suite.results_dir}", file=sys.stderr)
+    t0 = time.perf_counter()
+    report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress)
+    elapsed = time.perf_counter() - t0
+    if report.interrupted:
+        print(f"\ninterrupted: {len(report.ok) + len(report.failed)} runs of this sweep are saved; run the same "
+              f"command again to continue with the rest", file=sys.stderr)
+        return 130
+    print(f"finished in {elapsed:.1f} s: {len(report.ok)} ok, {len(report.failed)} failed, "
+          f"{len(report.skipped)} skipped (already done)", file=sys.stderr)
+    print_results(suite.name, suite.runs[0].results_root if suite.runs else "results")
+    return 1 if report.failed else 0
+
+
+def print_results(suite_name: str, results_root: str) -> None:
+    from bench_harness.results import load_results
+
+    df = load_results(results_root, [suite_name])
+    if df.empty:
+        print(f"no results for suite {suite_name!r} under {results_root}")
+        return
+    cols = ["model", "dataset", "pruner", "pruner_params", "ablation", "target_sparsity", "seed", "status",
+            "top1", "top5", "top1_before_training", "achieved_sparsity", "layer_collapse", "prune_seconds",
+            "train_seconds"]
+    df = df[[c for c in cols if c in df.columns]].copy()
+    df["pruner_params"] = df["pruner_params"].replace("{}", "")
+    if df["ablation"].isna().all():
+        df = df.drop(columns=["ablation"])
+    df = df.sort_values(["model", "dataset", "target_sparsity", "pruner", "seed"])
+    rename = {"target_sparsity": "sparsity", "top1_before_training": "top1_pre", "achieved_sparsity": "achieved",
+              "layer_collapse": "collapse", "prune_seconds": "prune_s", "train_seconds": "train_s",
+              "pruner_params": "params"}
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_colwidth", 40,
+                           "display.float_format", lambda v: f"{v:.4f}"):
+        print(df.rename(columns=rename).to_string(index=False))
+
+
+def cmd_results(args) -> int:
+    from bench_harness.suite import load_suite
+
+    name, root = args.suite, args.results_root or "results"
+    if Path(args.suite).is_file():
+        suite = load_suite(args.suite)
+        name = suite.name
+        root = args.results_root or (suite.runs[0].results_root if suite.runs else "results")
+    print_results(name, root)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark harness for neural-network pruning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plugins", help="list plugins, their distributions and what they register")
+    p.add_argument("-v", "--verbose", action="store_true", help="show pruner hyperparameters")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("check-plugin", help="run the pruner conformance kit")
+    p.add_argument("name")
+    p.add_argument("--params", help="pruner hyperparameters as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="show passed checks too")
+    p.set_defaults(func=cmd_check_plugin)
+    p = sub.add_parser("validate", help="check a suite file")
+    p.add_argument("suite")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("run", help="run a suite's unfinished runs")
+    p.add_argument("suite")
+    p.add_argument("--dry-run", action="store_true", help="list the expanded runs and their state")
+    p.add_argument("--force", action="store_true", help="rerun finished runs too")
+    p.add_argument("--executor", default="local", help="local (default)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1: in-process)")
+    p.add_argument("--results-root", help="override the suite's results_root")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("results", help="print a suite's results table")
+    p.add_argument("suite", help="suite file or suite name")
+    p.add_argument("--results-root")
+    p.set_defaults(func=cmd_results)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("default", category=UserWarning, module="bench_harness")
+    try:
+        return args.func(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

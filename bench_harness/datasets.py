@@ -1,0 +1,89 @@
+"""The data set provider contract and the data helpers the core uses (loaders, scoring subsets)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from bench_harness.errors import BenchError
+
+
+class DatasetNotFound(BenchError, FileNotFoundError):
+    """A data set's files are missing; the message says where they are expected and how to get them."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    load: Callable[..., Dataset]  # load(root=, split="train"|"test", augment=bool, download=bool, **params)
+    description: str = ""
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    # For data sets whose shape depends on parameters (a folder, the synthetic set): resolve(root=, **params)
+    # returns the concrete spec; its ``load`` then receives the same parameters.
+    resolve: Callable[..., "DatasetSpec"] | None = None
+
+
+def concrete_spec(spec: DatasetSpec, root: str, params: dict[str, Any]) -> DatasetSpec:
+    return spec.resolve(root=root, **params) if spec.resolve is not None else spec
+
+
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """Labels of a data set in order, without decoding images when the data set exposes them."""
+    if isinstance(dataset, Subset):
+        parent = dataset_targets(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    for attr in ("targets", "labels", "tensors"):
+        value = getattr(dataset, attr, None)
+        if value is None:
+            continue
+        if attr == "tensors":
+            value = value[1]
+        return [int(t) for t in (value.tolist() if isinstance(value, torch.Tensor) else value)]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def first_per_class(dataset: Dataset, examples_per_class: int, num_classes: int) -> Subset:
+    """The first ``k`` examples of each class, in data set order (unshuffled): PX's scoring subset."""
+    counts = [0] * num_classes
+    chosen: list[int] = []
+    for i, label in enumerate(dataset_targets(dataset)):
+        if counts[label] < examples_per_class:
+            counts[label] += 1
+            chosen.append(i)
+            if len(chosen) == examples_per_class * num_classes:
+                break
+    return Subset(dataset, chosen)
+
+
+def head(dataset: Dataset, n: int | None) -> Dataset:
+    """The first n examples (all when n is None)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    return Subset(dataset, list(range(n)))
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=num_workers > 0)
+
+
+def tensor_batches(loader: DataLoader, limit: int | None) -> Callable[[], Any]:
+    """A factory over the first ``limit`` batches of a loader (all when None)."""
+
+    def factory():
+        for i, batch in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            yield batch[0], batch[1]
+
+    return factory
+

@@ -1,0 +1,192 @@
+"""Shared masking code: the prunable set, top-k thresholds, schedules, sparsity accounting, mask application.
+
+Conventions (tested in tests/test_masking.py):
+- A mask is a bool tensor shaped like its weight; ``True`` = kept.
+- Density = kept / total; sparsity = 1 - density. Never one under the other's name.
+- Top-k keeps exactly ``k = round(density * N)`` entries with the highest scores. **Tie rule**: among equal
+  scores the entry that comes first (parameter order of the model, then row-major index) is kept first.
+  This makes the achieved density exact and the mask deterministic. (Synaptic-Flow instead prunes every
+  score ``<=`` the k-th smallest, which overshoots the sparsity when scores tie.)
+- NaN scores are treated as the lowest possible score.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping
+
+import torch
+from torch import nn
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def prunable_parameters(
+    model: nn.Module,
+    exclude_first: bool = False,
+    exclude_last: bool = False,
+    types: tuple[type[nn.Module], ...] = PRUNABLE_TYPES,
+) -> "OrderedDict[str, nn.Parameter]":
+    """The ``weight`` of every conv and linear layer, in module order (first/last layer optionally left out)."""
+    found: OrderedDict[str, nn.Parameter] = OrderedDict()
+    for module_name, module in model.named_modules():
+        if isinstance(module, types) and getattr(module, "weight", None) is not None:
+            found[f"{module_name}.weight" if module_name else "weight"] = module.weight
+    names = list(found)
+    if exclude_first and names:
+        found.pop(names[0], None)
+    if exclude_last and names:
+        found.pop(names[-1], None)
+    return found
+
+
+def _kept_count(density: float, total: int) -> int:
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density must lie in [0, 1], got {density}")
+    return int(round(density * total))
+
+
+def _top_k_flat(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool vector with the k highest scores kept; ties kept in index order (stable sort)."""
+    flat = torch.nan_to_num(scores.detach().flatten().double(), nan=float("-inf"))
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        order = torch.sort(flat, descending=True, stable=True).indices
+        keep[order[:k]] = True
+    return keep
+
+
+def global_topk_masks(scores: Mapping[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
+    """One threshold over all scores: keep the ``round(density * N)`` highest."""
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().flatten().double().cpu() for n in names]) if names else torch.empty(0)
+    keep = _top_k_flat(flat, _kept_count(density, flat.numel()))
+    masks, start = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        masks[n] = keep[start:start + size].view_as(scores[n]).to(scores[n].device)
+        start += size
+    return masks
+
+
+def layerwise_topk_masks(scores: Mapping[str, torch.Tensor], density: float | Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Each layer keeps its own ``round(density * n_layer)`` highest scores (density may be per layer)."""
+    masks = {}
+    for n, s in scores.items():
+        d = density[n] if isinstance(density, Mapping) else density
+        masks[n] = _top_k_flat(s.cpu(), _kept_count(d, s.numel())).view_as(s).to(s.device)
+    return masks
+
+
+def topk_masks(scores: Mapping[str, torch.Tensor], density: float, scope: str = "global") -> dict[str, torch.Tensor]:
+    if scope == "global":
+        return global_topk_masks(scores, density)
+    if scope in ("layerwise", "local"):
+        return layerwise_topk_masks(scores, density)
+    raise ValueError(f"unknown scope {scope!r}: use 'global' or 'layerwise'")
+
+
+def exponential_schedule(final_density: float, rounds: int) -> list[float]:
+    """Density before rounds r = 1..R: ``final_density ** (r / R)``; the last entry is ``final_density``."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    return [final_density ** (r / rounds) for r in range(1, rounds + 1)]
+
+
+def restrict_scores(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Scores with already-pruned entries set to -inf, so iterative rounds never revive a weight."""
+    return {n: torch.where(masks[n], s.double(), torch.full_like(s, float("-inf"), dtype=torch.float64))
+            for n, s in scores.items()}
+
+
+def full_masks(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+
+
+def layer_densities(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    return {n: float(m.sum()) / m.numel() if m.numel() else 1.0 for n, m in masks.items()}
+
+
+def global_density(masks: Mapping[str, torch.Tensor]) -> float:
+    total = sum(m.numel() for m in masks.values())
+    return float(sum(int(m.sum()) for m in masks.values())) / total if total else 1.0
+
+
+def collapsed_layers(masks: Mapping[str, torch.Tensor]) -> list[str]:
+    """Layers with no weight left: the network computes a constant past them (layer collapse)."""
+    return [n for n, m in masks.items() if m.numel() and not bool(m.any())]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, non-zero) over all parameters."""
+    total = nonzero = 0
+    for p in model.parameters():
+        total += p.numel()
+        nonzero += int(torch.count_nonzero(p.detach()))
+    return total, nonzero
+
+
+class MaskEnforcer:
+    """Applies masks to a model and keeps pruned weights exactly zero during later training.
+
+    Pruned entries get a zero gradient (a hook on the parameter) and are zeroed again by :meth:`enforce`,
+    which the training loop calls after every optimizer step (weight decay or a stateful optimizer could
+    otherwise move them).
+    """
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        missing = [n for n in masks if n not in params]
+        if missing:
+            raise KeyError(f"masks name parameters the model does not have: {missing}")
+        self._pairs = [(params[n], masks[n].to(params[n].device)) for n in masks]
+        self._handles = [p.register_hook(lambda g, m=m: g * m) for p, m in self._pairs]
+        self.enforce()
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        for p, m in self._pairs:
+            p.mul_(m)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the pruned weights once (no training afterwards)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, m in masks.items():
+            params[n].mul_(m.to(params[n].device))
+
+
+def validate_masks(
+    masks: Mapping[str, torch.Tensor],
+    prunable: Mapping[str, torch.Tensor],
+    target_sparsity: float | None,
+    tolerance: float,
+) -> list[str]:
+    """Problems with a pruner's output, as sentences (empty list: valid)."""
+    problems = []
+    expected, got = set(prunable), set(masks)
+    if got - expected:
+        problems.append(f"masks for parameters outside the prunable set: {sorted(got - expected)}")
+    if expected - got:
+        problems.append(f"no mask for prunable parameters: {sorted(expected - got)}")
+    for n in sorted(got & expected):
+        m, p = masks[n], prunable[n]
+        if not isinstance(m, torch.Tensor):
+            problems.append(f"mask {n} is a {type(m).__name__}, not a torch.Tensor")
+            continue
+        if m.dtype != torch.bool:
+            problems.append(f"mask {n} has dtype {m.dtype}, expected torch.bool")
+        if tuple(m.shape) != tuple(p.shape):
+            problems.append(f"mask {n} has shape {tuple(m.shape)}, the weight has {tuple(p.shape)}")
+    if not problems and target_sparsity is not None:
+        achieved = 1.0 - global_density(masks)
+        if abs(achieved - target_sparsity) > tolerance + 1e-12:
+            problems.append(f"achieved sparsity {achieved:.6f} differs from the target {target_sparsity:.6f} "
+                            f"by more than the declared tolerance {tolerance}")
+    return problems
+

@@ -1,0 +1,57 @@
+"""Cost and sparsity metrics of a pruned model; the metric-plugin contract."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench_harness import masking
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric registered by a plugin: ``compute(model, masks, test_loader, device) -> float``."""
+
+    name: str
+    compute: Callable[..., float]
+    description: str = ""
+
+
+def flops_per_example(model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor],
+                      device: torch.device) -> tuple[float, float]:
+    """(dense, effective) FLOPs of one example, counted by torch's own flop counter.
+
+    Effective FLOPs scale each masked layer's count by the layer's density (a sparse kernel skips the
+    multiply-adds of pruned weights).
+    """
+    was_training = model.training
+    model.eval()
+    x = torch.zeros((1, *input_shape), device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    model.train(was_training)
+    dense = float(counter.get_total_flops())
+    per_module = counter.get_flop_counts()
+    densities = masking.layer_densities(masks)
+    saved = 0.0
+    for name, density in densities.items():
+        module_name = name.rsplit(".", 1)[0] if "." in name else ""
+        counts = per_module.get(module_name)
+        if counts:
+            saved += float(sum(counts.values())) * (1.0 - density)
+    return dense, dense - saved
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:
+        return 0

@@ -1,0 +1,26 @@
+"""The model provider contract (registered by plugins through ``bench_register_models``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, image_size=, **params)
+    description: str = ""
+    prefix: bool = False  # serves "<name>:<arch>" names; build then receives arch=<arch>
+
+
+def build_model(spec: ModelSpec, name: str, num_classes: int, in_channels: int, image_size: int,
+                params: dict[str, Any] | None = None) -> nn.Module:
+    kwargs = dict(params or {})
+    if spec.prefix:
+        if ":" not in name:
+            raise ValueError(f"model {name!r} needs an architecture: write '{spec.name}:<arch>', "
+                             f"e.g. '{spec.name}:resnet18'")
+        kwargs["arch"] = name.split(":", 1)[1]
+    return spec.build(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)

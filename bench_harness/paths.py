@@ -1,0 +1,21 @@
+"""One function per artifact path: nobody builds a result path by hand twice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def suite_dir(results_root: str | Path, suite: str) -> Path:
+    return Path(results_root) / suite
+
+
+def shard_path(results_root: str | Path, suite: str, run_id: str) -> Path:
+    return suite_dir(results_root, suite) / "runs" / f"{run_id}.parquet"
+
+
+def run_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
+    """Per-run working files (checkpoints, logs)."""
+    return suite_dir(results_root, suite) / "work" / run_id
+
+
+def cache_dir(results_root: str | Path) -> Path:
+    return Path(results_root) / ".cache"

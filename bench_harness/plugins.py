@@ -1,0 +1,203 @@
+"""Plugin discovery and the registry of pruners, models, data sets and metrics.
+
+Plugins come from the ``bench_harness`` entry-point group, built-ins included. Entry points are loaded one
+by one: an import error, or a registration hook that raises, becomes a warning naming the distribution, and
+the other plugins load. Two plugins registering the same name is an error naming both distributions.
+
+Environment switches:
+- ``BENCH_HARNESS_DISABLE_PLUGIN_AUTOLOAD=1``: load only the built-in plugins of bench-harness itself.
+- ``BENCH_HARNESS_PLUGINS=name1,name2``: allow-list of third-party plugins (entry-point or distribution
+  names); built-ins always load.
+- ``BENCH_HARNESS_BLOCK_PLUGINS=name1,...``: never load these (entry-point or distribution names).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from bench_harness import hookspecs
+from bench_harness.errors import PluginConflictError, UnknownNameError
+
+OWN_DISTRIBUTION = "bench-harness"
+
+
+class PluginWarning(UserWarning):
+    pass
+
+
+@dataclass
+class PluginInfo:
+    name: str  # entry-point name
+    distribution: str
+    version: str
+    module: str
+    registers: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
+    error: str | None = None
+
+
+@dataclass
+class Entry:
+    """One registered object with where it came from."""
+
+    name: str
+    obj: Any
+    plugin: str
+    distribution: str
+    version: str
+
+
+def _split_env(name: str) -> set[str]:
+    return {s.strip() for s in os.environ.get(name, "").split(",") if s.strip()}
+
+
+def _dist_name(ep: metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "unknown", "unknown"
+    return dist.metadata["Name"], dist.version
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+KINDS = {
+    "pruner": "bench_register_pruners",
+    "model": "bench_register_models",
+    "dataset": "bench_register_datasets",
+    "metric": "bench_register_metrics",
+}
+
+
+class Registry:
+    """Loaded plugins and everything they register, looked up by name with 'did you mean' errors."""
+
+    def __init__(self, extra_plugins: list[tuple[str, Any]] | None = None) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self._load_entry_points()
+        for name, module in extra_plugins or []:
+            self._register(module, PluginInfo(name, "(in-process)", "", getattr(module, "__name__", name)))
+        self.pm.check_pending()
+        self._collect()
+
+    # -- discovery -------------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        autoload = os.environ.get("BENCH_HARNESS_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0", "false")
+        allow = {_normal(n) for n in _split_env("BENCH_HARNESS_PLUGINS")}
+        block = {_normal(n) for n in _split_env("BENCH_HARNESS_BLOCK_PLUGINS")}
+        seen = set()
+        for ep in metadata.entry_points(group=hookspecs.PROJECT_NAME):
+            dist, version = _dist_name(ep)
+            if (dist, ep.name) in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add((dist, ep.name))
+            builtin = _normal(dist) == OWN_DISTRIBUTION
+            names = {_normal(ep.name), _normal(dist)}
+            if names & block:
+                continue
+            if not builtin and (not autoload or (allow and not names & allow)):
+                continue
+            info = PluginInfo(ep.name, dist, version, ep.value)
+            try:
+                module = ep.load()
+            except Exception as exc:  # one broken plugin must not stop the others
+                info.error = f"{type(exc).__name__}: {exc}"
+                self.plugins[ep.name] = info
+                warnings.warn(f"plugin {ep.name!r} from distribution {dist} {version} failed to import and is "
+                              f"skipped: {info.error}", PluginWarning, stacklevel=2)
+                continue
+            self._register(module, info)
+
+    def _register(self, module: Any, info: PluginInfo) -> None:
+        if info.name in self.plugins and self.plugins[info.name].error is None:
+            info.name = f"{info.distribution}:{info.name}"
+        try:
+            self.pm.register(module, name=info.name)
+        except Exception as exc:
+            info.error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"plugin {info.name!r} from distribution {info.distribution} could not be registered: "
+                          f"{info.error}", PluginWarning, stacklevel=2)
+        self.plugins[info.name] = info
+
+    def _collect(self) -> None:
+        for kind, hook_name in KINDS.items():
+            hook = getattr(self.pm.hook, hook_name)
+            for impl in hook.get_hookimpls():
+                info = self.plugins[impl.plugin_name]
+                try:
+                    items = impl.function() or []
+                except Exception as exc:
+                    info.error = f"{hook_name} raised {type(exc).__name__}: {exc}"
+                    warnings.warn(f"plugin {info.name!r} from distribution {info.distribution}: {info.error}; "
+                                  f"its {kind}s are skipped", PluginWarning, stacklevel=2)
+                    continue
+                for obj in items:
+                    self._add(kind, obj, info)
+
+    def _add(self, kind: str, obj: Any, info: PluginInfo) -> None:
+        name = getattr(obj, "name", None)
+        if not name:
+            warnings.warn(f"plugin {info.name!r} ({info.distribution}) registered a {kind} without a name: "
+                          f"{obj!r}; skipped", PluginWarning, stacklevel=2)
+            return
+        if kind == "pruner":
+            from bench_harness.pruner import Pruner
+
+            if not (isinstance(obj, type) and issubclass(obj, Pruner)):
+                warnings.warn(f"plugin {info.name!r} ({info.distribution}) registered pruner {name!r} that is not "
+                              f"a bench_harness.pruner.Pruner subclass; skipped", PluginWarning, stacklevel=2)
+                return
+        existing = self.entries[kind].get(name)
+        if existing is not None:
+            raise PluginConflictError(
+                f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} of distribution "
+                f"{existing.distribution} and by plugin {info.name!r} of distribution {info.distribution}. "
+                f"Uninstall one, or block one with BENCH_HARNESS_BLOCK_PLUGINS={info.name}.")
+        self.entries[kind][name] = Entry(name, obj, info.name, info.distribution, info.version)
+        info.registers.setdefault(kind, []).append(name)
+
+    # -- lookup ------------------------------------------------------------------------------------------
+    def entry(self, kind: str, name: str) -> Entry:
+        table = self.entries[kind]
+        if name in table:
+            return table[name]
+        if ":" in name:  # prefix specs, e.g. "torchvision:resnet18"
+            prefix = name.split(":", 1)[0]
+            spec = table.get(prefix)
+            if spec is not None and getattr(spec.obj, "prefix", False):
+                return spec
+        raise UnknownNameError(kind, name, table)
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.entry(kind, name).obj
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def call_lifecycle(self, hook_name: str, **kwargs: Any) -> None:
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            try:
+                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            except Exception as exc:
+                warnings.warn(f"plugin {impl.plugin_name!r}: {hook_name} raised {type(exc).__name__}: {exc}",
+                              PluginWarning, stacklevel=2)
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry(refresh: bool = False) -> Registry:
+    """The process-wide registry, built on first use."""
+    global _REGISTRY
+    if _REGISTRY is None or refresh:
+        _REGISTRY = Registry()
+    return _REGISTRY

@@ -1,0 +1,138 @@
+"""The result schema (versioned, documented here and only here) and Parquet shards.
+
+One shard per run: ``results/<suite>/runs/<run_id>.parquet``, one row, written atomically (temporary file in
+the same folder, then ``os.replace``). A failed run is a row too (status ``failed``, with error and
+traceback); a later successful attempt replaces it.
+
+Schema version 1 columns (name: type — meaning):
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench_harness import paths
+
+SCHEMA_VERSION = 1
+
+# (name, arrow type, meaning). The module docstring is completed from this table.
+COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    # identifiers
+    ("schema_version", pa.int32(), "version of this schema"),
+    ("run_id", pa.string(), "stable hash of the run's canonical configuration"),
+    ("suite", pa.string(), "suite name"),
+    ("pruner", pa.string(), "pruner name"),
+    ("pruner_version", pa.string(), "the pruner class's declared version"),
+    ("pruner_distribution", pa.string(), "distribution (package) that registered the pruner, with its version"),
+    ("pruner_params", pa.string(), "pruner hyperparameters that differ from their defaults, JSON"),
+    ("ablation", pa.string(), "sanity ablation applied after pruning (null: none)"),
+    ("regime", pa.string(), "at_init | post_training | mask_learning | iterative | none"),
+    ("model", pa.string(), "model name"),
+    ("model_params", pa.string(), "model parameters, JSON"),
+    ("dataset", pa.string(), "data set name"),
+    ("seed", pa.int64(), "seed of the run"),
+    ("target_sparsity", pa.float64(), "requested fraction of prunable weights removed"),
+    ("config", pa.string(), "the canonical configuration hashed into run_id, JSON"),
+    # outcome
+    ("status", pa.string(), "ok | failed"),
+    ("error", pa.string(), "error message of a failed run"),
+    ("traceback", pa.string(), "traceback of a failed run"),
+    # accuracy
+    ("top1", pa.float64(), "test top-1 accuracy after training (fraction)"),
+    ("top5", pa.float64(), "test top-5 accuracy after training (fraction)"),
+    ("loss", pa.float64(), "test cross-entropy after training"),
+    ("top1_before_training", pa.float64(), "test top-1 right after pruning, before training"),
+    ("top5_before_training", pa.float64(), "test top-5 right after pruning, before training"),
+    ("loss_before_training", pa.float64(), "test loss right after pruning, before training"),
+    ("top1_pretrained", pa.float64(), "test top-1 of the pretrained dense model (post-training regime)"),
+    ("epochs_trained", pa.int64(), "epochs of training after pruning"),
+    # sparsity
+    ("achieved_sparsity", pa.float64(), "fraction of prunable weights removed"),
+    ("achieved_sparsity_all", pa.float64(), "fraction of all parameters that are zero"),
+    ("layer_density", pa.string(), "per prunable layer: fraction kept, JSON {name: density}"),
+    ("layer_collapse", pa.bool_(), "some prunable layer has no weight left"),
+    ("collapsed_layers", pa.string(), "names of collapsed layers, JSON list"),
+    # cost
+    ("params_total", pa.int64(), "number of parameters"),
+    ("params_nonzero", pa.int64(), "number of non-zero parameters"),
+    ("flops_dense", pa.float64(), "FLOPs of one forward pass of one example, dense (torch flop counter)"),
+    ("flops_effective", pa.float64(), "FLOPs of one example with pruned weights skipped"),
+    ("prune_seconds", pa.float64(), "wall seconds of pruning (including any training it does)"),
+    ("train_seconds", pa.float64(), "wall seconds of training after pruning"),
+    ("pretrain_seconds", pa.float64(), "wall seconds of pretraining (0 when cached or not needed)"),
+    ("peak_memory_bytes", pa.int64(), "peak GPU memory (CUDA) or peak process RSS (CPU)"),
+    ("pruner_info", pa.string(), "free-form information returned by the pruner, JSON"),
+    # provenance
+    ("harness_version", pa.string(), "bench-harness version"),
+    ("git_commit", pa.string(), "git commit of the harness checkout (null when not a checkout)"),
+    ("torch_version", pa.string(), "torch version"),
+    ("cuda_version", pa.string(), "CUDA version torch was built with (null: CPU build)"),
+    ("device", pa.string(), "device name the run used"),
+    ("host", pa.string(), "host name"),
+    ("started_at", pa.timestamp("us", tz="UTC"), "start time"),
+    ("finished_at", pa.timestamp("us", tz="UTC"), "end time"),
+]
+
+SCHEMA = pa.schema([(name, kind) for name, kind, _ in COLUMNS], metadata={"schema_version": str(SCHEMA_VERSION)})
+__doc__ += "\n".join(f"- ``{n}``: {t} — {m}" for n, t, m in COLUMNS)
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def write_shard(row: dict[str, Any], results_root: str | Path, suite: str) -> Path:
+    """Write one run's row atomically; extra keys (e.g. metric_* columns) are kept."""
+    path = paths.shard_path(results_root, suite, row["run_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = {name: row.get(name) for name, _, _ in COLUMNS}
+    full["schema_version"] = SCHEMA_VERSION
+    fields = list(SCHEMA)
+    for key, value in row.items():
+        if key not in full:
+            full[key] = value
+            fields.append(pa.field(key, pa.float64() if isinstance(value, (int, float)) else pa.string()))
+    schema = pa.schema(fields, metadata=SCHEMA.metadata)
+    table = pa.Table.from_pylist([full], schema=schema)
+    fd, tmp = tempfile.mkstemp(prefix=f".{row['run_id']}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_shard(path: str | Path) -> dict[str, Any]:
+    return pq.read_table(path).to_pylist()[0]
+
+
+def shard_status(results_root: str | Path, suite: str, run_id: str) -> str | None:
+    """'ok', 'failed' or None (no shard)."""
+    path = paths.shard_path(results_root, suite, run_id)
+    if not path.exists():
+        return None
+    try:
+        return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
+    except Exception:  # an unreadable shard is as good as none
+        return None
+
+
+def load_results(results_root: str | Path, suites: Iterable[str]) -> pd.DataFrame:
+    """All shards of the given suites as one DataFrame (one row per run)."""
+    files = []
+    for suite in suites:
+        files.extend(sorted((paths.suite_dir(results_root, suite) / "runs").glob("*.parquet")))
+    if not files:
+        return pd.DataFrame(columns=[n for n, _, _ in COLUMNS])
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="default").to_pandas()

@@ -1,0 +1,174 @@
+"""Execute one run: data, model, (pretraining), pruning, training, evaluation, one result row."""
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+import traceback
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Subset
+
+from bench_harness import ablations, masking, paths, results
+from bench_harness.cache import DiskCache
+from bench_harness.datasets import concrete_spec, first_per_class, head, make_loader, tensor_batches
+from bench_harness.errors import BenchError
+from bench_harness.metrics import flops_per_example, peak_memory_bytes
+from bench_harness.models import build_model
+from bench_harness.plugins import Registry, get_registry
+from bench_harness.provenance import provenance, resolve_device
+from bench_harness.pruner import Regime
+from bench_harness.pruning import call_pruner, make_context, mask_summary
+from bench_harness.suite import RunSpec
+from bench_harness.training import evaluate, train
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class RunData:
+    """Loaders of one run: training, test, and scoring batches."""
+
+    def __init__(self, run: RunSpec, spec, device: torch.device) -> None:
+        recipe, scoring = run.recipe, run.scoring
+        kw = dict(root=run.data_root, download=run.download, **run.dataset.params)
+        train_set = head(spec.load(split="train", augment=recipe.augment, **kw), recipe.train_subset)
+        test_set = head(spec.load(split="test", augment=False, **kw), recipe.test_subset)
+        score_set = head(spec.load(split="train", augment=scoring.augment, **kw), recipe.train_subset)
+        if scoring.examples_per_class is not None:
+            score_set = first_per_class(score_set, scoring.examples_per_class, spec.num_classes)
+        else:
+            n = scoring.examples if scoring.examples is not None else 10 * spec.num_classes
+            order = (torch.randperm(len(score_set), generator=torch.Generator().manual_seed(run.seed)).tolist()
+                     if scoring.shuffle else list(range(len(score_set))))
+            score_set = Subset(score_set, order[:n])
+        self.train = make_loader(train_set, recipe.batch_size, True, run.seed, recipe.num_workers,
+                                 drop_last=len(train_set) > recipe.batch_size)
+        self.test = make_loader(test_set, recipe.eval_batch_size, False, run.seed, recipe.num_workers)
+        self.scoring = make_loader(score_set, scoring.batch_size, False, run.seed)
+        self.input_shape = (spec.in_channels, spec.image_size, spec.image_size)
+
+
+def _pretrained_state(run: RunSpec, model, data: RunData, device, cache: DiskCache, on_epoch):
+    key = {"artifact": "pretrained", "model": run.model.name, "model_params": run.model.params,
+           "dataset": run.dataset.name, "dataset_params": run.dataset.params, "seed": run.seed,
+           "recipe": run.pretrain, "train_subset": run.recipe.train_subset}
+
+    def compute():
+        train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+    return cache.get_or_compute(key, compute)
+
+
+def execute_run(run: RunSpec, registry: Registry | None = None,
+                on_epoch: Callable[[str, int, int, float], None] | None = None) -> dict[str, Any]:
+    """Execute a run and write its shard; never raises for a failure of the run itself (KeyboardInterrupt does).
+
+    ``on_epoch(phase, epoch, total_epochs, loss)`` reports training progress.
+    """
+    registry = registry or get_registry()
+    started = _now()
+    row: dict[str, Any] = {
+        "run_id": run.run_id, "suite": run.suite, "pruner": run.pruner.name,
+        "pruner_params": results.to_json(run.pruner_defaults), "ablation": run.ablation,
+        "model": run.model.name, "model_params": results.to_json(run.model.params), "dataset": run.dataset.name,
+        "seed": run.seed, "target_sparsity": run.sparsity, "config": results.to_json(run.identity()),
+        "started_at": started,
+    }
+    device = torch.device("cpu")
+    registry.call_lifecycle("bench_run_started", run=run)
+    try:
+        entry = registry.entry("pruner", run.pruner.name)
+        pruner_cls = entry.obj
+        row.update(pruner_version=str(pruner_cls.version), regime=pruner_cls.regime.value,
+                   pruner_distribution=f"{entry.distribution} {entry.version}".strip())
+        device = resolve_device(run.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        dspec = concrete_spec(registry.get("dataset", run.dataset.name), run.data_root, run.dataset.params)
+        data = RunData(run, dspec, device)
+        seed_everything(run.seed)
+        model = build_model(registry.get("model", run.model.name), run.model.name, dspec.num_classes,
+                            dspec.in_channels, dspec.image_size, run.model.params).to(device)
+        cache = DiskCache(paths.cache_dir(run.results_root))
+        needs_pretrained = pruner_cls.requires.pretrained or pruner_cls.regime == Regime.POST_TRAINING
+        if needs_pretrained and run.pretrain is None:
+            raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `pretrain: {{epochs: N, ...}}` "
+                             f"to the suite (the trained weights are cached and shared by all runs of a seed)")
+        pretrain_seconds = 0.0
+        if run.pretrain is not None:
+            t0 = time.perf_counter()
+            state = _pretrained_state(run, model, data, device, cache,
+                                      lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
+            model.load_state_dict(state)
+            pretrain_seconds = time.perf_counter() - t0
+            row["top1_pretrained"] = evaluate(model, data.test, device).top1
+        row["pretrain_seconds"] = pretrain_seconds
+
+        ctx = make_context(
+            model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
+            exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
+            num_classes=dspec.num_classes, input_shape=data.input_shape, cache=cache,
+            train=lambda m, masks=None, epochs=None: train(m, data.train, run.recipe, device, masks, epochs),
+        )
+        params = pruner_cls.make_params(run.pruner.params)
+        t0 = time.perf_counter()
+        result = call_pruner(pruner_cls, params, model, run.sparsity, ctx, run.ablation)
+        row["prune_seconds"] = time.perf_counter() - t0
+        masks = ablations.apply_after_pruning(run.ablation, model, result.masks, ctx.generator, run.seed)
+        masking.apply_masks(model, masks)
+        row["pruner_info"] = results.to_json(result.info) if result.info else None
+
+        before = evaluate(model, data.test, device)
+        row.update(top1_before_training=before.top1, top5_before_training=before.top5,
+                   loss_before_training=before.loss)
+        epochs = 0 if result.weights_frozen else run.recipe.epochs
+        t0 = time.perf_counter()
+        if epochs:
+            train(model, data.train, run.recipe, device, masks, epochs,
+                  on_epoch=lambda e, loss: on_epoch and on_epoch("train", e, epochs, loss))
+        row["train_seconds"] = time.perf_counter() - t0
+        row["epochs_trained"] = epochs
+        after = evaluate(model, data.test, device) if epochs else before
+        row.update(top1=after.top1, top5=after.top5, loss=after.loss)
+
+        summary = mask_summary(model, masks)
+        row.update(
+            achieved_sparsity=summary["achieved_sparsity"], achieved_sparsity_all=summary["achieved_sparsity_all"],
+            layer_density=results.to_json(summary["layer_density"]),
+            layer_collapse=bool(summary["collapsed_layers"]),
+            collapsed_layers=results.to_json(summary["collapsed_layers"]),
+            params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
+        )
+        row["flops_dense"], row["flops_effective"] = flops_per_example(model, data.input_shape, masks, device)
+        for name, metric in registry.entries["metric"].items():
+            row[f"metric_{name}"] = float(metric.obj.compute(model, masks, data.test, device))
+        row["status"] = "ok"
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a failed run is a result row, never the end of the sweep
+        if isinstance(exc, SystemExit):
+            raise
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    row["peak_memory_bytes"] = peak_memory_bytes(device)
+    row.update(provenance(device))
+    row["finished_at"] = _now()
+    results.write_shard(row, run.results_root, run.suite)
+    registry.call_lifecycle("bench_run_finished", run=run, row=row)
+    return row

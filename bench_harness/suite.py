@@ -1,0 +1,349 @@
+"""Suite files: loading, validation with errors that name the file, the key and the fix, and expansion into runs.
+
+A suite is YAML::
+
+    name: quickstart
+    grid:
+      models: [lenet5]                    # or {name: resnet20, params: {...}}
+      datasets: [fashion_mnist]           # or {name: ..., params: {...}}
+      sparsities: [0.5, 0.9]              # fraction of prunable weights removed
+      seeds: [0, 1]
+      pruners: [dense, random, {name: magnitude, params: {scope: layerwise}}]
+    recipe: {epochs: 2, lr: 0.05, ...}    # see Recipe
+    scoring: {batch_size: 256, ...}       # see Scoring
+    prunable: {exclude_first: false, exclude_last: false}
+    pretrain: {epochs: 5}                 # optional: train before pruning (post-training pruners need it)
+    device: auto                          # auto | cpu | cuda | cuda:N
+    data_root: data
+    download: false
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench_harness.errors import BenchError, SuiteError, UnknownNameError, did_you_mean
+from bench_harness.identity import config_hash, non_default_fields
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained (after pruning, or before it for pretraining)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    milestones: tuple[int, ...] = ()  # epochs at which step schedule multiplies the lr by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    mixed_precision: bool = False  # autocast fp16 on CUDA; ignored on CPU
+    augment: bool = True  # the data set's standard training augmentation
+    train_subset: int | None = None  # use the first n training examples
+    test_subset: int | None = None  # evaluate on the first n test examples
+    eval_batch_size: int = 512
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Data given to pruners for scoring or calibration."""
+
+    batch_size: int = 256
+    examples: int | None = None  # number of training examples; None: 10 x num_classes (Synaptic-Flow)
+    examples_per_class: int | None = None  # instead: the first k examples of each class, unshuffled
+    augment: bool = False
+    shuffle: bool = True  # shuffle the training set (seeded) before taking `examples`
+
+
+@dataclass(frozen=True)
+class PrunableSet:
+    exclude_first: bool = False
+    exclude_last: bool = False
+
+
+@dataclass(frozen=True)
+class Component:
+    """A model, data set or pruner with its parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.name, config_hash(self.params)))
+
+
+@dataclass
+class RunSpec:
+    suite: str
+    model: Component
+    dataset: Component
+    pruner: Component
+    sparsity: float
+    seed: int
+    recipe: Recipe
+    scoring: Scoring
+    prunable: PrunableSet
+    pretrain: Recipe | None = None
+    ablation: str | None = None
+    device: str = "auto"
+    data_root: str = "data"
+    download: bool = False
+    results_root: str = "results"
+    pruner_defaults: dict[str, Any] = field(default_factory=dict)  # filled by validation: canonical params
+
+    def identity(self) -> dict[str, Any]:
+        """The canonical configuration hashed into the run id (defaults and empty values left out)."""
+        config: dict[str, Any] = {
+            "model": self.model.name,
+            "dataset": self.dataset.name,
+            "pruner": self.pruner.name,
+            "sparsity": self.sparsity,
+            "seed": self.seed,
+            "model_params": self.model.params,
+            "dataset_params": self.dataset.params,
+            "pruner_params": self.pruner_defaults if self.pruner_defaults else self.pruner.params,
+            "recipe": non_default_fields(self.recipe),
+            "scoring": non_default_fields(self.scoring),
+            "prunable": non_default_fields(self.prunable),
+            "pretrain": self.pretrain,
+            "ablation": self.ablation,
+        }
+        return {k: v for k, v in config.items() if v not in (None, {}, [])}
+
+    @property
+    def run_id(self) -> str:
+        return config_hash(self.identity())
+
+    def describe(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.pruner.params.items()))
+        pruner = f"{self.pruner.name}({params})" if params else self.pruner.name
+        ablation = f" +{self.ablation}" if self.ablation else ""
+        return (f"{self.run_id}  {self.model.name:<10} {self.dataset.name:<14} {pruner:<28}{ablation} "
+                f"sparsity={self.sparsity:<7g} seed={self.seed}")
+
+
+@dataclass
+class Suite:
+    name: str
+    path: str
+    runs: list[RunSpec]
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def results_dir(self) -> Path:
+        from bench_harness import paths
+
+        root = self.runs[0].results_root if self.runs else "results"
+        return paths.suite_dir(root, self.name)
+
+
+TOP_KEYS = {"name", "description", "grid", "recipe", "scoring", "prunable", "pretrain", "device", "data_root",
+            "download", "results_root", "ablations"}
+GRID_KEYS = {"models", "datasets", "sparsities", "seeds", "pruners"}
+
+
+def _coerce(path: str, key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Coerce a YAML value to a dataclass field's type, or raise a SuiteError saying what is expected."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    optional = "None" in kind
+    if value is None:
+        if optional:
+            return None
+        raise SuiteError(path, key, f"must not be empty (expected {kind})")
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # also "5e-4", which YAML reads as a string
+        if kind.startswith("tuple"):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return tuple(int(v) for v in value)
+        if kind.startswith("str"):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise SuiteError(path, key, f"expected {kind}, got {value!r}") from None
+    return value
+
+
+def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise SuiteError(path, section, f"expected a mapping of settings, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise SuiteError(path, f"{section}.{key}", f"unknown setting.{did_you_mean(str(key), fields)} "
+                             f"Known settings: {', '.join(fields)}.")
+        kwargs[key] = _coerce(path, f"{section}.{key}", value, fields[key])
+    return cls(**kwargs)
+
+
+def _components(path: str, key: str, items: Any) -> list[Component]:
+    if items is None or (isinstance(items, list) and not items):
+        raise SuiteError(path, key, "must list at least one entry")
+    if not isinstance(items, list):
+        items = [items]
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            out.append(Component(item))
+        elif isinstance(item, dict) and "name" in item:
+            extra = set(item) - {"name", "params"}
+            if extra:
+                raise SuiteError(path, f"{key}[{i}]", f"unknown keys {sorted(extra)}; an entry is a name or "
+                                 f"{{name: ..., params: {{...}}}}")
+            params = item.get("params") or {}
+            if not isinstance(params, dict):
+                raise SuiteError(path, f"{key}[{i}].params", "expected a mapping of parameter: value")
+            out.append(Component(str(item["name"]), dict(params)))
+        else:
+            raise SuiteError(path, f"{key}[{i}]", f"expected a name or {{name: ..., params: {{...}}}}, got {item!r}")
+    return out
+
+
+def _numbers(path: str, key: str, items: Any, kind: type, low: float, high: float) -> list:
+    if items is None or (isinstance(items, list) and not items):
+        raise SuiteError(path, key, "must list at least one value")
+    if not isinstance(items, list):
+        items = [items]
+    out = []
+    for i, v in enumerate(items):
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            number = kind(v)
+            if kind is int and float(v) != number:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise SuiteError(path, f"{key}[{i}]", f"expected a number, got {v!r}") from None
+        if not low <= number < high:
+            raise SuiteError(path, f"{key}[{i}]", f"{number} is outside [{low}, {high})" + (
+                "; sparsity is the fraction of weights REMOVED (density = 1 - sparsity)" if kind is float else ""))
+        out.append(number)
+    return out
+
+
+def parse_suite(data: Any, path: str) -> Suite:
+    """Build a Suite (names not yet checked against the registry) from parsed YAML."""
+    if not isinstance(data, dict):
+        raise SuiteError(path, "(top level)", "a suite file is a YAML mapping with at least `name` and `grid`")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise SuiteError(path, str(key), f"unknown key.{did_you_mean(str(key), TOP_KEYS)} "
+                             f"Known keys: {', '.join(sorted(TOP_KEYS))}.")
+    name = data.get("name") or Path(path).stem
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise SuiteError(path, "name", f"{name!r} must be letters, digits, '-' or '_' (it names a folder)")
+    grid = data.get("grid")
+    if not isinstance(grid, dict):
+        raise SuiteError(path, "grid", "missing: a suite needs a grid with models, datasets, sparsities, pruners")
+    for key in grid:
+        if key not in GRID_KEYS:
+            raise SuiteError(path, f"grid.{key}", f"unknown key.{did_you_mean(str(key), GRID_KEYS)} "
+                             f"Known keys: {', '.join(sorted(GRID_KEYS))}.")
+    models = _components(path, "grid.models", grid.get("models"))
+    datasets = _components(path, "grid.datasets", grid.get("datasets"))
+    pruners = _components(path, "grid.pruners", grid.get("pruners"))
+    sparsities = _numbers(path, "grid.sparsities", grid.get("sparsities", [0.0]), float, 0.0, 1.0)
+    seeds = _numbers(path, "grid.seeds", grid.get("seeds", [0]), int, 0, 2**31)
+    recipe = build_dataclass(Recipe, data.get("recipe"), path, "recipe")
+    scoring = build_dataclass(Scoring, data.get("scoring"), path, "scoring")
+    prunable = build_dataclass(PrunableSet, data.get("prunable"), path, "prunable")
+    pretrain = build_dataclass(Recipe, data["pretrain"], path, "pretrain") if data.get("pretrain") else None
+    ablations = data.get("ablations") or [None]
+    if not isinstance(ablations, list):
+        raise SuiteError(path, "ablations", "expected a list of ablation names")
+    settings = dict(
+        device=str(data.get("device", "auto")),
+        data_root=str(data.get("data_root", "data")),
+        download=bool(data.get("download", False)),
+        results_root=str(data.get("results_root", "results")),
+    )
+    runs = []
+    for model, dataset, pruner, seed, ablation in itertools.product(models, datasets, pruners, seeds, ablations):
+        for sparsity in sparsities:
+            runs.append(RunSpec(name, model, dataset, pruner, sparsity, seed, recipe, scoring, prunable,
+                                pretrain, ablation, **settings))
+    return Suite(name, path, runs, str(data.get("description", "")), data)
+
+
+def load_suite(path: str | os.PathLike, registry=None) -> Suite:
+    """Read, parse and validate a suite file against the plugin registry."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise BenchError(f"{path}: no such suite file (suites shipped with bench-harness are in suites/)")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise SuiteError(path, "(syntax)", f"not valid YAML: {exc}") from None
+    suite = parse_suite(data, path)
+    validate_suite(suite, registry)
+    return suite
+
+
+def validate_suite(suite: Suite, registry=None) -> None:
+    """Check names and parameters against the registry; collapse the sparsity axis of dense pruners."""
+    from bench_harness.plugins import get_registry
+
+    registry = registry or get_registry()
+    checked: set = set()
+    kept = []
+    seen_ids = set()
+    for run in suite.runs:
+        for kind, comp, key in (("model", run.model, "grid.models"), ("dataset", run.dataset, "grid.datasets"),
+                                ("pruner", run.pruner, "grid.pruners")):
+            if (kind, comp.name) in checked:
+                continue
+            try:
+                registry.entry(kind, comp.name)
+            except UnknownNameError as exc:
+                raise SuiteError(suite.path, key, str(exc)) from None
+            checked.add((kind, comp.name))
+        pruner_cls = registry.get("pruner", run.pruner.name)
+        try:
+            params = pruner_cls.make_params(run.pruner.params)
+        except (TypeError, ValueError) as exc:
+            raise SuiteError(suite.path, f"grid.pruners[{run.pruner.name}].params", str(exc)) from None
+        run.pruner_defaults = non_default_fields(params)
+        if pruner_cls.ignores_sparsity:
+            run.sparsity = 0.0
+        if run.ablation is not None:
+            from bench_harness.ablations import ABLATIONS
+
+            if run.ablation not in ABLATIONS:
+                raise SuiteError(suite.path, "ablations", f"unknown ablation {run.ablation!r}."
+                                 f"{did_you_mean(run.ablation, ABLATIONS)} Known: {', '.join(ABLATIONS)}.")
+            if pruner_cls.ignores_sparsity:
+                continue
+        if run.run_id in seen_ids:  # dense runs collapse over sparsities
+            continue
+        seen_ids.add(run.run_id)
+        kept.append(run)
+    suite.runs = kept

@@ -1,0 +1,117 @@
+"""Recipe-driven training and evaluation, with masks enforced after every optimizer step."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bench_harness.errors import RunFailure
+from bench_harness.masking import MaskEnforcer
+
+
+@dataclass
+class Evaluation:
+    top1: float
+    top5: float
+    loss: float
+
+
+def make_optimizer(model: nn.Module, recipe) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                               weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}: use sgd, adam or adamw")
+
+
+def lr_factor(recipe, epoch: float) -> float:
+    """Multiplier of the base lr at a (fractional) epoch: warmup, then the schedule."""
+    if recipe.warmup_epochs and epoch < recipe.warmup_epochs:
+        return (epoch + 1e-9) / recipe.warmup_epochs
+    if recipe.schedule == "constant":
+        return 1.0
+    if recipe.schedule == "step":
+        return recipe.gamma ** sum(1 for m in recipe.milestones if epoch >= m)
+    if recipe.schedule == "cosine":
+        span = max(recipe.epochs - recipe.warmup_epochs, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(max(epoch - recipe.warmup_epochs, 0) / span, 1.0)))
+    raise ValueError(f"unknown schedule {recipe.schedule!r}: use cosine, step or constant")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> Evaluation:
+    model.eval()
+    correct1 = correct5 = 0
+    total_loss = 0.0
+    count = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x).float()
+        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(y[:, None])
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(dim=1).sum())
+        count += len(y)
+    return Evaluation(correct1 / max(count, 1), correct5 / max(count, 1), total_loss / max(count, 1))
+
+
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    recipe,
+    device: torch.device,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    epochs: int | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+    start_epoch: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> torch.optim.Optimizer:
+    """Train in place for ``epochs`` (default: the recipe's); pruned weights stay exactly zero.
+
+    Raises RunFailure on a non-finite loss.
+    """
+    epochs = recipe.epochs if epochs is None else epochs
+    model.to(device)
+    enforcer = MaskEnforcer(model, masks) if masks else None
+    optimizer = optimizer or make_optimizer(model, recipe)
+    use_amp = recipe.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps = max(len(loader), 1)
+    try:
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            running, seen = 0.0, 0
+            for i, (x, y) in enumerate(loader):
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * lr_factor(recipe, epoch + i / steps)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise RunFailure(f"non-finite training loss ({float(loss)}) at epoch {epoch + 1}, step {i + 1}: "
+                                     f"lower the learning rate or check the pruned network (layer collapse?)")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if enforcer is not None:
+                    enforcer.enforce()
+                running += float(loss) * len(y)
+                seen += len(y)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, running / max(seen, 1))
+    finally:
+        if enforcer is not None:
+            enforcer.remove()
+    return optimizer

@@ -1,0 +1,220 @@
+"""Built-in data set plugin: CIFAR-10/100, MNIST, Fashion-MNIST, Tiny-ImageNet, ImageNet, any ImageFolder, and
+a synthetic set. Files are read from ``<data_root>``; nothing is downloaded unless the suite says
+``download: true``. A missing data set raises DatasetNotFound saying where the files are expected."""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from bench_harness import hookimpl
+from bench_harness.datasets import DatasetNotFound, DatasetSpec
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+# Debian's dataset-fashion-mnist package installs the four IDX .gz files here.
+DEBIAN_FASHION_MNIST = Path(os.environ.get("BENCH_HARNESS_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+def _transforms(train: bool, augment: bool, size: int, mean, std, crop_padding: int | None = 4):
+    from torchvision import transforms as T
+
+    steps = []
+    if train and augment:
+        if crop_padding is not None:
+            steps.append(T.RandomCrop(size, padding=crop_padding))
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(steps)
+
+
+def _missing(name: str, expected: Path, how: str) -> DatasetNotFound:
+    return DatasetNotFound(f"data set {name!r} not found: expected its files under {expected}. {how} "
+                           f"(or set `data_root:` in the suite to where they are).")
+
+
+# -- CIFAR ---------------------------------------------------------------------------------------------------
+def _cifar(classes: int, root, split, augment, download=False):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls, folder = (CIFAR10, "cifar-10-batches-py") if classes == 10 else (CIFAR100, "cifar-100-python")
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if classes == 10 else (CIFAR100_MEAN, CIFAR100_STD)
+    if not (Path(root) / folder).is_dir() and not download:
+        raise _missing(f"cifar{classes}", Path(root) / folder,
+                       "Get the python version from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it "
+                       "there, or set `download: true` in the suite")
+    return cls(str(root), train=split == "train", download=download,
+               transform=_transforms(split == "train", augment, 32, mean, std))
+
+
+# -- MNIST family --------------------------------------------------------------------------------------------
+def _gunzip_debian_fashion(raw: Path) -> bool:
+    """Copy Debian's Fashion-MNIST files into torchvision's layout (torchvision does not follow symlinks)."""
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        return False
+    files = sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"))
+    if len(files) < 4:
+        return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        target = raw / f.name[:-3]
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            with gzip.open(f, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, target)
+    return True
+
+
+def _mnist_like(kind: str, root, split, augment, download=False):
+    """MNIST-format IDX files read by torchvision, kept as normalised tensors (fast on CPU; no augmentation)."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    cls, folder, mean, std = ((MNIST, "MNIST", MNIST_MEAN, MNIST_STD) if kind == "mnist"
+                              else (FashionMNIST, "FashionMNIST", FASHION_MEAN, FASHION_STD))
+    raw = Path(root) / folder / "raw"
+    prefix = "train" if split == "train" else "t10k"
+    have = any(raw.glob(f"{prefix}-images-idx3-ubyte*"))
+    if not have and kind == "fashion_mnist":
+        have = _gunzip_debian_fashion(raw)
+    if not have and not download:
+        how = ("On Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (found automatically in "
+               f"{DEBIAN_FASHION_MNIST}), or set `download: true` in the suite" if kind == "fashion_mnist"
+               else "Put the four IDX files (train-images-idx3-ubyte, ...) there, or set `download: true`")
+        raise _missing(kind, raw, how)
+    ds = cls(str(root), train=split == "train", download=download)
+    x = ds.data.float().div_(255.0).unsqueeze(1)
+    x = (x - mean[0]) / std[0]
+    out = TensorDataset(x, ds.targets.long())
+    out.targets = ds.targets.long()
+    return out
+
+
+# -- Tiny-ImageNet, ImageNet, ImageFolder ----------------------------------------------------------------------
+class TinyImageNetVal(Dataset):
+    """Tiny-ImageNet's val split: images in one folder, labels in val_annotations.txt."""
+
+    def __init__(self, root: Path, class_to_idx: dict[str, int], transform) -> None:
+        from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
+
+        self.root, self.transform = root, transform
+        self.samples = []
+        with open(root / "val_annotations.txt") as fh:
+            for line in fh:
+                parts = line.strip().split("\t")
+                if len(parts) >= 2:
+                    self.samples.append((root / "images" / parts[0], class_to_idx[parts[1]]))
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, target = self.samples[i]
+        with Image.open(path) as img:
+            return self.transform(img.convert("RGB")), target
+
+
+def _tiny_imagenet(root, split, augment, download=False):
+    from torchvision.datasets import ImageFolder
+
+    base = Path(root) / "tiny-imagenet-200"
+    if not (base / "train").is_dir():
+        raise _missing("tiny_imagenet", base, "Download http://cs231n.stanford.edu/tiny-imagenet-200.zip and "
+                                              "unzip it in the data root")
+    tf = _transforms(split == "train", augment, 64, IMAGENET_MEAN, IMAGENET_STD)
+    train = ImageFolder(str(base / "train"), transform=tf)
+    if split == "train":
+        return train
+    return TinyImageNetVal(base / "val", train.class_to_idx, tf)
+
+
+def _imagenet_transforms(train: bool, augment: bool, size: int):
+    from torchvision import transforms as T
+
+    if train and augment:
+        steps = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size)]
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _folder(base: Path, name: str, split: str, augment: bool, image_size: int, how: str):
+    from torchvision.datasets import ImageFolder
+
+    folder = base / ("train" if split == "train" else "val")
+    if not folder.is_dir():
+        raise _missing(name, folder, how)
+    return ImageFolder(str(folder), transform=_imagenet_transforms(split == "train", augment, image_size))
+
+
+def _imagenet(root, split, augment, download=False, image_size: int = 224):
+    return _folder(Path(root) / "imagenet", "imagenet", split, augment, image_size,
+                   "ImageNet cannot be downloaded automatically: place train/ and val/ in ImageFolder layout "
+                   "(one folder per class) there")
+
+
+def _imagefolder(root, split, augment, download=False, path: str = "", image_size: int = 224, **_):
+    return _folder(Path(path), "imagefolder", split, augment, image_size,
+                   "Give `params: {path: DIR}` where DIR has train/ and val/ with one subfolder per class")
+
+
+def _resolve_imagefolder(root, path: str = "", image_size: int = 224, **_):
+    train = Path(path) / "train"
+    if not path or not train.is_dir():
+        raise _missing("imagefolder", train, "Give `params: {path: DIR}` where DIR has train/ and val/ with one "
+                                             "subfolder per class")
+    classes = sum(1 for d in train.iterdir() if d.is_dir())
+    return DatasetSpec("imagefolder", classes, 3, image_size, partial(_imagefolder, path=path, image_size=image_size),
+                       "ImageFolder", IMAGENET_MEAN, IMAGENET_STD)
+
+
+# -- synthetic -------------------------------------------------------------------------------------------------
+def _synthetic(root, split, augment, download=False, num_classes: int = 10, image_size: int = 32,
+               in_channels: int = 3, train_size: int = 512, test_size: int = 256, seed: int = 1234):
+    """Gaussian images whose mean depends on the class (learnable), fixed by `seed`, identical on every call."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(num_classes, in_channels, image_size, image_size, generator=g)
+    n = train_size if split == "train" else test_size
+    g_split = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=g_split)]
+    x = prototypes[labels] * 0.5 + torch.randn(n, in_channels, image_size, image_size, generator=g_split)
+    out = TensorDataset(x, labels)
+    out.targets = labels
+    return out
+
+
+def _resolve_synthetic(root, num_classes: int = 10, image_size: int = 32, in_channels: int = 3, **kw):
+    load = partial(_synthetic, num_classes=num_classes, image_size=image_size, in_channels=in_channels, **kw)
+    return DatasetSpec("synthetic", num_classes, in_channels, image_size, lambda **a: load(**{
+        k: v for k, v in a.items() if k in ("root", "split", "augment", "download")}), "synthetic")
+
+
+@hookimpl
+def bench_register_datasets():
+    return [
+        DatasetSpec("cifar10", 10, 3, 32, partial(_cifar, 10), "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD),
+        DatasetSpec("cifar100", 100, 3, 32, partial(_cifar, 100), "CIFAR-100", CIFAR100_MEAN, CIFAR100_STD),
+        DatasetSpec("mnist", 10, 1, 28, partial(_mnist_like, "mnist"), "MNIST", MNIST_MEAN, MNIST_STD),
+        DatasetSpec("fashion_mnist", 10, 1, 28, partial(_mnist_like, "fashion_mnist"), "Fashion-MNIST",
+                    FASHION_MEAN, FASHION_STD),
+        DatasetSpec("tiny_imagenet", 200, 3, 64, _tiny_imagenet, "Tiny-ImageNet (64x64, 200 classes)",
+                    IMAGENET_MEAN, IMAGENET_STD),
+        DatasetSpec("imagenet", 1000, 3, 224, _imagenet, "ImageNet-1k in ImageFolder layout", IMAGENET_MEAN,
+                    IMAGENET_STD),
+        DatasetSpec("imagefolder", 0, 3, 224, _imagefolder, "any folder with train/ and val/ in ImageFolder layout",
+                    IMAGENET_MEAN, IMAGENET_STD, resolve=_resolve_imagefolder),
+        DatasetSpec("synthetic", 10, 3, 32, _synthetic, "synthetic Gaussian images (tests, smoke runs)",
+                    resolve=_resolve_synthetic),
+    ]

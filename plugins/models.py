@@ -1,0 +1,98 @@
+"""Built-in model plugin: CIFAR ResNets and VGGs, Conv-n, LeNet-5, MLP, and any torchvision or timm model."""
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from bench_harness import hookimpl
+from bench_harness.models import ModelSpec
+from bench_harness_plugins.archs.cifar_resnet import CifarResNet
+from bench_harness_plugins.archs.small import MLP, VGG, ConvN, LeNet5
+
+
+def _resnet(depth, num_classes, in_channels, image_size, width: int = 16):
+    return CifarResNet(depth, num_classes, in_channels, width)
+
+
+def _vgg(depth, num_classes, in_channels, image_size):
+    return VGG(depth, num_classes, in_channels)
+
+
+def _conv(depth, num_classes, in_channels, image_size):
+    return ConvN(depth, num_classes, in_channels, image_size)
+
+
+def _lenet5(num_classes, in_channels, image_size):
+    return LeNet5(num_classes, in_channels, image_size)
+
+
+def _mlp(num_classes, in_channels, image_size, hidden=(300, 100)):
+    return MLP(num_classes, in_channels, image_size, tuple(hidden))
+
+
+def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
+    last_name, last = None, None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name, last = name, module
+    if last is None or last.out_features == num_classes:
+        return
+    parent = model.get_submodule(last_name.rsplit(".", 1)[0]) if "." in last_name else model
+    setattr(parent, last_name.rsplit(".", 1)[-1], nn.Linear(last.in_features, num_classes, bias=last.bias is not None))
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == in_channels:
+                return
+            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                            module.dilation, module.groups, module.bias is not None)
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], new)
+            return
+
+
+def _torchvision(arch, num_classes, in_channels, image_size, weights=None):
+    """torchvision.models by name. ``weights`` (e.g. "DEFAULT") downloads pretrained weights when allowed."""
+    import torchvision
+
+    try:
+        if weights is None:
+            model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        else:
+            model = torchvision.models.get_model(arch, weights=weights)
+            _replace_last_linear(model, num_classes)
+    except ValueError as exc:
+        raise ValueError(f"torchvision has no model {arch!r} ({exc}); see torchvision.models.list_models()") from None
+    _replace_first_conv(model, in_channels)
+    return model
+
+
+def _timm(arch, num_classes, in_channels, image_size, pretrained=False, **kw):
+    """timm.create_model by name, with num_classes and in_chans (and img_size where the model takes it)."""
+    import timm
+
+    if not timm.list_models(arch) and arch not in timm.list_models():
+        raise ValueError(f"timm has no model {arch!r}; see timm.list_models()")
+    try:
+        return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
+                                 img_size=image_size, **kw)
+    except TypeError:
+        return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **kw)
+
+
+@hookimpl
+def bench_register_models():
+    specs = [ModelSpec(f"resnet{d}", partial(_resnet, d), f"CIFAR ResNet-{d} (16/32/64 filters, 1x1 conv+BN "
+                                                            f"shortcuts)") for d in (20, 32, 44, 56, 110)]
+    specs += [ModelSpec(f"vgg{d}_bn", partial(_vgg, d), f"CIFAR VGG-{d} with BatchNorm") for d in (11, 13, 16, 19)]
+    specs += [ModelSpec(f"conv{d}", partial(_conv, d), f"Conv-{d} (Frankle & Carbin 2019)") for d in (2, 4, 6)]
+    specs += [
+        ModelSpec("lenet5", _lenet5, "LeNet-5"),
+        ModelSpec("mlp", _mlp, "fully connected network, hidden=(300, 100) by default"),
+        ModelSpec("torchvision", _torchvision, "any torchvision model: torchvision:<arch>", prefix=True),
+        ModelSpec("timm", _timm, "any timm model: timm:<arch>", prefix=True),
+    ]
+    return specs

@@ -1,0 +1,45 @@
+"""Reference pruners: dense (no pruning), random and magnitude."""
+from __future__ import annotations
+
+import torch
+
+from bench_harness import hookimpl, masking
+from bench_harness.pruner import Regime, Pruner
+from bench_harness.score_pruner import ScorePruner
+
+
+class Dense(Pruner):
+    """No pruning: the reference row of every table."""
+
+    name = "dense"
+    description = "no pruning (reference)"
+    regime = Regime.NONE
+    ignores_sparsity = True
+
+    def prune(self, model, sparsity, ctx):
+        return masking.full_masks(ctx.prunable)
+
+
+class RandomPruner(ScorePruner):
+    """Gaussian scores drawn from the run's seeded generator (Synaptic-Flow's `Rand`)."""
+
+    name = "random"
+    description = "random scores (N(0,1)); global or layer-wise"
+
+    def score(self, model, ctx):
+        return {n: torch.randn(p.shape, generator=ctx.generator).to(p.device) for n, p in ctx.prunable.items()}
+
+
+class Magnitude(ScorePruner):
+    """Score = |θ|."""
+
+    name = "magnitude"
+    description = "weight magnitude |w|; global or layer-wise, one shot or iterative"
+
+    def score(self, model, ctx):
+        return {n: p.detach().abs() for n, p in ctx.prunable.items()}
+
+
+@hookimpl
+def bench_register_pruners():
+    return [Dense, RandomPruner, Magnitude]
