@@ -63,9 +63,11 @@ def cmd_run(args) -> int:
     from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
-    if args.results_root:
-        for run in suite.runs:
+    for run in suite.runs:
+        if args.results_root:
             run.results_root = args.results_root
+        if args.download:
+            run.download = True
     todo, done = pending_runs(suite, args.force)
     if args.dry_run:
         for run in suite.runs:
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="local (default)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1: in-process)")
     p.add_argument("--results-root", help="override the suite's results_root")
+    p.add_argument("--download", action="store_true", help="allow downloading missing data sets")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("results", help="print a suite's results table")

@@ -84,7 +84,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     started = _now()
     row: dict[str, Any] = {
         "run_id": run.run_id, "suite": run.suite, "pruner": run.pruner.name,
-        "pruner_params": results.to_json(run.pruner_defaults), "ablation": run.ablation,
+        "pruner_params": results.to_json(run.identity().get("pruner_params", {})), "ablation": run.ablation,
         "model": run.model.name, "model_params": results.to_json(run.model.params), "dataset": run.dataset.name,
         "seed": run.seed, "target_sparsity": run.sparsity, "config": results.to_json(run.identity()),
         "started_at": started,

@@ -101,7 +101,8 @@ class RunSpec:
     data_root: str = "data"
     download: bool = False
     results_root: str = "results"
-    pruner_defaults: dict[str, Any] = field(default_factory=dict)  # filled by validation: canonical params
+    # Filled by validation: the pruner parameters that differ from the Params dataclass defaults.
+    pruner_defaults: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
         """The canonical configuration hashed into the run id (defaults and empty values left out)."""
@@ -113,7 +114,7 @@ class RunSpec:
             "seed": self.seed,
             "model_params": self.model.params,
             "dataset_params": self.dataset.params,
-            "pruner_params": self.pruner_defaults if self.pruner_defaults else self.pruner.params,
+            "pruner_params": self.pruner.params if self.pruner_defaults is None else self.pruner_defaults,
             "recipe": non_default_fields(self.recipe),
             "scoring": non_default_fields(self.scoring),
             "prunable": non_default_fields(self.prunable),

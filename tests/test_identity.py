@@ -1,0 +1,46 @@
+from dataclasses import dataclass, field
+
+from bench_harness.identity import config_hash, non_default_fields
+from bench_harness.suite import Component, PrunableSet, Recipe, RunSpec, Scoring
+
+
+def _run(**kw):
+    base = dict(suite="s", model=Component("resnet20"), dataset=Component("cifar10"), pruner=Component("magnitude"),
+                sparsity=0.9, seed=0, recipe=Recipe(), scoring=Scoring(), prunable=PrunableSet())
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def test_frozen_run_ids():
+    # These ids name result files on disk: changing them orphans every existing result. Do not update them
+    # unless the identity scheme is deliberately versioned.
+    assert _run().run_id == "01c708f1c2380123"
+    assert _run(seed=1).run_id == "49f8173e05dd7f20"
+    assert _run(recipe=Recipe(epochs=160, lr=0.1, schedule="step", milestones=(80, 120))).run_id == "ec61ad3f9c1ba523"
+    assert _run(pruner=Component("magnitude", {"scope": "layerwise"}),
+                pruner_defaults={"scope": "layerwise"}).run_id == "954c9c23a075ed8b"
+
+
+def test_defaults_do_not_enter_the_identity():
+    assert _run(recipe=Recipe(epochs=10)).run_id == _run().run_id  # 10 is the default
+    assert _run(ablation=None).run_id == _run().run_id
+    assert "recipe" not in _run().identity()
+
+
+def test_adding_a_defaulted_field_keeps_the_hash():
+    @dataclass
+    class V1:
+        lr: float = 0.1
+
+    @dataclass
+    class V2:
+        lr: float = 0.1
+        warmup: int = 0
+        tags: list = field(default_factory=list)
+
+    assert config_hash({"r": non_default_fields(V1(lr=0.2))}) == config_hash({"r": non_default_fields(V2(lr=0.2))})
+
+
+def test_float_noise_and_key_order_do_not_change_the_hash():
+    assert config_hash({"a": 0.1 + 0.2, "b": 1}) == config_hash({"b": 1, "a": 0.3})
+    assert config_hash({"a": 0.3}) != config_hash({"a": 0.31})

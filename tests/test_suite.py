@@ -1,0 +1,62 @@
+import pytest
+
+from bench_harness.errors import SuiteError
+from bench_harness.suite import load_suite
+
+GOOD = """
+name: demo
+grid:
+  models: [mlp]
+  datasets: [synthetic]
+  sparsities: [0.5, 0.9]
+  seeds: [0, 1]
+  pruners: [dense, random, {name: magnitude, params: {scope: layerwise}}]
+recipe: {epochs: 1, weight_decay: 5e-4}
+"""
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "suite.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_expansion_collapses_the_sparsity_axis_of_dense(tmp_path):
+    suite = load_suite(_write(tmp_path, GOOD))
+    # dense: 2 seeds; random and magnitude: 2 sparsities x 2 seeds each
+    assert len(suite.runs) == 2 + 4 + 4
+    assert sorted({r.sparsity for r in suite.runs if r.pruner.name == "dense"}) == [0.0]
+    assert suite.runs[0].recipe.weight_decay == 5e-4  # YAML reads 5e-4 as a string; coerced
+    assert len({r.run_id for r in suite.runs}) == len(suite.runs)
+
+
+@pytest.mark.parametrize("text, key, fragment", [
+    (GOOD.replace("pruners: [dense", "pruners: [dense, magnitud"), "grid.pruners", "Did you mean 'magnitude'"),
+    (GOOD.replace("models: [mlp]", "models: [resnet2]"), "grid.models", "'resnet20'"),
+    (GOOD.replace("datasets: [synthetic]", "datasets: [cifar_10]"), "grid.datasets", "Did you mean 'cifar10'"),
+    (GOOD.replace("recipe: {epochs: 1", "recipe: {epoch: 1"), "recipe.epoch", "Did you mean 'epochs'"),
+    (GOOD.replace("recipe: {epochs: 1", "recipe: {epochs: many"), "recipe.epochs", "expected int"),
+    (GOOD.replace("[0.5, 0.9]", "[0.5, 90]"), "grid.sparsities[1]", "fraction of weights REMOVED"),
+    (GOOD.replace("grid:", "gird:"), "gird", "Did you mean 'grid'"),
+    (GOOD.replace("{scope: layerwise}", "{scop: layerwise}"), "grid.pruners[magnitude].params", "scope"),
+])
+def test_errors_name_the_file_the_key_and_the_fix(tmp_path, text, key, fragment):
+    path = _write(tmp_path, text)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    message = str(info.value)
+    assert str(path) in message and key in message and fragment in message, message
+
+
+def test_invalid_yaml_is_reported(tmp_path):
+    with pytest.raises(SuiteError, match="not valid YAML"):
+        load_suite(_write(tmp_path, "name: [unclosed"))
+
+
+def test_shipped_suites_validate():
+    from pathlib import Path
+
+    suites = sorted((Path(__file__).parent.parent / "suites").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        assert load_suite(path).runs
