@@ -42,17 +42,51 @@ def _missing(name: str, expected: Path, how: str) -> DatasetNotFound:
 
 
 # -- CIFAR ---------------------------------------------------------------------------------------------------
-def _cifar(classes: int, root, split, augment, download=False):
-    from torchvision.datasets import CIFAR10, CIFAR100
+class CifarFiles(Dataset):
+    """CIFAR-10/100 read from the official "python version" pickles (no checksum: any file in the format works)."""
 
-    cls, folder = (CIFAR10, "cifar-10-batches-py") if classes == 10 else (CIFAR100, "cifar-100-python")
+    def __init__(self, folder: Path, files: list[str], label_key: bytes, transform) -> None:
+        import pickle
+
+        import numpy as np
+
+        data, targets = [], []
+        for name in files:
+            with open(folder / name, "rb") as fh:
+                entry = pickle.load(fh, encoding="bytes")
+            data.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            targets.extend(int(t) for t in entry[label_key])
+        self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # N, H, W, C
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def _cifar(classes: int, root, split, augment, download=False):
+    folder_name = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+    folder = Path(root) / folder_name
     mean, std = (CIFAR10_MEAN, CIFAR10_STD) if classes == 10 else (CIFAR100_MEAN, CIFAR100_STD)
-    if not (Path(root) / folder).is_dir() and not download:
-        raise _missing(f"cifar{classes}", Path(root) / folder,
-                       "Get the python version from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it "
-                       "there, or set `download: true` in the suite")
-    return cls(str(root), train=split == "train", download=download,
-               transform=_transforms(split == "train", augment, 32, mean, std))
+    if not folder.is_dir():
+        if not download:
+            raise _missing(f"cifar{classes}", folder,
+                           "Get the python version from https://www.cs.toronto.edu/~kriz/cifar.html and unpack "
+                           "it there, or set `download: true` in the suite")
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        (CIFAR10 if classes == 10 else CIFAR100)(str(root), train=True, download=True)
+    if classes == 10:
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key = b"labels"
+    else:
+        files, key = ["train" if split == "train" else "test"], b"fine_labels"
+    return CifarFiles(folder, files, key, _transforms(split == "train", augment, 32, mean, std))
 
 
 # -- MNIST family --------------------------------------------------------------------------------------------
