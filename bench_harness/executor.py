@@ -67,21 +67,21 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
 
             for run in todo:
                 bar.set_description(f"{suite.name} {run.pruner.name} s={run.sparsity:g}")
-                epoch_bar = None
+                state = {"phase": None, "bar": None}
 
-                def on_epoch(phase, epoch, total, loss, _run=run):
-                    nonlocal epoch_bar
-                    if epoch_bar is None or epoch_bar.desc != phase:
-                        if epoch_bar is not None:
-                            epoch_bar.close()
-                        epoch_bar = tqdm(total=total, desc=phase, unit="epoch", leave=False,
-                                         disable=not progress, file=sys.stderr)
-                    epoch_bar.update(1)
-                    epoch_bar.set_postfix(loss=f"{loss:.4f}")
+                def on_epoch(phase, epoch, total, loss, state=state):
+                    if state["phase"] != phase:
+                        if state["bar"] is not None:
+                            state["bar"].close()
+                        state["phase"] = phase
+                        state["bar"] = tqdm(total=total, desc=phase, unit="epoch", leave=False,
+                                            disable=not progress, file=sys.stderr)
+                    state["bar"].update(1)
+                    state["bar"].set_postfix(loss=f"{loss:.4f}")
 
                 row = execute_run(run, on_epoch=on_epoch)
-                if epoch_bar is not None:
-                    epoch_bar.close()
+                if state["bar"] is not None:
+                    state["bar"].close()
                 record(run.run_id, row["status"], row.get("error"))
         else:
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or [None]

@@ -40,7 +40,9 @@ def flops_per_example(model: nn.Module, input_shape: tuple[int, ...], masks: Map
     saved = 0.0
     for name, density in densities.items():
         module_name = name.rsplit(".", 1)[0] if "." in name else ""
-        counts = per_module.get(module_name)
+        # the counter names modules "<RootClass>.<qualified name>"
+        key = f"{type(model).__name__}.{module_name}" if module_name else type(model).__name__
+        counts = per_module.get(key)
         if counts:
             saved += float(sum(counts.values())) * (1.0 - density)
     return dense, dense - saved

@@ -99,7 +99,7 @@ def train(
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
                 if not torch.isfinite(loss):
-                    raise RunFailure(f"non-finite training loss ({float(loss)}) at epoch {epoch + 1}, step {i + 1}: "
+                    raise RunFailure(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}: "
                                      f"lower the learning rate or check the pruned network (layer collapse?)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -107,7 +107,7 @@ def train(
                 scaler.update()
                 if enforcer is not None:
                     enforcer.enforce()
-                running += float(loss) * len(y)
+                running += loss.item() * len(y)
                 seen += len(y)
             if on_epoch is not None:
                 on_epoch(epoch + 1, running / max(seen, 1))
