@@ -79,11 +79,11 @@ def _data(seed: int):
 
 
 def _train_service(batches):
-    def train(model, masks=None, epochs=1):
+    def train(model, masks=None, epochs=1, start_epoch=0):
         enforcer = masking.MaskEnforcer(model, masks) if masks else None
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         model.train()
-        for _ in range(epochs or 1):
+        for _ in range(start_epoch, epochs or 1):
             for x, y in batches():
                 opt.zero_grad()
                 F.cross_entropy(model(x), y).backward()

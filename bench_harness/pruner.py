@@ -72,7 +72,9 @@ class PruneContext:
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None  # scoring/calibration data
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None  # (C, H, W) of one example
-    train: Callable[..., Any] | None = None  # train(model, masks, epochs) -> None, under the suite's recipe
+    # train(model, masks=None, epochs=None, start_epoch=0): trains in place under the suite's recipe (epochs None:
+    # the recipe's), the lr schedule resumed at start_epoch, pruned weights kept at zero.
+    train: Callable[..., Any] | None = None
     cache: ArtifactCache = field(default_factory=ArtifactCache)
 
     def data(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -123,7 +123,8 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
             model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
             exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
             num_classes=dspec.num_classes, input_shape=data.input_shape, cache=cache,
-            train=lambda m, masks=None, epochs=None: train(m, data.train, run.recipe, device, masks, epochs),
+            train=lambda m, masks=None, epochs=None, start_epoch=0: train(
+                m, data.train, run.recipe, device, masks, epochs, start_epoch=start_epoch),
         )
         params = pruner_cls.make_params(run.pruner.params)
         t0 = time.perf_counter()

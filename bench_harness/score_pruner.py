@@ -38,6 +38,7 @@ class ScorePruner(Pruner):
 
     Params = ScoreParams
     invert_scores: bool = False  # set by the "invert" sanity ablation: keep the LOWEST scores
+    masks: dict[str, torch.Tensor] | None = None  # the current masks while score() runs (all ones in round 1)
 
     def score(self, model: nn.Module, ctx: PruneContext) -> dict[str, torch.Tensor]:
         """Scores keyed by the names of ``ctx.prunable``; the model's prunable weights are already masked."""
@@ -51,6 +52,7 @@ class ScorePruner(Pruner):
                 with torch.no_grad():
                     for n, p in ctx.prunable.items():
                         p.copy_(original[n] * masks[n])
+                self.masks = masks
                 scores = self.score(model, ctx)
                 if self.invert_scores:
                     scores = {n: -s for n, s in scores.items()}

@@ -12,8 +12,10 @@ spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${extras:-base}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip setuptools 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e "$spec" 2>&1 | grep -v "^WARNING: Location" || true
+  echo "installing bench-harness into .venv (log: .venv/install.log)" >&2
+  { .venv/bin/python -m pip install --upgrade pip "setuptools>=68" wheel \
+      && .venv/bin/python -m pip install -c constraints.txt -e "$spec"; } > .venv/install.log 2>&1 \
+    || { tail -30 .venv/install.log >&2; echo "installation failed (see .venv/install.log)" >&2; exit 1; }
   .venv/bin/python -c "import bench_harness, torch, torchvision" || { echo "installation failed" >&2; exit 1; }
   touch "$stamp"
 fi
