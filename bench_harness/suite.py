@@ -309,6 +309,12 @@ def load_suite(path: str | os.PathLike, registry=None) -> Suite:
     return suite
 
 
+def _is_score_pruner(cls: type) -> bool:
+    from bench_harness.score_pruner import ScorePruner
+
+    return issubclass(cls, ScorePruner)
+
+
 def validate_suite(suite: Suite, registry=None) -> None:
     """Check names and parameters against the registry; collapse the sparsity axis of dense pruners."""
     from bench_harness.plugins import get_registry
@@ -342,7 +348,9 @@ def validate_suite(suite: Suite, registry=None) -> None:
                 raise SuiteError(suite.path, "ablations", f"unknown ablation {run.ablation!r}."
                                  f"{did_you_mean(run.ablation, ABLATIONS)} Known: {', '.join(ABLATIONS)}.")
             if pruner_cls.ignores_sparsity:
-                continue
+                continue  # the dense reference has nothing to ablate
+            if run.ablation == "invert" and not _is_score_pruner(pruner_cls):
+                continue  # only score-based pruners have scores to invert
         if run.run_id in seen_ids:  # dense runs collapse over sparsities
             continue
         seen_ids.add(run.run_id)
