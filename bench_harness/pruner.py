@@ -76,6 +76,9 @@ class PruneContext:
     # the recipe's), the lr schedule resumed at start_epoch, pruned weights kept at zero.
     train: Callable[..., Any] | None = None
     cache: ArtifactCache = field(default_factory=ArtifactCache)
+    # The unshuffled, unaugmented-or-as-configured training set the scoring batches were drawn from, for
+    # pruners that select their own subset (e.g. PX: the first k images of each class). May be None.
+    dataset: Any = None
 
     def data(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the scoring batches (moved to ``device``); a clear error if there are none."""

@@ -48,6 +48,7 @@ class RunData:
         train_set = head(spec.load(split="train", augment=recipe.augment, **kw), recipe.train_subset)
         test_set = head(spec.load(split="test", augment=False, **kw), recipe.test_subset)
         score_set = head(spec.load(split="train", augment=scoring.augment, **kw), recipe.train_subset)
+        self.scoring_source = score_set
         if scoring.examples_per_class is not None:
             score_set = first_per_class(score_set, scoring.examples_per_class, spec.num_classes)
         else:
@@ -122,7 +123,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         ctx = make_context(
             model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
             exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
-            num_classes=dspec.num_classes, input_shape=data.input_shape, cache=cache,
+            num_classes=dspec.num_classes, input_shape=data.input_shape, cache=cache, dataset=data.scoring_source,
             train=lambda m, masks=None, epochs=None, start_epoch=0: train(
                 m, data.train, run.recipe, device, masks, epochs, start_epoch=start_epoch),
         )
