@@ -49,16 +49,16 @@ def dataset_targets(dataset: Dataset) -> list[int]:
 
 
 def first_per_class(dataset: Dataset, examples_per_class: int, num_classes: int) -> Subset:
-    """The first ``k`` examples of each class, in data set order (unshuffled): PX's scoring subset."""
-    counts = [0] * num_classes
-    chosen: list[int] = []
+    """The first ``k`` examples of each class in data set order, grouped by class (classes in the order of
+    their first appearance) — PX's balanced scoring subset, in the official code's order."""
+    chosen: dict[int, list[int]] = {}
     for i, label in enumerate(dataset_targets(dataset)):
-        if counts[label] < examples_per_class:
-            counts[label] += 1
-            chosen.append(i)
-            if len(chosen) == examples_per_class * num_classes:
+        picked = chosen.setdefault(label, [])
+        if len(picked) < examples_per_class:
+            picked.append(i)
+            if len(chosen) == num_classes and all(len(v) == examples_per_class for v in chosen.values()):
                 break
-    return Subset(dataset, chosen)
+    return Subset(dataset, [i for indices in chosen.values() for i in indices])
 
 
 def head(dataset: Dataset, n: int | None) -> Dataset:

@@ -8,9 +8,14 @@ Conventions (tested in tests/test_masking.py):
   This makes the achieved density exact and the mask deterministic. (Synaptic-Flow instead prunes every
   score ``<=`` the k-th smallest, which overshoots the sparsity when scores tie.)
 - NaN scores are treated as the lowest possible score.
+- The **reference rule** (``tie_rule="reference"``) is the one of Synaptic-Flow and its forks (PX, AutoSparse):
+  ``k = int((1 - density) * N)`` entries are to be pruned, the threshold is the k-th smallest score, and every
+  score ``<=`` the threshold is pruned (ties are pruned; nothing is pruned when k < 1). Faithful
+  re-implementations use it so that their masks match the official code's mask for mask.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Mapping
 
@@ -77,7 +82,54 @@ def layerwise_topk_masks(scores: Mapping[str, torch.Tensor], density: float | Ma
     return masks
 
 
-def topk_masks(scores: Mapping[str, torch.Tensor], density: float, scope: str = "global") -> dict[str, torch.Tensor]:
+def _reference_keep(flat: torch.Tensor, density: float, honour_target: bool = False) -> torch.Tensor:
+    k = int((1.0 - density) * flat.numel())
+    if k < 1:
+        return flat > float("-inf")
+    threshold = torch.kthvalue(flat, k).values
+    keep = flat > threshold
+    if honour_target:
+        excess = int((~keep).sum()) - k  # ties at the threshold pruned beyond k
+        if excess > 0:
+            tied = ((flat == threshold) & ~keep).nonzero().flatten()
+            keep[tied[-excess:]] = True  # the earliest tied entries stay pruned, the last ones come back
+    return keep
+
+
+def reference_threshold_masks(scores: Mapping[str, torch.Tensor], density: float, scope: str = "global",
+                              honour_target: bool = False) -> dict[str, torch.Tensor]:
+    """Synaptic-Flow's thresholding: prune every score <= the k-th smallest, k = int((1 - density) * N).
+
+    With ``honour_target``, when ties at the threshold would prune more than k entries (where the reference
+    code stops with "ERROR: ... remaining, expected ..."), the last tied entries are kept so that exactly k are
+    pruned. Pruners apply it on their final round only, so that earlier rounds stay identical to the reference.
+    """
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density must lie in [0, 1], got {density}")
+    clean = {n: torch.nan_to_num(s.detach(), nan=float("-inf")) for n, s in scores.items()}
+    if scope in ("layerwise", "local"):
+        return {n: _reference_keep(s.flatten(), density, honour_target).view_as(s) for n, s in clean.items()}
+    if scope != "global":
+        raise ValueError(f"unknown scope {scope!r}: use 'global' or 'layerwise'")
+    names = list(clean)
+    dtype = functools.reduce(torch.promote_types, (clean[n].dtype for n in names))
+    flat = torch.cat([clean[n].flatten().to(dtype) for n in names])
+    keep = _reference_keep(flat, density, honour_target)
+    masks, start = {}, 0
+    for n in names:
+        size = clean[n].numel()
+        masks[n] = keep[start:start + size].view_as(clean[n])
+        start += size
+    return masks
+
+
+def topk_masks(scores: Mapping[str, torch.Tensor], density: float, scope: str = "global",
+               tie_rule: str = "exact", final: bool = True) -> dict[str, torch.Tensor]:
+    """Masks from scores. ``final``: this is the last round (the reference rule then honours the target)."""
+    if tie_rule == "reference":
+        return reference_threshold_masks(scores, density, scope, honour_target=final)
+    if tie_rule != "exact":
+        raise ValueError(f"unknown tie_rule {tie_rule!r}: use 'exact' or 'reference'")
     if scope == "global":
         return global_topk_masks(scores, density)
     if scope in ("layerwise", "local"):
@@ -94,8 +146,7 @@ def exponential_schedule(final_density: float, rounds: int) -> list[float]:
 
 def restrict_scores(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Scores with already-pruned entries set to -inf, so iterative rounds never revive a weight."""
-    return {n: torch.where(masks[n], s.double(), torch.full_like(s, float("-inf"), dtype=torch.float64))
-            for n, s in scores.items()}
+    return {n: torch.where(masks[n], s, torch.full_like(s, float("-inf"))) for n, s in scores.items()}
 
 
 def full_masks(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,6 +19,8 @@ class ScoreParams:
                                  "keeps the same density")
     rounds: int = param(1, "rounds of the exponential schedule density**(r/R), re-scoring the masked network "
                            "each round; 1 = one shot")
+    tie_rule: str = param("reference", "reference: prune every score <= the k-th smallest, k = int((1-d)N) "
+                                       "(Synaptic-Flow, PX); exact: keep exactly round(d N), ties by position")
 
 
 @contextmanager
@@ -48,7 +50,8 @@ class ScorePruner(Pruner):
         density = 1.0 - sparsity
         masks = masking.full_masks(ctx.prunable)
         with masked_weights(ctx.prunable) as original:
-            for round_density in masking.exponential_schedule(density, self.params.rounds):
+            schedule = masking.exponential_schedule(density, self.params.rounds)
+            for r, round_density in enumerate(schedule, start=1):
                 with torch.no_grad():
                     for n, p in ctx.prunable.items():
                         p.copy_(original[n] * masks[n])
@@ -56,5 +59,6 @@ class ScorePruner(Pruner):
                 scores = self.score(model, ctx)
                 if self.invert_scores:
                     scores = {n: -s for n, s in scores.items()}
-                masks = masking.topk_masks(masking.restrict_scores(scores, masks), round_density, self.params.scope)
+                masks = masking.topk_masks(masking.restrict_scores(scores, masks), round_density, self.params.scope,
+                                           getattr(self.params, "tie_rule", "exact"), final=r == len(schedule))
         return masks

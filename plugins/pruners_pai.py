@@ -16,7 +16,7 @@ from torch import nn
 
 from bench_harness import hookimpl
 from bench_harness.pruner import Requirements, param
-from bench_harness.score_pruner import ScorePruner
+from bench_harness.score_pruner import ScoreParams, ScorePruner
 
 
 def _batches(ctx, limit: int):
@@ -27,9 +27,7 @@ def _batches(ctx, limit: int):
 
 
 @dataclass
-class SnipParams:
-    scope: str = param("global", "global or layerwise threshold")
-    rounds: int = param(1, "rounds of the exponential schedule (>1: iterative SNIP)")
+class SnipParams(ScoreParams):
     batches: int = param(0, "scoring batches to use; 0 = all the scoring data (default 10 x classes examples, "
                             "as Synaptic-Flow's prune_dataset_ratio=10)")
     train_mode: bool = param(False, "score in train() mode (the reference scores in eval())")
@@ -61,9 +59,7 @@ class Snip(ScorePruner):
 
 
 @dataclass
-class GraspParams:
-    scope: str = param("global", "global or layerwise threshold")
-    rounds: int = param(1, "rounds of the exponential schedule")
+class GraspParams(ScoreParams):
     batches: int = param(0, "scoring batches to use; 0 = all the scoring data")
     temperature: float = param(200.0, "softmax temperature dividing the logits (reference: 200)")
     train_mode: bool = param(False, "score in train() mode (the reference scores in eval())")
@@ -113,8 +109,7 @@ class Grasp(ScorePruner):
 
 
 @dataclass
-class SynflowParams:
-    scope: str = param("global", "global or layerwise threshold")
+class SynflowParams(ScoreParams):
     rounds: int = param(100, "rounds of the exponential schedule (reference: 100)")
     double: bool = param(False, "score in float64 (deep networks can overflow float32 products)")
 

@@ -49,7 +49,7 @@ from bench_harness import hookimpl
 from bench_harness.datasets import first_per_class
 from bench_harness.masking import PRUNABLE_TYPES
 from bench_harness.pruner import Requirements, param
-from bench_harness.score_pruner import ScorePruner
+from bench_harness.score_pruner import ScoreParams, ScorePruner
 from bench_harness_plugins.relu_gates import relu_gates
 
 
@@ -115,10 +115,8 @@ class PXViews:
         self.act_params = dict(self.act.named_parameters())
         self.jvf_params = dict(self.jvf.named_parameters())
         self.squared = {n: not kept(n, False) for n in prunable}  # pk holds θ² (else θ) for these
-        for p in self.pk.parameters():
-            p.requires_grad_(False)
-        for n in prunable:
-            self.pk_params[n].requires_grad_(True)
+        for p in self.pk.parameters():  # every pk parameter requires grad, as in the official code: the same
+            p.requires_grad_(True)       # autograd graph gives the same rounding (which matters, see above)
 
     @torch.no_grad()
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
@@ -128,8 +126,8 @@ class PXViews:
             self.act_params[n].copy_(theta)
             self.jvf_params[n].copy_(m if self.squared[n] else theta)  # kept (classifier): original values
             self.pk_params[n].copy_(theta.pow(2) if self.squared[n] else theta)
-            if self.pk_params[n].grad is not None:
-                self.pk_params[n].grad = None
+        for p in self.pk.parameters():
+            p.grad = None
 
     def gates(self, x: torch.Tensor) -> list[torch.Tensor]:
         gates: list[torch.Tensor] = []
@@ -162,8 +160,7 @@ class PXViews:
 
 
 @dataclass
-class PXParams:
-    scope: str = param("global", "global threshold (official) or layerwise")
+class PXParams(ScoreParams):
     rounds: int = param(100, "rounds of the exponential schedule (official: 100)")
     examples_per_class: int = param(2, "scoring data: the first k training images of each class, in data set order")
     batch_size: int = param(128, "batch size of the scoring data (the views' BatchNorms use batch statistics)")
@@ -175,8 +172,7 @@ class PXParams:
 
 
 @dataclass
-class PXCvprParams:
-    scope: str = param("global", "global threshold (official) or layerwise")
+class PXCvprParams(ScoreParams):
     rounds: int = param(100, "rounds of the exponential schedule (official: 100)")
     batch_limit: int = param(2, "scoring data: the first batch_limit batches of the suite's scoring loader")
     bn_substring: str = param("bn", "BatchNorms whose module name contains this keep their values")

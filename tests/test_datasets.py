@@ -140,10 +140,11 @@ def test_synthetic_is_deterministic():
     assert spec.num_classes == 3 and torch.equal(a.tensors[0], b.tensors[0]) and a[0][0].shape == (3, 8, 8)
 
 
-def test_first_per_class_is_in_dataset_order():
+def test_first_per_class_takes_the_first_k_grouped_by_class():
     from torch.utils.data import TensorDataset
 
     labels = torch.tensor([2, 0, 0, 1, 2, 1, 0])
     ds = TensorDataset(torch.arange(7), labels)
-    assert first_per_class(ds, 2, 3).indices == [0, 1, 2, 3, 4, 5]
+    # classes in order of first appearance (2, 0, 1), each with its first k examples in data set order
+    assert first_per_class(ds, 2, 3).indices == [0, 4, 1, 2, 3, 5]
     assert first_per_class(ds, 1, 3).indices == [0, 1, 3]

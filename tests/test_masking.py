@@ -96,3 +96,28 @@ def test_pruned_weights_stay_exactly_zero_during_training(optimizer):
         for n, m in masks.items():
             assert torch.all(params[n][~m] == 0), f"step {step}: pruned weights of {n} moved"
             assert torch.all(params[n][m] != 0)
+
+
+def test_reference_rule_prunes_ties_and_uses_int_k():
+    # k = int((1 - 0.5) * 6) = 3 pruned: threshold = 3rd smallest = 1.0; every score <= 1.0 is pruned (4 of them)
+    scores = {"a": torch.tensor([1.0, 1.0, 3.0]), "b": torch.tensor([0.5, 1.0, 2.0])}
+    masks = masking.reference_threshold_masks(scores, 0.5)
+    assert masks["a"].tolist() == [False, False, True] and masks["b"].tolist() == [False, False, True]
+    # k < 1: nothing pruned
+    assert all(bool(m.all()) for m in masking.reference_threshold_masks(scores, 0.9).values())
+    # layer-wise: each layer its own k
+    local = masking.reference_threshold_masks({"a": torch.tensor([3.0, 1.0, 2.0, 0.0])}, 0.5, "layerwise")
+    assert local["a"].tolist() == [True, False, True, False]
+    # the same as top-k when no scores tie
+    distinct = {"a": torch.tensor([0.3, 0.9, 0.1, 0.4]), "b": torch.tensor([0.7, 0.2, 0.5, 0.8])}
+    ref = masking.reference_threshold_masks(distinct, 0.5)
+    exact = masking.global_topk_masks(distinct, 0.5)
+    assert all(torch.equal(ref[n], exact[n]) for n in distinct)
+
+
+def test_reference_rule_honours_the_target_on_the_final_round():
+    scores = {"a": torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0, 3.0])}
+    # k = int(0.5 * 6) = 3: the plain reference rule prunes all four zeros (ties), overshooting
+    assert int(masking.reference_threshold_masks(scores, 0.5)["a"].sum()) == 2
+    honoured = masking.reference_threshold_masks(scores, 0.5, honour_target=True)["a"]
+    assert honoured.tolist() == [False, False, False, True, True, True]

@@ -49,14 +49,12 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(f_in, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                nn.init.kaiming_normal_(m.weight)  # biases keep PyTorch's default (open_lth)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x):
         out = self.layers(self.relu(self.bn1(self.conv1(x))))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = F.avg_pool2d(out, tuple(out.shape[2:])).flatten(1)  # open_lth's pooling (same kernel, same rounding)
         return self.fc(out)
