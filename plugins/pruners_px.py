@@ -115,8 +115,11 @@ class PXViews:
         self.act_params = dict(self.act.named_parameters())
         self.jvf_params = dict(self.jvf.named_parameters())
         self.squared = {n: not kept(n, False) for n in prunable}  # pk holds θ² (else θ) for these
-        for p in self.pk.parameters():  # every pk parameter requires grad, as in the official code: the same
-            p.requires_grad_(True)       # autograd graph gives the same rounding (which matters, see above)
+        for p in self.pk.parameters():
+            p.requires_grad_(False)
+        for n in prunable:
+            self.pk_params[n].requires_grad_(True)
+        self.checked = False  # the first pass of each view runs with module tracking (names bad activations)
 
     @torch.no_grad()
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
@@ -126,24 +129,25 @@ class PXViews:
             self.act_params[n].copy_(theta)
             self.jvf_params[n].copy_(m if self.squared[n] else theta)  # kept (classifier): original values
             self.pk_params[n].copy_(theta.pow(2) if self.squared[n] else theta)
-        for p in self.pk.parameters():
-            p.grad = None
+            self.pk_params[n].grad = None
 
     def gates(self, x: torch.Tensor) -> list[torch.Tensor]:
         gates: list[torch.Tensor] = []
-        with torch.no_grad(), relu_gates(self.act, "record", gates):
+        with torch.no_grad(), relu_gates(self.act, "record", gates, track=not self.checked):
             self.act(x)
         return gates
 
     def z1(self, x: torch.Tensor, gates: list[torch.Tensor]) -> torch.Tensor:
         inp = x.pow(2) if self.rules.jvf_input == "square" else x
-        with torch.no_grad(), relu_gates(self.jvf, "apply", gates):
+        with torch.no_grad(), relu_gates(self.jvf, "apply", gates, track=not self.checked):
             return self.jvf(inp)
 
     def z2(self, x: torch.Tensor) -> torch.Tensor:
         inp = torch.ones_like(x) if self.rules.pk_input == "ones" else x
-        with relu_gates(self.pk, "identity", []):
-            return self.pk(inp)
+        with relu_gates(self.pk, "identity", [], track=not self.checked):
+            out = self.pk(inp)
+        self.checked = True
+        return out
 
     def scores(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}

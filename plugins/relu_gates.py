@@ -85,13 +85,24 @@ class _GateMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _NoTracker:
+    def current(self) -> str:
+        return "(a module; run once with tracking to name it)"
+
+    def remove(self) -> None:
+        pass
+
+
 @contextmanager
-def relu_gates(model: nn.Module, action: str, gates: list[torch.Tensor]) -> Iterator[_GateMode]:
+def relu_gates(model: nn.Module, action: str, gates: list[torch.Tensor], track: bool = True) -> Iterator[_GateMode]:
     """Within the block, forward passes of ``model`` record gates into ``gates`` (action "record"), multiply by
-    the recorded gates in call order ("apply"), or drop ReLUs ("identity")."""
+    the recorded gates in call order ("apply"), or drop ReLUs ("identity").
+
+    ``track`` keeps the name of the running module for error messages; a caller that already ran the same
+    network once with tracking may switch it off (it costs two hooks per module per forward pass)."""
     if action not in ("record", "apply", "identity"):
         raise ValueError(action)
-    tracker = _ModuleTracker(model)
+    tracker = _ModuleTracker(model) if track else _NoTracker()
     mode = _GateMode(action, gates, tracker)
     try:
         with mode:
