@@ -129,6 +129,106 @@ def cmd_results(args) -> int:
     return 0
 
 
+def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[str], str]:
+    """Suite files or names -> (names, results root)."""
+    from bench_harness.suite import load_suite
+
+    out, root = [], results_root
+    for name in names:
+        if Path(name).is_file():
+            suite = load_suite(name)
+            out.append(suite.name)
+            root = root or (suite.runs[0].results_root if suite.runs else "results")
+        else:
+            out.append(name)
+    root = root or "results"
+    for name in out:
+        if not (Path(root) / name / "runs").is_dir():
+            raise BenchError(f"no results for suite {name!r} under {root}/{name}/runs: run it first "
+                             f"(bench run SUITE) or give --results-root")
+    return out, root
+
+
+def cmd_aggregate(args) -> int:
+    from bench_harness.aggregate import aggregate, leaderboard_path
+
+    suites, root = _resolve_suites(args.suites, args.results_root)
+    t0 = time.perf_counter()
+    result = aggregate(root, suites, rebuild=args.rebuild)
+    elapsed = time.perf_counter() - t0
+    for suite in suites:
+        board, runs = result.boards[suite], result.runs[suite]
+        print(f"{suite}: {len(runs)} runs -> {len(board)} leaderboard rows -> {leaderboard_path(root, suite)}")
+    if result.cross is not None:
+        print(f"across suites: {len(result.cross)} rows -> {leaderboard_path(root, None)}")
+    print(f"aggregated in {elapsed:.2f} s")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from bench_harness.aggregate import aggregate
+    from bench_harness.leaderboard import display_table, to_latex, to_markdown
+
+    suites, root = _resolve_suites(args.suites, args.results_root)
+    result = aggregate(root, suites)
+    board = result.cross if result.cross is not None else result.boards[suites[0]]
+    if board is None or board.empty:
+        raise BenchError("no finished runs to rank yet")
+    if args.format == "parquet":
+        if not args.out:
+            raise BenchError("--format parquet needs --out FILE")
+        board.to_parquet(args.out, index=False)
+        print(f"wrote {args.out}")
+        return 0
+    table = display_table(board)
+    text = {"md": to_markdown, "latex": to_latex, "csv": lambda t: t.to_csv(index=False)}[args.format](table)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from bench_harness.aggregate import aggregate
+    from bench_harness.plots import make_plots
+
+    suites, root = _resolve_suites(args.suites, args.results_root)
+    result = aggregate(root, suites)
+    for suite in suites:
+        out = Path(args.out) / suite if args.out else Path(root) / suite / "plots"
+        files = make_plots(result.boards[suite], result.runs[suite], out)
+        print(f"{suite}: {len(files)} files in {out}")
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from bench_harness.aggregate import aggregate
+    from bench_harness.plots import make_plots
+    from bench_harness.publish import publish_index, publish_suite
+
+    suites, root = _resolve_suites(args.suites, args.results_root)
+    result = aggregate(root, suites)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for suite in suites:
+        plots = make_plots(result.boards[suite], result.runs[suite], Path(root) / suite / "plots")
+        publish_suite(suite, result.boards[suite], result.runs[suite], plots, out)
+    index = publish_index(out, {s: (result.boards[s], result.runs[s]) for s in suites}, result.cross)
+    print(f"site written: {index} (open it in a browser, or copy {out} to any static host)")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from bench_harness.aggregate import merge_results
+
+    stats = merge_results(args.sources, args.into)
+    print(f"merged into {args.into}: {stats['copied']} new, {stats['replaced']} replaced by newer, "
+          f"{stats['kept']} kept (already newest)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark harness for neural-network pruning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +257,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file or suite name")
     p.add_argument("--results-root")
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("aggregate", help="build Parquet leaderboards (per suite and across suites)")
+    p.add_argument("suites", nargs="+", help="suite files or names")
+    p.add_argument("--results-root")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the shard index from scratch")
+    p.set_defaults(func=cmd_aggregate)
+    p = sub.add_parser("leaderboard", help="export a leaderboard table")
+    p.add_argument("suites", nargs="+", help="suite files or names (several: the cross-suite leaderboard)")
+    p.add_argument("--format", choices=["md", "csv", "latex", "parquet"], default="md")
+    p.add_argument("--out", help="write to this file instead of standard output")
+    p.add_argument("--results-root")
+    p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("plot", help="plots (PNG and SVG) of a suite's leaderboard")
+    p.add_argument("suites", nargs="+")
+    p.add_argument("--out", help="folder (default: results/<suite>/plots)")
+    p.add_argument("--results-root")
+    p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("publish", help="a static leaderboard site")
+    p.add_argument("suites", nargs="+")
+    p.add_argument("--out", required=True, help="folder of the site")
+    p.add_argument("--results-root")
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("merge", help="combine result folders (one row per run id, newest wins)")
+    p.add_argument("sources", nargs="+", help="results roots to merge")
+    p.add_argument("--into", required=True, help="results root to merge into")
+    p.set_defaults(func=cmd_merge)
     return parser
 
 

@@ -62,6 +62,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     # cost
     ("params_total", pa.int64(), "number of parameters"),
     ("params_nonzero", pa.int64(), "number of non-zero parameters"),
+    ("params_prunable", pa.int64(), "number of prunable weights (the set the sparsity refers to)"),
     ("flops_dense", pa.float64(), "FLOPs of one forward pass of one example, dense (torch flop counter)"),
     ("flops_effective", pa.float64(), "FLOPs of one example with pruned weights skipped"),
     ("prune_seconds", pa.float64(), "wall seconds of pruning (including any training it does)"),
@@ -88,11 +89,18 @@ def to_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _clean(value: Any, kind: pa.DataType) -> Any:
+    """NaN (pandas' missing value) becomes null in non-float columns."""
+    if isinstance(value, float) and value != value and not pa.types.is_floating(kind):
+        return None
+    return value
+
+
 def write_shard(row: dict[str, Any], results_root: str | Path, suite: str) -> Path:
     """Write one run's row atomically; extra keys (e.g. metric_* columns) are kept."""
     path = paths.shard_path(results_root, suite, row["run_id"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    full = {name: row.get(name) for name, _, _ in COLUMNS}
+    full = {name: _clean(row.get(name), kind) for name, kind, _ in COLUMNS}
     full["schema_version"] = SCHEMA_VERSION
     fields = list(SCHEMA)
     for key, value in row.items():
@@ -128,11 +136,11 @@ def shard_status(results_root: str | Path, suite: str, run_id: str) -> str | Non
 
 
 def load_results(results_root: str | Path, suites: Iterable[str]) -> pd.DataFrame:
-    """All shards of the given suites as one DataFrame (one row per run)."""
-    files = []
-    for suite in suites:
-        files.extend(sorted((paths.suite_dir(results_root, suite) / "runs").glob("*.parquet")))
-    if not files:
+    """All runs of the given suites as one DataFrame (one row per run), through the incremental shard index."""
+    from bench_harness.shard_index import update_index
+
+    tables = [t for t in (update_index(results_root, suite)[0] for suite in suites) if t is not None]
+    if not tables:
         return pd.DataFrame(columns=[n for n, _, _ in COLUMNS])
-    tables = [pq.read_table(f) for f in files]
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.drop_columns([c for c in table.column_names if c.startswith("_")]).to_pandas()

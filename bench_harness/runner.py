@@ -155,6 +155,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
             layer_collapse=bool(summary["collapsed_layers"]),
             collapsed_layers=results.to_json(summary["collapsed_layers"]),
             params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
+            params_prunable=sum(m.numel() for m in masks.values()),
         )
         row["flops_dense"], row["flops_effective"] = flops_per_example(model, data.input_shape, masks, device)
         for name, metric in registry.entries["metric"].items():

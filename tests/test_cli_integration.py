@@ -165,7 +165,7 @@ def test_shipped_small_pai_suite_on_real_data(tmp_path):
     suite = Path(__file__).parent.parent / "suites" / "pai_fashion_mnist_small.yaml"
     bench("run", suite, "--no-progress", "--results-root", tmp_path / "results", timeout=900)
     df = load_results(tmp_path / "results", ["pai_fashion_mnist_small"])
-    assert len(df) == 33 and (df.status == "ok").all(), df[df.status != "ok"].error.tolist()
+    assert len(df) == 66 and (df.status == "ok").all(), df[df.status != "ok"].error.tolist()
     assert set(df.pruner) == {"dense", "random", "magnitude", "snip", "grasp", "synflow", "imp", "px",
                               "px_cvpr2024"}
     pruned = df[df.pruner != "dense"]

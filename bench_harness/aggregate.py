@@ -1,0 +1,83 @@
+"""Aggregation of run shards into leaderboards, and merging result folders from several machines."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from bench_harness import paths
+from bench_harness.leaderboard import build_leaderboard, prepare_runs
+from bench_harness.shard_index import update_index
+
+
+def suite_runs(results_root: str | Path, suite: str, rebuild: bool = False) -> pd.DataFrame:
+    table, _ = update_index(results_root, suite, rebuild=rebuild)
+    return table.to_pandas() if table is not None else pd.DataFrame()
+
+
+def leaderboard_path(results_root: str | Path, suite: str | None) -> Path:
+    return (paths.suite_dir(results_root, suite) if suite else Path(results_root)) / "leaderboard.parquet"
+
+
+@dataclass
+class Aggregated:
+    boards: dict[str, pd.DataFrame]
+    runs: dict[str, pd.DataFrame]
+    cross: pd.DataFrame | None
+
+
+def aggregate(results_root: str | Path, suites: list[str], rebuild: bool = False, write: bool = True) -> Aggregated:
+    boards, runs = {}, {}
+    for suite in suites:
+        df = suite_runs(results_root, suite, rebuild)
+        runs[suite] = prepare_runs(df) if len(df) else df
+        boards[suite] = build_leaderboard(df, [suite]) if len(df) else pd.DataFrame()
+        if write and len(boards[suite]):
+            boards[suite].to_parquet(leaderboard_path(results_root, suite), index=False)
+    cross = None
+    if len(suites) > 1:
+        frames = [df for df in runs.values() if len(df)]
+        if frames:
+            cross = build_leaderboard(pd.concat(frames, ignore_index=True), suites)
+            if write:
+                cross.to_parquet(leaderboard_path(results_root, None), index=False)
+    return Aggregated(boards, runs, cross)
+
+
+def _finished_at(path: Path):
+    try:
+        value = pq.read_table(path, columns=["finished_at"]).column("finished_at")[0].as_py()
+    except Exception:
+        return None
+    return value
+
+
+def merge_results(sources: list[str | Path], into: str | Path) -> dict[str, int]:
+    """Copy run shards from several results roots into one: one shard per run id, the newest finished wins."""
+    into = Path(into)
+    stats = {"copied": 0, "kept": 0, "replaced": 0}
+    for src in map(Path, sources):
+        if not src.is_dir():
+            raise FileNotFoundError(f"{src}: no such results folder")
+        for shard in sorted(src.glob("*/runs/*.parquet")):
+            suite = shard.parent.parent.name
+            target = paths.shard_path(into, suite, shard.stem)
+            if target.exists():
+                new, old = _finished_at(shard), _finished_at(target)
+                if old is not None and (new is None or new <= old):
+                    stats["kept"] += 1
+                    continue
+                stats["replaced"] += 1
+            else:
+                stats["copied"] += 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+            os.close(fd)
+            shutil.copyfile(shard, tmp)
+            os.replace(tmp, target)
+    return stats

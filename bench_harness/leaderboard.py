@@ -1,0 +1,197 @@
+"""Leaderboards from run rows: per (model, data set, target sparsity, method) the number of seeds, mean,
+standard deviation and 95 % confidence interval of accuracy, achieved sparsity, cost, failures; a rank within
+each (model, data set, sparsity) cell; paired per-seed differences against the controls (random and magnitude
+at the same sparsity, dense); flags.
+
+Leaderboard schema (version 1), one row per (suite(s), model, dataset, target_sparsity, method):
+
+- ``leaderboard_version`` int; ``suites`` str (comma-separated suites the rows come from)
+- ``model``, ``dataset``, ``target_sparsity`` (float), ``density`` (1 - target_sparsity)
+- ``method`` str: pruner, non-default parameters and ablation, e.g. ``magnitude(scope=layerwise)+shuffle``;
+  ``pruner``, ``pruner_params`` (JSON), ``ablation`` (null: none)
+- ``seeds`` int (successful runs), ``failed`` int (failed runs)
+- ``top1_mean``, ``top1_std``, ``top1_ci95`` (half-width, Student t), ``top5_mean``, ``loss_mean``
+- ``top1_before_training_mean``
+- ``achieved_sparsity_mean``, ``achieved_sparsity_all_mean``
+- ``prune_seconds_mean``, ``train_seconds_mean``, ``device_hours_mean`` (pruning + pretraining + training, in
+  hours, any device), ``gpu_hours_mean`` (the same, CUDA runs only; 0 for CPU runs)
+- ``flops_dense``, ``flops_effective_mean``, ``params_total``, ``params_nonzero_mean``
+- ``model_bits_mean``: storage of the pruned model = 32 bits per non-zero parameter + 1 bit per prunable
+  weight (the mask); a dense model is 32 bits per parameter
+- ``rank`` int: 1 = highest mean top-1 within (model, dataset, target_sparsity)
+- ``vs_random_diff``, ``vs_random_ci95``, ``vs_random_pairs``; the same for ``vs_magnitude`` and ``vs_dense``:
+  mean over shared seeds of (this method's top-1 − the control's top-1), its 95 % CI half-width, and the number
+  of paired seeds (controls: the plain ``random``/``magnitude`` pruner with default parameters and no ablation
+  at the same sparsity; ``dense`` of the same model and data set)
+- ``flag_layer_collapse`` (a run had a layer with no weight left), ``flag_off_target`` (|achieved − target| >
+  0.005), ``flag_few_seeds`` (fewer than 3 successful seeds)
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from bench_harness.stats import mean_std_ci, paired_difference
+
+LEADERBOARD_VERSION = 1
+MIN_SEEDS = 3
+OFF_TARGET = 0.005
+CONTROLS = ("random", "magnitude")
+
+
+def method_label(pruner: str, params_json: str | None, ablation: str | None) -> str:
+    params = json.loads(params_json) if params_json else {}
+    label = pruner
+    if params:
+        label += "(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+    if ablation:
+        label += f"+{ablation}"
+    return label
+
+
+def _model_label(model: str, params_json: str | None) -> str:
+    params = json.loads(params_json) if params_json else {}
+    if not params:
+        return model
+    return model + "(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+
+
+def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run id (the newest wins) with method and model labels."""
+    if runs.empty:
+        return runs
+    df = runs.copy()
+    if "finished_at" in df:
+        df = df.sort_values("finished_at").drop_duplicates("run_id", keep="last")
+    df["pruner_params"] = df["pruner_params"].fillna("{}")
+    ablations = [a if isinstance(a, str) and a else None for a in df["ablation"]]
+    df["ablation"] = pd.Series(ablations, index=df.index, dtype=object)
+    df["method"] = [method_label(p, q, a) for p, q, a in zip(df.pruner, df.pruner_params, ablations)]
+    df["model_label"] = [_model_label(m, q) for m, q in zip(df.model, df.get("model_params", [None] * len(df)))]
+    hours = (df.get("prune_seconds", 0).fillna(0) + df.get("train_seconds", 0).fillna(0)
+             + df.get("pretrain_seconds", 0).fillna(0)) / 3600.0
+    df["device_hours"] = hours
+    df["gpu_hours"] = np.where(df.get("device", "cpu").fillna("cpu").astype(str).str.lower().isin(["cpu", "mps"]),
+                               0.0, hours)
+    prunable = df["params_prunable"] if "params_prunable" in df else pd.Series(np.nan, index=df.index)
+    sparse = df.get("achieved_sparsity", 0).fillna(0) > 0
+    df["model_bits"] = np.where(sparse, 32.0 * df["params_nonzero"] + prunable.fillna(0),
+                                32.0 * df["params_total"])
+    return df
+
+
+def _seed_map(group: pd.DataFrame) -> dict[int, float]:
+    ok = group[group.status == "ok"]
+    return {int(s): float(v) for s, v in zip(ok.seed, ok.top1)}
+
+
+def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
+    df = prepare_runs(runs)
+    if df.empty:
+        return pd.DataFrame()
+    rows = []
+    keys = ["model_label", "dataset", "target_sparsity", "method"]
+    groups = dict(tuple(df.groupby(keys, dropna=False, sort=True)))
+    controls: dict[tuple, dict[int, float]] = {}
+    for (model, dataset, sparsity, method), g in groups.items():
+        if method in CONTROLS:
+            controls[(model, dataset, sparsity, method)] = _seed_map(g)
+        if method == "dense":
+            controls[(model, dataset, "dense")] = _seed_map(g)
+    for (model, dataset, sparsity, method), g in groups.items():
+        ok = g[g.status == "ok"]
+        mean, std, ci, n = mean_std_ci(ok.top1.tolist())
+        first = g.iloc[0]
+        row = {
+            "leaderboard_version": LEADERBOARD_VERSION, "suites": ",".join(sorted(set(g.suite))),
+            "model": model, "dataset": dataset, "target_sparsity": float(sparsity), "density": 1.0 - float(sparsity),
+            "method": method, "pruner": first.pruner, "pruner_params": first.pruner_params,
+            "ablation": first.ablation, "seeds": n, "failed": int((g.status != "ok").sum()),
+            "top1_mean": mean, "top1_std": std, "top1_ci95": ci,
+        }
+        for col in ("top5", "loss", "top1_before_training", "achieved_sparsity", "achieved_sparsity_all",
+                    "prune_seconds", "train_seconds", "device_hours", "gpu_hours", "flops_effective",
+                    "params_nonzero", "model_bits"):
+            row[f"{col}_mean"] = float(ok[col].mean()) if col in ok and len(ok) else math.nan
+        row["flops_dense"] = float(ok["flops_dense"].mean()) if len(ok) else math.nan
+        row["params_total"] = float(ok["params_total"].mean()) if len(ok) else math.nan
+        seeds = _seed_map(g)
+        for control in CONTROLS:
+            ref = controls.get((model, dataset, sparsity, control))
+            diff, dci, pairs = paired_difference(seeds, ref) if ref and method != control else (math.nan, math.nan, 0)
+            row.update({f"vs_{control}_diff": diff, f"vs_{control}_ci95": dci, f"vs_{control}_pairs": pairs})
+        dense = controls.get((model, dataset, "dense"))
+        diff, dci, pairs = paired_difference(seeds, dense) if dense and method != "dense" else (math.nan, math.nan, 0)
+        row.update(vs_dense_diff=diff, vs_dense_ci95=dci, vs_dense_pairs=pairs)
+        row["flag_layer_collapse"] = bool(ok["layer_collapse"].fillna(False).astype(bool).any()) if len(ok) else False
+        achieved = row["achieved_sparsity_mean"]
+        row["flag_off_target"] = bool(method != "dense" and not math.isnan(achieved)
+                                      and abs(achieved - float(sparsity)) > OFF_TARGET)
+        row["flag_few_seeds"] = n < MIN_SEEDS
+        rows.append(row)
+    board = pd.DataFrame(rows)
+    board["rank"] = (board.groupby(["model", "dataset", "target_sparsity"])["top1_mean"]
+                     .rank(method="min", ascending=False).fillna(0).astype(int))
+    board["suites"] = board["suites"] if len(suites) > 1 else suites[0] if suites else board["suites"]
+    return board.sort_values(["model", "dataset", "target_sparsity", "rank", "method"]).reset_index(drop=True)
+
+
+# -- export ----------------------------------------------------------------------------------------------------
+def _pct(v: float) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def _pm(mean: float, ci: float) -> str:
+    if mean is None or math.isnan(mean):
+        return "–"
+    return f"{100 * mean:.2f}" + ("" if ci is None or math.isnan(ci) else f" ± {100 * ci:.2f}")
+
+
+def _diff(d: float, ci: float, pairs: int) -> str:
+    if not pairs:
+        return ""
+    return f"{100 * d:+.2f}" + ("" if math.isnan(ci) else f" ± {100 * ci:.2f}")
+
+
+def display_table(board: pd.DataFrame) -> pd.DataFrame:
+    """The human table: one line per leaderboard row, accuracy in percent."""
+    out = pd.DataFrame({
+        "model": board.model, "dataset": board.dataset,
+        "sparsity": [f"{s:.4g}" for s in board.target_sparsity],
+        "method": board.method, "rank": board["rank"], "seeds": board.seeds,
+        "top-1 (%)": [_pm(m, c) for m, c in zip(board.top1_mean, board.top1_ci95)],
+        "vs random": [_diff(d, c, p) for d, c, p in zip(board.vs_random_diff, board.vs_random_ci95,
+                                                         board.vs_random_pairs)],
+        "vs magnitude": [_diff(d, c, p) for d, c, p in zip(board.vs_magnitude_diff, board.vs_magnitude_ci95,
+                                                            board.vs_magnitude_pairs)],
+        "vs dense": [_diff(d, c, p) for d, c, p in zip(board.vs_dense_diff, board.vs_dense_ci95,
+                                                       board.vs_dense_pairs)],
+        "achieved": [f"{s:.4f}" if not math.isnan(s) else "" for s in board.achieved_sparsity_mean],
+        "flags": [", ".join(f for f, on in (("collapse", c), ("off-target", o), ("few seeds", s), ("failed", fl > 0))
+                            if on) for c, o, s, fl in zip(board.flag_layer_collapse, board.flag_off_target,
+                                                         board.flag_few_seeds, board.failed)],
+    })
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame) -> str:
+    special = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+               "~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}", "±": r"$\pm$"}
+    esc = lambda v: "".join(special.get(ch, ch) for ch in str(v))  # noqa: E731
+    cols = list(table.columns)
+    lines = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule", " & ".join(esc(c) for c in cols) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""Statistics, leaderboards, the incremental shard index, merging and exports, on hand-made run rows."""
+import datetime as dt
+import math
+
+import pandas as pd
+import pytest
+
+from bench_harness.aggregate import aggregate, merge_results
+from bench_harness.leaderboard import build_leaderboard, display_table, to_latex, to_markdown
+from bench_harness.results import read_shard, write_shard
+from bench_harness.shard_index import update_index
+from bench_harness.stats import mean_std_ci, paired_difference, t975
+
+
+def test_t_quantiles_and_intervals_by_hand():
+    assert t975(1) == 12.706 and t975(2) == 4.303 and abs(t975(1000) - 1.962) < 0.002
+    mean, std, ci, n = mean_std_ci([0.5, 0.7, 0.6])
+    assert (mean, n) == (pytest.approx(0.6), 3)
+    assert std == pytest.approx(0.1)
+    assert ci == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert math.isnan(mean_std_ci([0.4])[2])
+    diff, dci, pairs = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.5, 1: 0.6, 3: 0.1})
+    assert pairs == 2 and diff == pytest.approx(0.3)  # seeds 0 and 1: 0.4 and 0.2
+    assert dci == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _row(pruner, sparsity, seed, top1, suite="s", params="{}", ablation=None, status="ok", when=0, **kw):
+    row = dict(run_id=f"{suite}-{pruner}-{params}-{ablation}-{sparsity}-{seed}", suite=suite, pruner=pruner,
+               pruner_params=params, ablation=ablation, model="resnet20", model_params="{}", dataset="cifar10",
+               seed=seed, target_sparsity=sparsity, status=status, top1=top1 if status == "ok" else None, top5=0.99,
+               loss=1.0, achieved_sparsity=sparsity, achieved_sparsity_all=sparsity * 0.9, layer_collapse=False,
+               params_total=1000, params_nonzero=round(1000 * (1 - sparsity)), params_prunable=900,
+               flops_dense=1e6, flops_effective=1e6 * (1 - sparsity), prune_seconds=36.0, train_seconds=3564.0,
+               pretrain_seconds=0.0, device="NVIDIA H100", finished_at=T0 + dt.timedelta(seconds=when))
+    row.update(kw)
+    return row
+
+
+def _runs():
+    rows = []
+    for seed, (d, r, m, p) in enumerate([(0.92, 0.80, 0.85, 0.88), (0.93, 0.82, 0.86, 0.90), (0.91, 0.78, 0.84, 0.86)]):
+        rows += [_row("dense", 0.0, seed, d), _row("random", 0.9, seed, r), _row("magnitude", 0.9, seed, m),
+                 _row("px", 0.9, seed, p)]
+    rows.append(_row("px", 0.9, 3, None, status="failed", error="boom"))
+    rows.append(_row("snip", 0.9, 0, 0.5, layer_collapse=True, achieved_sparsity=0.95))
+    return pd.DataFrame(rows)
+
+
+def test_leaderboard_by_hand():
+    board = build_leaderboard(_runs(), ["s"]).set_index("method")
+    px = board.loc["px"]
+    assert px.seeds == 3 and px.failed == 1
+    assert px.top1_mean == pytest.approx(0.88) and px.top1_std == pytest.approx(0.02)
+    assert px.top1_ci95 == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    # paired: px - random per seed = 0.08, 0.08, 0.08
+    assert px.vs_random_diff == pytest.approx(0.08) and px.vs_random_pairs == 3
+    assert px.vs_random_ci95 == pytest.approx(0.0, abs=1e-12)
+    assert px.vs_magnitude_diff == pytest.approx(0.03)
+    assert px.vs_dense_diff == pytest.approx(-0.04) and px.vs_dense_pairs == 3
+    assert board.loc["px", "rank"] == 1 and board.loc["magnitude", "rank"] == 2 and board.loc["random", "rank"] == 3
+    assert board.loc["snip", "rank"] == 4
+    assert board.loc["snip", "flag_layer_collapse"] and board.loc["snip", "flag_off_target"]
+    assert board.loc["snip", "flag_few_seeds"] and not px.flag_few_seeds
+    assert board.loc["dense", "rank"] == 1  # alone in its (sparsity 0) cell
+    assert px.device_hours_mean == pytest.approx(1.0) and px.gpu_hours_mean == pytest.approx(1.0)
+    assert px.model_bits_mean == pytest.approx(32 * 100 + 900)
+    assert board.loc["dense", "model_bits_mean"] == pytest.approx(32 * 1000)
+    assert math.isnan(board.loc["random", "vs_random_diff"])
+
+
+def test_methods_with_parameters_and_ablations_are_separate_rows():
+    rows = [_row("magnitude", 0.9, 0, 0.8), _row("magnitude", 0.9, 0, 0.7, params='{"scope": "layerwise"}'),
+            _row("magnitude", 0.9, 0, 0.6, ablation="shuffle")]
+    board = build_leaderboard(pd.DataFrame(rows), ["s"])
+    assert sorted(board.method) == ["magnitude", "magnitude(scope=layerwise)", "magnitude+shuffle"]
+    shuffled = board.set_index("method").loc["magnitude+shuffle"]
+    assert shuffled.vs_magnitude_diff == pytest.approx(-0.2)
+
+
+def test_exports():
+    table = display_table(build_leaderboard(_runs(), ["s"]))
+    md = to_markdown(table)
+    assert md.splitlines()[0].startswith("| model | dataset | sparsity | method | rank")
+    assert "| px | 1 | 3 | 88.00 ± 4.97 | +8.00 ± 0.00 |" in md
+    latex = to_latex(table)
+    assert latex.startswith(r"\begin{tabular}") and r"$\pm$" in latex and r"top-1 (\%)" in latex
+
+
+def _write(tmp_path, row):
+    return write_shard(row, tmp_path, row["suite"])
+
+
+def test_shard_index_is_incremental(tmp_path):
+    for row in _runs().to_dict("records"):
+        _write(tmp_path, row)
+    table, stats = update_index(tmp_path, "s")
+    assert stats == {"shards": 14, "read": 14, "dropped": 0} and table.num_rows == 14
+    table, stats = update_index(tmp_path, "s")
+    assert stats["read"] == 0 and table.num_rows == 14
+    _write(tmp_path, _row("grasp", 0.9, 0, 0.7))
+    table, stats = update_index(tmp_path, "s")
+    assert stats["read"] == 1 and table.num_rows == 15
+    path = _write(tmp_path, _row("grasp", 0.9, 0, 0.75, when=5))  # rewritten shard is read again
+    table, stats = update_index(tmp_path, "s")
+    assert stats["read"] == 1 and table.num_rows == 15
+    assert 0.75 in table.column("top1").to_pylist()
+    path.unlink()
+    table, stats = update_index(tmp_path, "s")
+    assert stats["dropped"] == 1 and table.num_rows == 14
+
+
+def test_merge_keeps_one_row_per_run_newest_wins(tmp_path):
+    a, b, into = tmp_path / "a", tmp_path / "b", tmp_path / "into"
+    write_shard(_row("px", 0.9, 0, 0.80, when=0), a, "s")
+    write_shard(_row("px", 0.9, 0, 0.85, when=10), b, "s")  # same run id, newer
+    write_shard(_row("px", 0.9, 1, 0.70, when=0), b, "s")
+    stats = merge_results([a, b], into)
+    assert stats == {"copied": 2, "replaced": 1, "kept": 0}
+    rows = [read_shard(p) for p in sorted((into / "s" / "runs").glob("*.parquet"))]
+    assert sorted(r["top1"] for r in rows) == [0.70, 0.85]
+    assert merge_results([a], into) == {"copied": 0, "replaced": 0, "kept": 1}
+
+
+def test_leaderboard_files_are_read_by_pandas_polars_and_duckdb(tmp_path):
+    for row in _runs().to_dict("records"):
+        _write(tmp_path, row)
+    aggregate(tmp_path, ["s"])
+    path = tmp_path / "s" / "leaderboard.parquet"
+    import duckdb
+    import polars as pl
+
+    assert len(pd.read_parquet(path)) == 5
+    assert pl.read_parquet(path).height == 5
+    assert duckdb.sql(f"select count(*) from read_parquet('{path}') where method = 'px'").fetchall()[0][0] == 1
