@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import time
 import traceback
@@ -151,7 +152,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         summary = mask_summary(model, masks)
         row.update(
             achieved_sparsity=summary["achieved_sparsity"], achieved_sparsity_all=summary["achieved_sparsity_all"],
-            layer_density=results.to_json(summary["layer_density"]),
+            layer_density=json.dumps(summary["layer_density"]),  # model order, not sorted
             layer_collapse=bool(summary["collapsed_layers"]),
             collapsed_layers=results.to_json(summary["collapsed_layers"]),
             params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
