@@ -75,8 +75,10 @@ def cmd_run(args) -> int:
             print(f"[{state}] {run.describe()}")
         print(f"{len(suite.runs)} runs: {len(done)} finished, {len(todo)} to run")
         return 0
+    if args.executor == "slurm":
+        return _run_slurm(suite, args)
     if args.executor != "local":
-        raise BenchError(f"unknown executor {args.executor!r}: use 'local'")
+        raise BenchError(f"unknown executor {args.executor!r}: use 'local' or 'slurm'")
     print(f"suite {suite.name}: {len(suite.runs)} runs, {len(done)} already finished, {len(todo)} to run "
           f"-> {suite.results_dir}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -90,6 +92,91 @@ def cmd_run(args) -> int:
           f"{len(report.skipped)} skipped (already done)", file=sys.stderr)
     print_results(suite.name, suite.runs[0].results_root if suite.runs else "results")
     return 1 if report.failed else 0
+
+
+def _load_for_slurm(args):
+    from bench_harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    for run in suite.runs:
+        if getattr(args, "results_root", None):
+            run.results_root = args.results_root
+    return suite
+
+
+def _submit(suite, runs, what: str) -> None:
+    from bench_harness.slurm.executor import submit_runs
+
+    if not runs:
+        print(f"suite {suite.name}: nothing to submit ({what})", file=sys.stderr)
+        return
+    sub = submit_runs(suite, runs)
+    arrays = ", ".join(f"{job} ({n} tasks)" for job, n in sub.arrays)
+    stages = f"; stage jobs {', '.join(sub.stage_jobs)}" if sub.stage_jobs else ""
+    print(f"submitted {sub.runs} runs of suite {suite.name} in {len(sub.arrays)} array(s): {arrays}{stages} "
+          f"[{sub.seconds:.1f} s]", file=sys.stderr)
+    if sub.left_out:
+        print(f"{len(sub.left_out)} runs were not submitted: the cluster's MaxSubmitJobs limit is reached; "
+              f"submit them later with `bench resubmit {suite.path} --missing`", file=sys.stderr)
+
+
+def _run_slurm(suite, args) -> int:
+    from bench_harness.slurm.executor import reconcile, wait
+
+    states = reconcile(suite)
+    wanted = {"missing", "failed"} | ({"done"} if args.force else set())
+    runs = [s.run for s in states if s.state in wanted]
+    _submit(suite, runs, "every run is finished or queued")
+    if args.wait:
+        states = wait(suite, progress=not args.no_progress)
+        failed = [s for s in states if s.state == "failed"]
+        print_results(suite.name, suite.runs[0].results_root if suite.runs else "results")
+        return 1 if failed else 0
+    return 0
+
+
+def cmd_status(args) -> int:
+    from collections import Counter
+
+    from bench_harness.slurm.executor import reconcile
+
+    suite = _load_for_slurm(args)
+    states = reconcile(suite)
+    counts = Counter(s.state for s in states)
+    print(f"suite {suite.name}: {len(states)} runs: " + ", ".join(
+        f"{counts[k]} {k}" for k in ("done", "running", "pending", "failed", "missing") if counts[k]))
+    for s in states:
+        if s.state == "failed":
+            from bench_harness.results import read_shard
+            from bench_harness.paths import shard_path
+
+            shard = shard_path(s.run.results_root, s.run.suite, s.run.run_id)
+            error = read_shard(shard).get("error") if shard.exists() else s.detail
+            print(f"\nFAILED {s.run.describe()}\n  job {s.job_id or '-'}: {error}")
+            if s.log:
+                print("  " + s.log.replace("\n", "\n  "))
+    return 0
+
+
+def cmd_resubmit(args) -> int:
+    from bench_harness.slurm.executor import reconcile
+
+    if not (args.failed or args.missing):
+        raise BenchError("say what to resubmit: --failed, --missing or both")
+    suite = _load_for_slurm(args)
+    wanted = ({"failed"} if args.failed else set()) | ({"missing"} if args.missing else set())
+    runs = [s.run for s in reconcile(suite) if s.state in wanted]
+    _submit(suite, runs, f"no {' or '.join(sorted(wanted))} runs")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from bench_harness.slurm.executor import cancel_suite
+
+    suite = _load_for_slurm(args)
+    jobs = cancel_suite(suite)
+    print(f"cancelled {len(jobs)} jobs of suite {suite.name}" + (f": {', '.join(jobs)}" if jobs else ""))
+    return 0
 
 
 def print_results(suite_name: str, results_root: str) -> None:
@@ -247,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite")
     p.add_argument("--dry-run", action="store_true", help="list the expanded runs and their state")
     p.add_argument("--force", action="store_true", help="rerun finished runs too")
-    p.add_argument("--executor", default="local", help="local (default)")
+    p.add_argument("--executor", default="local", help="local (default) or slurm (submits and returns)")
+    p.add_argument("--wait", action="store_true", help="slurm: block until every run has finished")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1: in-process)")
     p.add_argument("--results-root", help="override the suite's results_root")
     p.add_argument("--download", action="store_true", help="allow downloading missing data sets")
@@ -257,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="suite file or suite name")
     p.add_argument("--results-root")
     p.set_defaults(func=cmd_results)
+    for name, func, help_text in (("status", cmd_status, "SLURM: counts by state, failures with their logs"),
+                                  ("cancel", cmd_cancel, "SLURM: cancel the suite's queued and running jobs"),
+                                  ("resubmit", cmd_resubmit, "SLURM: submit failed and/or missing runs again")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("suite")
+        p.add_argument("--results-root")
+        if name == "resubmit":
+            p.add_argument("--failed", action="store_true")
+            p.add_argument("--missing", action="store_true")
+        p.set_defaults(func=func)
     p = sub.add_parser("aggregate", help="build Parquet leaderboards (per suite and across suites)")
     p.add_argument("suites", nargs="+", help="suite files or names")
     p.add_argument("--results-root")

@@ -53,6 +53,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("loss_before_training", pa.float64(), "test loss right after pruning, before training"),
     ("top1_pretrained", pa.float64(), "test top-1 of the pretrained dense model (post-training regime)"),
     ("epochs_trained", pa.int64(), "epochs of training after pruning"),
+    ("resumed_from_epoch", pa.int64(), "the run was interrupted (preemption, time limit) and resumed from this "
+                                       "epoch's checkpoint (null: ran in one go)"),
     # sparsity
     ("achieved_sparsity", pa.float64(), "fraction of prunable weights removed"),
     ("achieved_sparsity_all", pa.float64(), "fraction of all parameters that are zero"),

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Subset
 
-from bench_harness import ablations, masking, paths, results
+from bench_harness import ablations, checkpoint, masking, paths, results
 from bench_harness.cache import DiskCache
 from bench_harness.datasets import concrete_spec, first_per_class, head, make_loader, tensor_batches
 from bench_harness.errors import BenchError
@@ -22,7 +22,7 @@ from bench_harness.provenance import provenance, resolve_device
 from bench_harness.pruner import Regime
 from bench_harness.pruning import call_pruner, make_context, mask_summary
 from bench_harness.suite import RunSpec
-from bench_harness.training import evaluate, train
+from bench_harness.training import evaluate, make_optimizer, train
 
 
 def seed_everything(seed: int) -> None:
@@ -64,10 +64,34 @@ class RunData:
         self.input_shape = (spec.in_channels, spec.image_size, spec.image_size)
 
 
+def pretrain_key(run: RunSpec) -> dict[str, Any]:
+    """Cache key of a run's pretrained weights: shared by every run of the same model, data, seed and recipe."""
+    return {"artifact": "pretrained", "model": run.model.name, "model_params": run.model.params,
+            "dataset": run.dataset.name, "dataset_params": run.dataset.params, "seed": run.seed,
+            "recipe": run.pretrain, "train_subset": run.recipe.train_subset}
+
+
+def pretrained_cached(run: RunSpec) -> bool:
+    return DiskCache(paths.cache_dir(run.results_root)).path(pretrain_key(run)).exists()
+
+
+def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
+    """Compute (or find) a run's pretrained weights in the cache; the SLURM executor runs this as a stage job
+    that every dependent run waits for. Returns the cache file."""
+    registry = registry or get_registry()
+    device = resolve_device(run.device)
+    dspec = concrete_spec(registry.get("dataset", run.dataset.name), run.data_root, run.dataset.params)
+    data = RunData(run, dspec, device)
+    seed_everything(run.seed)
+    model = build_model(registry.get("model", run.model.name), run.model.name, dspec.num_classes,
+                        dspec.in_channels, dspec.image_size, run.model.params).to(device)
+    cache = DiskCache(paths.cache_dir(run.results_root))
+    _pretrained_state(run, model, data, device, cache, None)
+    return str(cache.path(pretrain_key(run)))
+
+
 def _pretrained_state(run: RunSpec, model, data: RunData, device, cache: DiskCache, on_epoch):
-    key = {"artifact": "pretrained", "model": run.model.name, "model_params": run.model.params,
-           "dataset": run.dataset.name, "dataset_params": run.dataset.params, "seed": run.seed,
-           "recipe": run.pretrain, "train_subset": run.recipe.train_subset}
+    key = pretrain_key(run)
 
     def compute():
         train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
@@ -76,11 +100,63 @@ def _pretrained_state(run: RunSpec, model, data: RunData, device, cache: DiskCac
     return cache.get_or_compute(key, compute)
 
 
+BEFORE_TRAINING_KEYS = ("pretrain_seconds", "top1_pretrained", "prune_seconds", "pruner_info",
+                        "top1_before_training", "top5_before_training", "loss_before_training")
+
+
+def _save_checkpoint(path, run, model, optimizer, masks, row, epoch, data, epochs=None, train_seconds=0.0):
+    checkpoint.save(path, {
+        "run_id": run.run_id, "epoch": epoch, "epochs": epochs if epochs is not None else run.recipe.epochs,
+        "train_seconds": train_seconds,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "masks": {n: m.cpu() for n, m in masks.items()},
+        "row": {k: row[k] for k in BEFORE_TRAINING_KEYS if k in row},
+        "rng": checkpoint.rng_state(data.train.generator),
+    })
+
+
+def _prune(run, pruner_cls, model, data, dspec, device, cache, row, on_epoch):
+    """Pretrain if asked, prune, apply ablation and masks, evaluate before training. Returns (masks, epochs)."""
+    needs_pretrained = pruner_cls.requires.pretrained or pruner_cls.regime == Regime.POST_TRAINING
+    if needs_pretrained and run.pretrain is None:
+        raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `pretrain: {{epochs: N, ...}}` "
+                         f"to the suite (the trained weights are cached and shared by all runs of a seed)")
+    pretrain_seconds = 0.0
+    if run.pretrain is not None:
+        t0 = time.perf_counter()
+        state = _pretrained_state(run, model, data, device, cache,
+                                  lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
+        model.load_state_dict(state)
+        pretrain_seconds = time.perf_counter() - t0
+        row["top1_pretrained"] = evaluate(model, data.test, device).top1
+    row["pretrain_seconds"] = pretrain_seconds
+    ctx = make_context(
+        model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
+        exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
+        num_classes=dspec.num_classes, input_shape=data.input_shape, cache=cache, dataset=data.scoring_source,
+        train=lambda m, masks=None, epochs=None, start_epoch=0: train(
+            m, data.train, run.recipe, device, masks, epochs, start_epoch=start_epoch),
+    )
+    params = pruner_cls.make_params(run.pruner.params)
+    t0 = time.perf_counter()
+    result = call_pruner(pruner_cls, params, model, run.sparsity, ctx, run.ablation)
+    row["prune_seconds"] = time.perf_counter() - t0
+    masks = ablations.apply_after_pruning(run.ablation, model, result.masks, ctx.generator, run.seed)
+    masking.apply_masks(model, masks)
+    row["pruner_info"] = results.to_json(result.info) if result.info else None
+    before = evaluate(model, data.test, device)
+    row.update(top1_before_training=before.top1, top5_before_training=before.top5, loss_before_training=before.loss)
+    return masks, 0 if result.weights_frozen else run.recipe.epochs
+
+
 def execute_run(run: RunSpec, registry: Registry | None = None,
-                on_epoch: Callable[[str, int, int, float], None] | None = None) -> dict[str, Any]:
+                on_epoch: Callable[[str, int, int, float], None] | None = None,
+                resume: bool = False) -> dict[str, Any]:
     """Execute a run and write its shard; never raises for a failure of the run itself (KeyboardInterrupt does).
 
-    ``on_epoch(phase, epoch, total_epochs, loss)`` reports training progress.
+    ``on_epoch(phase, epoch, total_epochs, loss)`` reports training progress. With ``resume``, training state is
+    checkpointed after pruning and at every epoch end, and a checkpoint left by an interrupted attempt is
+    resumed (the SLURM executor uses this).
     """
     registry = registry or get_registry()
     started = _now()
@@ -107,46 +183,41 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         model = build_model(registry.get("model", run.model.name), run.model.name, dspec.num_classes,
                             dspec.in_channels, dspec.image_size, run.model.params).to(device)
         cache = DiskCache(paths.cache_dir(run.results_root))
-        needs_pretrained = pruner_cls.requires.pretrained or pruner_cls.regime == Regime.POST_TRAINING
-        if needs_pretrained and run.pretrain is None:
-            raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `pretrain: {{epochs: N, ...}}` "
-                             f"to the suite (the trained weights are cached and shared by all runs of a seed)")
-        pretrain_seconds = 0.0
-        if run.pretrain is not None:
-            t0 = time.perf_counter()
-            state = _pretrained_state(run, model, data, device, cache,
-                                      lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
-            model.load_state_dict(state)
-            pretrain_seconds = time.perf_counter() - t0
-            row["top1_pretrained"] = evaluate(model, data.test, device).top1
-        row["pretrain_seconds"] = pretrain_seconds
-
-        ctx = make_context(
-            model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
-            exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
-            num_classes=dspec.num_classes, input_shape=data.input_shape, cache=cache, dataset=data.scoring_source,
-            train=lambda m, masks=None, epochs=None, start_epoch=0: train(
-                m, data.train, run.recipe, device, masks, epochs, start_epoch=start_epoch),
-        )
-        params = pruner_cls.make_params(run.pruner.params)
+        ck_path = checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id)
+        resumed = checkpoint.load(ck_path) if resume else None
+        if resumed is not None and resumed.get("run_id") != run.run_id:
+            resumed = None
+        epochs = run.recipe.epochs
+        optimizer = None
+        if resumed is None:
+            masks, epochs = _prune(run, pruner_cls, model, data, dspec, device, cache, row, on_epoch)
+            start_epoch = 0
+            if resume and epochs:
+                optimizer = make_optimizer(model, run.recipe)
+                _save_checkpoint(ck_path, run, model, optimizer, masks, row, 0, data)
+        else:
+            model.load_state_dict(resumed["model"])
+            masks = {n: m.to(device) for n, m in resumed["masks"].items()}
+            row.update(resumed["row"])
+            epochs, start_epoch = resumed["epochs"], resumed["epoch"]
+            optimizer = make_optimizer(model, run.recipe)
+            optimizer.load_state_dict(resumed["optimizer"])
+            checkpoint.restore_rng(resumed["rng"], data.train.generator)
+            row["resumed_from_epoch"] = start_epoch
         t0 = time.perf_counter()
-        result = call_pruner(pruner_cls, params, model, run.sparsity, ctx, run.ablation)
-        row["prune_seconds"] = time.perf_counter() - t0
-        masks = ablations.apply_after_pruning(run.ablation, model, result.masks, ctx.generator, run.seed)
-        masking.apply_masks(model, masks)
-        row["pruner_info"] = results.to_json(result.info) if result.info else None
-
-        before = evaluate(model, data.test, device)
-        row.update(top1_before_training=before.top1, top5_before_training=before.top5,
-                   loss_before_training=before.loss)
-        epochs = 0 if result.weights_frozen else run.recipe.epochs
-        t0 = time.perf_counter()
-        if epochs:
+        earlier_seconds = (resumed or {}).get("train_seconds", 0.0)
+        if epochs and start_epoch < epochs:
+            after_epoch = None
+            if resume:
+                def after_epoch(epoch, opt):
+                    _save_checkpoint(ck_path, run, model, opt, masks, row, epoch, data, epochs,
+                                     earlier_seconds + time.perf_counter() - t0)
             train(model, data.train, run.recipe, device, masks, epochs,
-                  on_epoch=lambda e, loss: on_epoch and on_epoch("train", e, epochs, loss))
-        row["train_seconds"] = time.perf_counter() - t0
+                  on_epoch=lambda e, loss: on_epoch and on_epoch("train", e, epochs, loss),
+                  start_epoch=start_epoch, optimizer=optimizer, after_epoch=after_epoch)
+        row["train_seconds"] = earlier_seconds + time.perf_counter() - t0
         row["epochs_trained"] = epochs
-        after = evaluate(model, data.test, device) if epochs else before
+        after = evaluate(model, data.test, device)
         row.update(top1=after.top1, top5=after.top5, loss=after.loss)
 
         summary = mask_summary(model, masks)
@@ -174,5 +245,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     row.update(provenance(device))
     row["finished_at"] = _now()
     results.write_shard(row, run.results_root, run.suite)
+    if resume and row.get("status") == "ok":
+        checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id).unlink(missing_ok=True)
     registry.call_lifecycle("bench_run_finished", run=run, row=row)
     return row

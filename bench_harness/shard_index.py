@@ -27,21 +27,27 @@ def index_path(results_root: str | Path, suite: str) -> Path:
 
 
 def _read_chunk(files: list[str]) -> pa.Table | None:
-    tables = []
+    by_schema: dict = {}  # concatenating equal schemas is cheap; unify only across distinct schemas
     for f in files:
         try:
             table = pq.ParquetFile(f).read(use_threads=False)
+            st = os.stat(f)
         except Exception:  # a shard being written by someone else, or damaged: skipped this time
             continue
-        st = os.stat(f)
-        n = table.num_rows
-        table = table.append_column("_shard", pa.array([os.path.basename(f)] * n, pa.string()))
-        table = table.append_column("_mtime_ns", pa.array([st.st_mtime_ns] * n, pa.int64()))
-        table = table.append_column("_size", pa.array([st.st_size] * n, pa.int64()))
-        tables.append(table)
-    if not tables:
+        by_schema.setdefault(table.schema, []).append((table, os.path.basename(f), st.st_mtime_ns, st.st_size))
+    if not by_schema:
         return None
-    return pa.concat_tables(tables, promote_options="default")
+    parts, names, mtimes, sizes = [], [], [], []
+    for items in by_schema.values():
+        parts.append(pa.concat_tables([t for t, *_ in items]))
+        for t, name, mtime, size in items:
+            names += [name] * t.num_rows
+            mtimes += [mtime] * t.num_rows
+            sizes += [size] * t.num_rows
+    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
+    return (table.append_column("_shard", pa.array(names, pa.string()))
+            .append_column("_mtime_ns", pa.array(mtimes, pa.int64()))
+            .append_column("_size", pa.array(sizes, pa.int64())))
 
 
 def read_shards(files: list[str], workers: int | None = None) -> pa.Table | None:

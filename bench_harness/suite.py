@@ -152,7 +152,7 @@ class Suite:
 
 
 TOP_KEYS = {"name", "description", "grid", "recipe", "scoring", "prunable", "pretrain", "device", "data_root",
-            "download", "results_root", "ablations"}
+            "download", "results_root", "ablations", "slurm"}
 GRID_KEYS = {"models", "datasets", "sparsities", "seeds", "pruners"}
 
 

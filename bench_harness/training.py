@@ -76,6 +76,7 @@ def train(
     on_epoch: Callable[[int, float], None] | None = None,
     start_epoch: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
+    after_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None,
 ) -> torch.optim.Optimizer:
     """Train in place for ``epochs`` (default: the recipe's); pruned weights stay exactly zero.
 
@@ -109,6 +110,8 @@ def train(
                     enforcer.enforce()
                 running += loss.item() * len(y)
                 seen += len(y)
+            if after_epoch is not None:
+                after_epoch(epoch + 1, optimizer)
             if on_epoch is not None:
                 on_epoch(epoch + 1, running / max(seen, 1))
     finally:

@@ -1,0 +1,70 @@
+"""Training checkpoints of a run, for preemption-safe resumption.
+
+Saved atomically in the run's work folder after pruning (epoch 0) and at every epoch end: model and optimizer
+state, masks, the part of the result row computed before training, every RNG state (torch, CUDA, Python,
+NumPy) and the training loader's generator, so that a resumed run computes exactly what an uninterrupted one
+would (bit for bit on a deterministic CPU run).
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench_harness import paths
+
+
+def checkpoint_path(results_root: str | Path, suite: str, run_id: str) -> Path:
+    return paths.run_dir(results_root, suite, run_id) / "checkpoint.pt"
+
+
+def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
+    state = {"torch": torch.random.get_rng_state(), "python": random.getstate(),
+             "loader": loader_generator.get_state() if loader_generator is not None else None}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def restore_rng(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
+    torch.random.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state.get("loader") is not None and loader_generator is not None:
+        loader_generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a damaged checkpoint: start the run again
+        return None

@@ -1,0 +1,122 @@
+"""SLURM resources of a suite: the ``slurm:`` section, with per-pruner and per-model overrides::
+
+    slurm:
+      partition: gpu
+      account: mylab
+      qos: normal
+      constraint: a100
+      gpus: 1                 # per array task
+      cpus: 8
+      mem_gb: 32
+      time_min: 240
+      setup: ["module load cuda/12.1"]
+      array_parallelism: 64   # at most this many tasks of an array run at once
+      runs_per_task: 1        # pack several short runs into one array task
+      runs_per_gpu: 1         # worker processes sharing a GPU inside a task (tiny models)
+      signal_delay_s: 120     # USR2 this long before the time limit: checkpoint and requeue
+      pruners: {imp: {time_min: 2880}, snip: {time_min: 60}}
+      models: {resnet56: {mem_gb: 64}}
+
+A run's profile is the defaults, then its model's override, then its pruner's override. Runs with the same
+profile go into the same job arrays.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench_harness.errors import SuiteError, did_you_mean
+from bench_harness.suite import RunSpec, Suite
+
+
+@dataclass(frozen=True)
+class Resources:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus: int = 0
+    cpus: int = 1
+    mem_gb: float | None = None
+    time_min: int = 60
+    setup: tuple[str, ...] = ()
+    array_parallelism: int = 256
+    runs_per_task: int = 1
+    runs_per_gpu: int = 1
+    signal_delay_s: int = 90
+    additional: tuple[tuple[str, str], ...] = ()  # extra sbatch options, e.g. {"gres": "gpu:a100:1"}
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "timeout_min": self.time_min, "cpus_per_task": self.cpus, "slurm_array_parallelism": self.array_parallelism,
+            "slurm_signal_delay_s": self.signal_delay_s, "tasks_per_node": 1, "nodes": 1,
+        }
+        if self.gpus:
+            params["gpus_per_node"] = self.gpus
+        if self.mem_gb:
+            params["mem_gb"] = self.mem_gb
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(self, key):
+                params[f"slurm_{key}"] = getattr(self, key)
+        if self.setup:
+            params["slurm_setup"] = list(self.setup)
+        if self.additional:
+            params["slurm_additional_parameters"] = dict(self.additional)
+        return params
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Resources)}
+
+
+def _resources(path: str, key: str, values: Any, base: Resources) -> Resources:
+    if not isinstance(values, dict):
+        raise SuiteError(path, key, f"expected a mapping of SLURM settings, got {values!r}")
+    changes = {}
+    for k, v in values.items():
+        if k not in FIELDS:
+            raise SuiteError(path, f"{key}.{k}", f"unknown SLURM setting.{did_you_mean(str(k), FIELDS)} "
+                             f"Known: {', '.join(FIELDS)}.")
+        if k == "setup":
+            v = tuple(v if isinstance(v, list) else [v])
+        elif k == "additional":
+            v = tuple(sorted((str(a), str(b)) for a, b in dict(v).items()))
+        elif k in ("gpus", "cpus", "time_min", "array_parallelism", "runs_per_task", "runs_per_gpu", "signal_delay_s"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise SuiteError(path, f"{key}.{k}", f"expected a non-negative integer, got {v!r}")
+        changes[k] = v
+    return dataclasses.replace(base, **changes)
+
+
+@dataclass
+class SlurmPlan:
+    defaults: Resources
+    pruners: dict[str, Resources] = field(default_factory=dict)
+    models: dict[str, Resources] = field(default_factory=dict)
+    raw_models: dict[str, dict] = field(default_factory=dict)
+    raw_pruners: dict[str, dict] = field(default_factory=dict)
+    path: str = ""
+
+    def for_run(self, run: RunSpec) -> Resources:
+        res = self.defaults
+        if run.model.name in self.raw_models:
+            res = _resources(self.path, f"slurm.models.{run.model.name}", self.raw_models[run.model.name], res)
+        if run.pruner.name in self.raw_pruners:
+            res = _resources(self.path, f"slurm.pruners.{run.pruner.name}", self.raw_pruners[run.pruner.name], res)
+        return res
+
+
+def slurm_plan(suite: Suite) -> SlurmPlan:
+    raw = dict(suite.raw.get("slurm") or {})
+    models = raw.pop("models", {}) or {}
+    pruners = raw.pop("pruners", {}) or {}
+    defaults = _resources(suite.path, "slurm", raw, Resources())
+    known_models = {r.model.name for r in suite.runs}
+    known_pruners = {r.pruner.name for r in suite.runs}
+    for kind, table, known in (("models", models, known_models), ("pruners", pruners, known_pruners)):
+        for name, values in table.items():
+            if name not in known:
+                raise SuiteError(suite.path, f"slurm.{kind}.{name}", f"no run of the suite uses {name!r}."
+                                 f"{did_you_mean(name, known)}")
+            _resources(suite.path, f"slurm.{kind}.{name}", values, defaults)  # validate now
+    return SlurmPlan(defaults, raw_models=models, raw_pruners=pruners, path=suite.path)

@@ -1,0 +1,53 @@
+"""A run interrupted mid-training and resumed from its checkpoint ends exactly as an uninterrupted run."""
+import pytest
+
+from bench_harness import checkpoint
+from bench_harness.results import read_shard
+from bench_harness.paths import shard_path
+from bench_harness.runner import execute_run
+from bench_harness.suite import parse_suite, validate_suite
+
+SUITE = """
+name: resume
+grid:
+  models: [conv2]
+  datasets: [{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 256, test_size: 64}}]
+  sparsities: [0.8]
+  pruners: [magnitude]
+recipe: {epochs: 5, batch_size: 32, lr: 0.05, augment: true}
+"""
+
+
+def _run(root):
+    suite = parse_suite(__import__("yaml").safe_load(SUITE), "resume.yaml")
+    validate_suite(suite)
+    run = suite.runs[0]
+    run.results_root = str(root)
+    return run
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    plain = execute_run(_run(tmp_path / "plain"))
+
+    run = _run(tmp_path / "resumed")
+
+    def interrupt(phase, epoch, total, loss):
+        if epoch == 3:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        execute_run(run, on_epoch=interrupt, resume=True)
+    ck = checkpoint.load(checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id))
+    assert ck is not None and ck["epoch"] == 3
+    assert not shard_path(run.results_root, run.suite, run.run_id).exists()
+    resumed = execute_run(run, resume=True)
+    assert resumed["status"] == "ok" and resumed["resumed_from_epoch"] == 3
+    for key in ("top1", "top5", "loss", "top1_before_training", "loss_before_training", "achieved_sparsity",
+                "layer_density", "params_nonzero"):
+        assert resumed[key] == plain[key], key
+    assert read_shard(shard_path(run.results_root, run.suite, run.run_id))["top1"] == plain["top1"]
+    assert not checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id).exists()
