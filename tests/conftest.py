@@ -47,3 +47,25 @@ def example_plugin_installed():
 def write_suite(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The project's development SLURM cluster (scripts/dev_slurm.sh), started for the tests with a small
+    MaxArraySize so that array splitting is exercised. Skipped where SLURM is not installed."""
+    if not shutil.which("slurmctld") or not shutil.which("sbatch"):
+        pytest.skip("SLURM is not installed (scripts/test.sh installs it as root: scripts/dev_slurm.sh install)")
+    env = {**os.environ, "DEV_SLURM_DIR": "/tmp/bench-slurm-tests", "DEV_SLURM_PORT": "7917",
+           "DEV_SLURM_MAX_ARRAY_SIZE": "5"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "dev_slurm.sh"), "start"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    conf = "/tmp/bench-slurm-tests/etc/slurm.conf"
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], capture_output=True)
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old

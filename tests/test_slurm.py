@@ -1,0 +1,126 @@
+"""The SLURM executor against a real single-node cluster (sbatch, sacct, scontrol, scancel)."""
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bench_harness.errors import SuiteError
+from bench_harness.results import load_results
+from bench_harness.slurm import ledger
+from bench_harness.slurm.resources import slurm_plan
+from bench_harness.suite import load_suite
+from tests.conftest import bench
+
+
+def _suite(tmp_path, name, pruners="[dense, magnitude, random]", sparsities="[0.5, 0.8, 0.9]", epochs=3,
+           slurm="{cpus: 1, time_min: 10}", extra=""):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+name: {name}
+grid:
+  models: [mlp]
+  datasets: [{{name: synthetic, params: {{num_classes: 4, image_size: 8, train_size: 256, test_size: 64}}}}]
+  sparsities: {sparsities}
+  pruners: {pruners}
+recipe: {{epochs: {epochs}, batch_size: 32}}
+results_root: {tmp_path / 'results'}
+slurm: {slurm}
+{extra}
+""")
+    return path
+
+
+def _wait(path, timeout=300):
+    return bench("run", path, "--executor", "slurm", "--wait", "--no-progress", check=False, timeout=timeout)
+
+
+def _settle(path, timeout=300):
+    """Poll `bench status` (no resubmission) until no run is pending or running."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = bench("status", path).stdout
+        if "running" not in out.splitlines()[0] and "pending" not in out.splitlines()[0]:
+            return out
+        time.sleep(2)
+    raise AssertionError("runs still active: " + out)
+
+
+def test_resources_merge_overrides_and_name_errors(tmp_path):
+    path = _suite(tmp_path, "res", slurm="{partition: gpu, gpus: 1, time_min: 60, setup: ['module load cuda'], "
+                                         "pruners: {magnitude: {time_min: 5}}, models: {mlp: {mem_gb: 4}}}")
+    suite = load_suite(path)
+    plan = slurm_plan(suite)
+    by = {r.pruner.name: plan.for_run(r) for r in suite.runs}
+    assert by["magnitude"].time_min == 5 and by["magnitude"].mem_gb == 4 and by["magnitude"].gpus == 1
+    assert by["random"].time_min == 60 and by["random"].mem_gb == 4
+    params = by["random"].submitit_parameters()
+    assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 1
+    assert params["slurm_setup"] == ["module load cuda"]
+    bad = _suite(tmp_path, "bad", slurm="{partiton: gpu}")
+    with pytest.raises(SuiteError, match="slurm.partiton.*Did you mean 'partition'"):
+        slurm_plan(load_suite(bad))
+    bad = _suite(tmp_path, "bad2", slurm="{pruners: {snpi: {time_min: 5}}}")
+    with pytest.raises(SuiteError, match="slurm.pruners.snpi"):
+        slurm_plan(load_suite(bad))
+
+
+def test_arrays_split_at_max_array_size_and_the_ledger(slurm_cluster, tmp_path):
+    path = _suite(tmp_path, "arrays")  # 7 runs, MaxArraySize 5 -> arrays of 5 and 2 tasks
+    t0 = time.perf_counter()
+    out = bench("run", path, "--executor", "slurm")
+    assert time.perf_counter() - t0 < 30  # detached: returns at once
+    assert "submitted 7 runs" in out.stderr and "2 array(s)" in out.stderr and "(5 tasks)" in out.stderr
+    entries = ledger.read_all(tmp_path / "results", "arrays")
+    assert len(entries) == 7 and all("_" in e.job_id and e.stdout for e in entries.values())
+    proc = _wait(path)
+    assert proc.returncode == 0, proc.stderr
+    status = bench("status", path).stdout
+    assert "7 runs: 7 done" in status
+    df = load_results(tmp_path / "results", ["arrays"])
+    assert len(df) == 7 and (df.status == "ok").all()
+    again = bench("run", path, "--executor", "slurm")
+    assert "nothing to submit" in again.stderr
+
+
+def test_packing_and_stage_dependencies(slurm_cluster, tmp_path):
+    path = _suite(tmp_path, "stages", pruners="[magnitude, random]", sparsities="[0.5, 0.9]",
+                  slurm="{cpus: 1, time_min: 10, runs_per_task: 2}", extra="pretrain: {epochs: 1, batch_size: 32}")
+    out = bench("run", path, "--executor", "slurm")
+    assert "submitted 4 runs" in out.stderr and "(2 tasks)" in out.stderr and "stage jobs" in out.stderr
+    entries = ledger.read_all(tmp_path / "results", "stages")
+    assert {len(e.depends_on) for e in entries.values()} == {1}
+    assert len({e.depends_on[0] for e in entries.values()}) == 1  # one pretraining job for all four runs
+    assert len({e.job_id for e in entries.values()}) == 2  # two runs per array task
+    assert _wait(path).returncode == 0
+    df = load_results(tmp_path / "results", ["stages"])
+    assert (df.status == "ok").all() and df.top1_pretrained.nunique() == 1 and (df.pretrain_seconds < 5).all()
+
+
+def test_crash_cancel_and_resubmit(slurm_cluster, tmp_path, example_plugin_installed):
+    path = _suite(tmp_path, "crash", pruners="[hard_crash, magnitude]", sparsities="[0.5]", epochs=40)
+    bench("run", path, "--executor", "slurm")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the magnitude run trains
+        states = bench("status", path).stdout
+        if "running" in states and "failed" in states:
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError("the runs never reached running/failed: " + states)
+    cancelled = bench("cancel", path).stdout
+    assert "cancelled 1 jobs" in cancelled, cancelled
+    status = _settle(path)
+    assert "2 failed" in status, status
+    df = load_results(tmp_path / "results", ["crash"]).set_index("pruner")
+    assert "ended FAILED" in df.loc["hard_crash", "error"]  # crashed without a row: the reason comes from sacct
+    assert "ended CANCELLED" in df.loc["magnitude", "error"]
+    out = bench("resubmit", path, "--failed")
+    assert "submitted 2 runs" in out.stderr
+    _settle(path)
+    df = load_results(tmp_path / "results", ["crash"]).set_index("pruner")
+    assert len(df) == 2  # one row per run, never duplicated
+    assert df.loc["magnitude", "status"] == "ok" and df.loc["hard_crash", "status"] == "failed"
+    entry = ledger.read_all(tmp_path / "results", "crash")
+    assert {e.attempts for e in entry.values()} == {2}
