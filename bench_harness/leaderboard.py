@@ -68,8 +68,12 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     df["pruner_params"] = df["pruner_params"].fillna("{}")
     ablations = [a if isinstance(a, str) and a else None for a in df["ablation"]]
     df["ablation"] = pd.Series(ablations, index=df.index, dtype=object)
-    df["method"] = [method_label(p, q, a) for p, q, a in zip(df.pruner, df.pruner_params, ablations)]
-    df["model_label"] = [_model_label(m, q) for m, q in zip(df.model, df.get("model_params", [None] * len(df)))]
+    methods: dict = {}
+    df["method"] = [methods.get(k) or methods.setdefault(k, method_label(*k))
+                    for k in zip(df.pruner, df.pruner_params, ablations)]
+    models: dict = {}
+    df["model_label"] = [models.get(k) or models.setdefault(k, _model_label(*k))
+                         for k in zip(df.model, df.get("model_params", [None] * len(df)))]
     hours = (df.get("prune_seconds", 0).fillna(0) + df.get("train_seconds", 0).fillna(0)
              + df.get("pretrain_seconds", 0).fillna(0)) / 3600.0
     df["device_hours"] = hours

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command: install with test extras, get the real data the integration tests use, run pytest.
+# The test command: install with test extras, get the real data and the programs the integration tests use
+# (Fashion-MNIST, Chromium, SLURM), run pytest. `--all` also runs the slow tests (CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+marker=()
+if [ "${1:-}" = "--all" ]; then shift; marker=(-m "slow or not slow"); fi
 scripts/setup_env.sh test
 scripts/get_fashion_mnist.sh || true
 # Debian's chromium for the published-site browser test (playwright drives it; no browser download)
@@ -10,4 +13,8 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
     || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } \
     || echo "note: chromium could not be installed; the browser test will be skipped" >&2
 fi
-exec .venv/bin/python -m pytest -q "$@"
+# a real single-node SLURM cluster for the SLURM executor's tests (the tests start it with scripts/dev_slurm.sh)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  scripts/dev_slurm.sh install || echo "note: SLURM could not be installed; the SLURM tests will be skipped" >&2
+fi
+exec .venv/bin/python -m pytest -q "${marker[@]}" "$@"
