@@ -15,13 +15,13 @@ from tests.conftest import bench
 
 
 def _suite(tmp_path, name, pruners="[dense, magnitude, random]", sparsities="[0.5, 0.8, 0.9]", epochs=3,
-           slurm="{cpus: 1, time_min: 10}", extra=""):
+           slurm="{cpus: 1, time_min: 10}", extra="", train_size=256):
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""
 name: {name}
 grid:
   models: [mlp]
-  datasets: [{{name: synthetic, params: {{num_classes: 4, image_size: 8, train_size: 256, test_size: 64}}}}]
+  datasets: [{{name: synthetic, params: {{num_classes: 4, image_size: 8, train_size: {train_size}, test_size: 64}}}}]
   sparsities: {sparsities}
   pruners: {pruners}
 recipe: {{epochs: {epochs}, batch_size: 32}}
@@ -99,7 +99,8 @@ def test_packing_and_stage_dependencies(slurm_cluster, tmp_path):
 
 
 def test_crash_cancel_and_resubmit(slurm_cluster, tmp_path, example_plugin_installed):
-    path = _suite(tmp_path, "crash", pruners="[hard_crash, magnitude]", sparsities="[0.5]", epochs=40)
+    path = _suite(tmp_path, "crash", pruners="[hard_crash, magnitude]", sparsities="[0.5]", epochs=60,
+                  train_size=4096)  # the magnitude run trains long enough to be cancelled
     bench("run", path, "--executor", "slurm")
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until the magnitude run trains
