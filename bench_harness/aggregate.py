@@ -1,9 +1,7 @@
 """Aggregation of run shards into leaderboards, and merging result folders from several machines."""
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from bench_harness import paths
+from bench_harness.atomic import atomic_write
 from bench_harness.leaderboard import build_leaderboard, prepare_runs
 from bench_harness.shard_index import update_index
 
@@ -75,9 +74,5 @@ def merge_results(sources: list[str | Path], into: str | Path) -> dict[str, int]
                 stats["replaced"] += 1
             else:
                 stats["copied"] += 1
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-            os.close(fd)
-            shutil.copyfile(shard, tmp)
-            os.replace(tmp, target)
+            atomic_write(target, lambda tmp, src_file=shard: shutil.copyfile(src_file, tmp))
     return stats

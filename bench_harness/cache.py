@@ -1,13 +1,12 @@
 """Caches for expensive artifacts (pretrained weights, teachers) keyed by a JSON-able config."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
+from bench_harness.atomic import atomic_write
 from bench_harness.identity import config_hash
 
 
@@ -39,13 +38,5 @@ class DiskCache(ArtifactCache):
         if path.exists():
             return torch.load(path, map_location="cpu", weights_only=False)
         value = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(value, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: torch.save(value, tmp))
         return value

@@ -7,15 +7,14 @@ would (bit for bit on a deterministic CPU run).
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench_harness import paths
+from bench_harness.atomic import atomic_write
 
 
 def checkpoint_path(results_root: str | Path, suite: str, run_id: str) -> Path:
@@ -50,15 +49,7 @@ def restore_rng(state: dict[str, Any], loader_generator: torch.Generator | None)
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load(path: Path) -> dict[str, Any] | None:

@@ -9,8 +9,6 @@ Schema version 1 columns (name: type — meaning):
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench_harness import paths
+from bench_harness.atomic import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -111,15 +110,7 @@ def write_shard(row: dict[str, Any], results_root: str | Path, suite: str) -> Pa
             fields.append(pa.field(key, pa.float64() if isinstance(value, (int, float)) else pa.string()))
     schema = pa.schema(fields, metadata=SCHEMA.metadata)
     table = pa.Table.from_pylist([full], schema=schema)
-    fd, tmp = tempfile.mkstemp(prefix=f".{row['run_id']}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_shard(path: str | Path) -> dict[str, Any]:

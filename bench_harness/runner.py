@@ -75,17 +75,21 @@ def pretrained_cached(run: RunSpec) -> bool:
     return DiskCache(paths.cache_dir(run.results_root)).path(pretrain_key(run)).exists()
 
 
-def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
-    """Compute (or find) a run's pretrained weights in the cache; the SLURM executor runs this as a stage job
-    that every dependent run waits for. Returns the cache file."""
-    registry = registry or get_registry()
-    device = resolve_device(run.device)
+def _data_and_model(run: RunSpec, registry: Registry, device: torch.device):
+    """The run's data loaders and its freshly initialised model (seeded: the same run gives the same weights)."""
     dspec = concrete_spec(registry.get("dataset", run.dataset.name), run.data_root, run.dataset.params)
     data = RunData(run, dspec, device)
     seed_everything(run.seed)
     model = build_model(registry.get("model", run.model.name), run.model.name, dspec.num_classes,
                         dspec.in_channels, dspec.image_size, run.model.params).to(device)
-    cache = DiskCache(paths.cache_dir(run.results_root))
+    return dspec, data, model, DiskCache(paths.cache_dir(run.results_root))
+
+
+def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
+    """Compute (or find) a run's pretrained weights in the cache; the SLURM executor runs this as a stage job
+    that every dependent run waits for. Returns the cache file."""
+    device = resolve_device(run.device)
+    _, data, model, cache = _data_and_model(run, registry or get_registry(), device)
     _pretrained_state(run, model, data, device, cache, None)
     return str(cache.path(pretrain_key(run)))
 
@@ -177,12 +181,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         device = resolve_device(run.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        dspec = concrete_spec(registry.get("dataset", run.dataset.name), run.data_root, run.dataset.params)
-        data = RunData(run, dspec, device)
-        seed_everything(run.seed)
-        model = build_model(registry.get("model", run.model.name), run.model.name, dspec.num_classes,
-                            dspec.in_channels, dspec.image_size, run.model.params).to(device)
-        cache = DiskCache(paths.cache_dir(run.results_root))
+        dspec, data, model, cache = _data_and_model(run, registry, device)
         ck_path = checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id)
         resumed = checkpoint.load(ck_path) if resume else None
         if resumed is not None and resumed.get("run_id") != run.run_id:
@@ -207,14 +206,12 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         t0 = time.perf_counter()
         earlier_seconds = (resumed or {}).get("train_seconds", 0.0)
         if epochs and start_epoch < epochs:
-            after_epoch = None
-            if resume:
-                def after_epoch(epoch, opt):
-                    _save_checkpoint(ck_path, run, model, opt, masks, row, epoch, data, epochs,
-                                     earlier_seconds + time.perf_counter() - t0)
+            def after_epoch(epoch, opt):
+                _save_checkpoint(ck_path, run, model, opt, masks, row, epoch, data, epochs,
+                                 earlier_seconds + time.perf_counter() - t0)
             train(model, data.train, run.recipe, device, masks, epochs,
                   on_epoch=lambda e, loss: on_epoch and on_epoch("train", e, epochs, loss),
-                  start_epoch=start_epoch, optimizer=optimizer, after_epoch=after_epoch)
+                  start_epoch=start_epoch, optimizer=optimizer, after_epoch=after_epoch if resume else None)
         row["train_seconds"] = earlier_seconds + time.perf_counter() - t0
         row["epochs_trained"] = epochs
         after = evaluate(model, data.test, device)

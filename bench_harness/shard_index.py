@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench_harness import paths
+from bench_harness.atomic import atomic_write
 
 META = ("_shard", "_mtime_ns", "_size")
 
@@ -39,12 +39,12 @@ def _read_chunk(files: list[str]) -> pa.Table | None:
         return None
     parts, names, mtimes, sizes = [], [], [], []
     for items in by_schema.values():
-        parts.append(pa.concat_tables([t for t, *_ in items]))
+        parts.append(pa.concat_tables([t for t, *_ in items]).combine_chunks())  # one chunk, not one per shard
         for t, name, mtime, size in items:
             names += [name] * t.num_rows
             mtimes += [mtime] * t.num_rows
             sizes += [size] * t.num_rows
-    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
+    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default").combine_chunks()
     return (table.append_column("_shard", pa.array(names, pa.string()))
             .append_column("_mtime_ns", pa.array(mtimes, pa.int64()))
             .append_column("_size", pa.array(sizes, pa.int64())))
@@ -61,7 +61,7 @@ def read_shards(files: list[str], workers: int | None = None) -> pa.Table | None
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if os.name == "posix" else "spawn")) as ex:
         parts = [t for t in ex.map(_read_chunk, chunks) if t is not None]
-    return pa.concat_tables(parts, promote_options="default") if parts else None
+    return pa.concat_tables(parts, promote_options="default").combine_chunks() if parts else None
 
 
 def update_index(results_root: str | Path, suite: str, rebuild: bool = False) -> tuple[pa.Table | None, dict]:
@@ -92,18 +92,10 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False) ->
         old = old.filter(keep)
     new = read_shards([str(runs / n) for n in sorted(fresh)])
     parts = [t for t in (old, new) if t is not None and t.num_rows]
-    table = pa.concat_tables(parts, promote_options="default") if parts else None
+    table = pa.concat_tables(parts, promote_options="default").combine_chunks() if parts else None
     stats = {"shards": len(current), "read": len(fresh), "dropped": len(set(known) - set(current))}
     if table is not None and (fresh or gone_or_changed or not ipath.exists()):
-        ipath.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=ipath.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, ipath)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(ipath, lambda tmp: pq.write_table(table, tmp))
     elif table is None and ipath.exists():
         ipath.unlink()
     return table, stats

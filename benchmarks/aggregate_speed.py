@@ -65,7 +65,7 @@ def main() -> None:
     workers = os.cpu_count() or 1
     runs = root / "big" / "runs"
     have = len(list(runs.glob("*.parquet"))) if runs.is_dir() else 0
-    if not (args.keep and have == args.shards):
+    if not (args.keep and have >= args.shards):
         shutil.rmtree(root, ignore_errors=True)
         t0 = time.perf_counter()
         write_shards(root, 0, args.shards, workers)
@@ -77,7 +77,8 @@ def main() -> None:
     board = build_leaderboard(table.to_pandas(), ["big"])
     build = time.perf_counter() - t0
     extra = max(1, args.shards // 100)
-    write_shards(root, args.shards, args.shards + extra, workers)
+    write_shards(root, have if args.keep and have >= args.shards else args.shards,
+                 (have if args.keep and have >= args.shards else args.shards) + extra, workers)
     t0 = time.perf_counter()
     table, stats2 = update_index(root, "big")
     incremental = time.perf_counter() - t0

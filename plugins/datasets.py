@@ -137,8 +137,6 @@ class TinyImageNetVal(Dataset):
     """Tiny-ImageNet's val split: images in one folder, labels in val_annotations.txt."""
 
     def __init__(self, root: Path, class_to_idx: dict[str, int], transform) -> None:
-        from PIL import Image  # noqa: F401  (fail early if Pillow is missing)
-
         self.root, self.transform = root, transform
         self.samples = []
         with open(root / "val_annotations.txt") as fh:

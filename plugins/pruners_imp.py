@@ -12,8 +12,6 @@ import copy
 import math
 from dataclasses import dataclass
 
-import torch
-
 from bench_harness import hookimpl, masking
 from bench_harness.pruner import Pruner, PruneResult, Regime, Requirements, param
 

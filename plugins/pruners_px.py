@@ -47,7 +47,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bench_harness import hookimpl
 from bench_harness.datasets import first_per_class
-from bench_harness.masking import PRUNABLE_TYPES
 from bench_harness.pruner import Requirements, param
 from bench_harness.score_pruner import ScoreParams, ScorePruner
 from bench_harness_plugins.relu_gates import relu_gates

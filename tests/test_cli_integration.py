@@ -1,12 +1,10 @@
 """End to end: the real `bench` CLI on real suites (synthetic and, where installed, Fashion-MNIST)."""
 import json
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from bench_harness.results import SCHEMA, load_results, read_shard

@@ -1,4 +1,3 @@
-import warnings
 from importlib import metadata
 
 import pytest

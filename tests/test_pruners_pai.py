@@ -1,6 +1,4 @@
 """SNIP, GraSP, SynFlow and IMP against their definitions on networks small enough to compute by hand."""
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

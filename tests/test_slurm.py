@@ -1,8 +1,5 @@
 """The SLURM executor against a real single-node cluster (sbatch, sacct, scontrol, scancel)."""
-import json
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 

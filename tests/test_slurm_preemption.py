@@ -4,7 +4,6 @@ limit mid-training. Every run must finish exactly once, resumed from its checkpo
 local run of the same suite. Slow (several minutes): run with `-m slow` (CI does, through scripts/test.sh --all)."""
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -45,7 +44,7 @@ def test_preempted_and_timed_out_suite_equals_a_local_run(slurm_cluster, tmp_pat
     high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "2", "-t", "2", "--wrap", "sleep 10"],
                           capture_output=True, text=True)
     assert high.returncode == 0, high.stderr
-    states = bench("run", cluster, "--executor", "slurm", "--wait", "--no-progress", timeout=900)
+    bench("run", cluster, "--executor", "slurm", "--wait", "--no-progress", timeout=900)
     total_seconds = time.perf_counter() - t0
     df = load_results(tmp_path / "cluster", ["preempt"])
     assert len(df) == 21 and df.run_id.is_unique and (df.status == "ok").all(), df.error.tolist()

@@ -3,12 +3,11 @@ so concurrent writers never corrupt each other): which job runs it, its state, a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench_harness import paths
+from bench_harness.atomic import atomic_write
 
 ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
           "PREEMPTED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
@@ -35,12 +34,8 @@ def ledger_dir(results_root: str | Path, suite: str) -> Path:
 
 
 def write(results_root: str | Path, suite: str, entry: Entry) -> None:
-    folder = ledger_dir(results_root, suite)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(entry), fh, indent=1)
-    os.replace(tmp, folder / f"{entry.run_id}.json")
+    text = json.dumps(asdict(entry), indent=1)
+    atomic_write(ledger_dir(results_root, suite) / f"{entry.run_id}.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def read_all(results_root: str | Path, suite: str) -> dict[str, Entry]:

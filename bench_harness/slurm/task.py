@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import fcntl
 import multiprocessing as mp
-import os
 import sys
 
 import submitit
