@@ -59,10 +59,8 @@ class Snip(ScorePruner):
 
 
 @dataclass
-class GraspParams(ScoreParams):
-    batches: int = param(0, "scoring batches to use; 0 = all the scoring data")
+class GraspParams(SnipParams):
     temperature: float = param(200.0, "softmax temperature dividing the logits (reference: 200)")
-    train_mode: bool = param(False, "score in train() mode (the reference scores in eval())")
 
 
 def grasp_scores(model: nn.Module, prunable: dict[str, nn.Parameter], batches: list, temperature: float,
