@@ -158,10 +158,6 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
 
 
 # -- export ----------------------------------------------------------------------------------------------------
-def _pct(v: float) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
-
-
 def _pm(mean: float, ci: float) -> str:
     if mean is None or math.isnan(mean):
         return "–"

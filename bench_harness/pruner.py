@@ -90,11 +90,6 @@ class PruneContext:
         for x, y in self.batches():
             yield x.to(self.device), y.to(self.device)
 
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        if self.input_shape is None:
-            raise ValueError("the input shape is unknown: give data or input_shape")
-        return torch.ones((batch_size, *self.input_shape), device=self.device)
-
 
 class Pruner:
     """Base class of every pruner. Subclasses set the class attributes and implement :meth:`prune`."""

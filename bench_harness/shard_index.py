@@ -19,9 +19,6 @@ import pyarrow.parquet as pq
 from bench_harness import paths
 from bench_harness.atomic import atomic_write
 
-META = ("_shard", "_mtime_ns", "_size")
-
-
 def index_path(results_root: str | Path, suite: str) -> Path:
     return paths.suite_dir(results_root, suite) / "index.parquet"
 

@@ -9,8 +9,6 @@ from pathlib import Path
 from bench_harness import paths
 from bench_harness.atomic import atomic_write
 
-ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
-          "PREEMPTED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 FAILED = {"FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "BOOT_FAIL", "DEADLINE",
           "REVOKED", "SPECIAL_EXIT"}
 
