@@ -1,30 +1,42 @@
 """The public Python API: use any registered pruner outside a benchmark."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from bench_harness import masking
+from bench_harness.artifacts import ArtifactStore, MemoryArtifactStore
 from bench_harness.plugins import get_registry
-from bench_harness.pruner import Pruner, iter_batches
+from bench_harness.pruner import Pruner, PruneResult, iter_batches
 from bench_harness.pruning import call_pruner, make_context
 
 
-def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: Any = None,
-          **params: Any) -> dict[str, torch.Tensor]:
-    """Prune ``model`` in place with a registered pruner and return its masks.
+def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: Any = None, *,
+          prunable: str | list[str] | None = None, train_data: Any = None, recipe: Mapping[str, Any] | None = None,
+          return_result: bool = False, artifacts: str | None = None, **params: Any):
+    """Prune ``model`` in place with a registered pruner and return its masks (or its full result).
 
     - ``pruner``: a registered name (see ``bench plugins``) or a Pruner subclass.
-    - ``sparsity``: fraction of prunable weights (conv and linear weights) to remove, in [0, 1).
+    - ``sparsity``: fraction of prunable weights to remove, in [0, 1).
     - ``data``: scoring/calibration data for pruners that need it: a DataLoader or any iterable of
       ``(inputs, labels)``, a pair ``(inputs, labels)``, or a tensor of inputs.
+    - ``prunable``: which weights may be pruned: a regex that parameter names must match in full (among the
+      conv and linear weights, e.g. ``r"layer\\d\\..*conv\\d\\.weight"``) or an explicit list of parameter names.
+      Default: every conv and linear weight.
+    - ``train_data`` + ``recipe``: for pruners that train (``imp``, score training, reconstruction with
+      fine-tuning): a DataLoader (or iterable of ``(inputs, labels)``) and a dict of recipe fields (``epochs``,
+      ``lr``, ``optimizer``, ``schedule``, ... as in a suite's ``recipe:``), from which the training service is
+      built.
+    - ``return_result``: return the :class:`~bench_harness.pruner.PruneResult` (masks, info, achieved sparsity,
+      the training the pruner asks for afterwards) instead of the masks.
+    - ``artifacts``: a folder for stage artifacts (default: kept in memory for this call).
     - ``params``: the pruner's hyperparameters (see ``bench plugins -v``); ``seed=`` is taken from them if
       the pruner has no such parameter (default 0).
 
-    Returns boolean masks keyed by the model's parameter names (``True`` = kept); the masks are already
-    applied (pruned weights are zero).
+    The masks (``True`` = kept, keyed by parameter names) are already applied: pruned weights are zero.
     """
     cls = get_registry().get("pruner", pruner) if isinstance(pruner, str) else pruner
     seed = 0
@@ -32,16 +44,45 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
         seed = int(params.pop("seed"))
     cls_params = cls.make_params(params)
     batches = iter_batches(data)
-    input_shape = None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    input_shape = num_classes = None
     if batches is not None:
         first = next(iter(batches()))[0]
         input_shape = tuple(first.shape[1:])
-    ctx = make_context(model, seed=seed, batches=batches, input_shape=input_shape)
-    if batches is not None:
         ys = torch.cat([y for _, y in batches()])
-        ctx.num_classes = int(ys.max()) + 1 if ys.numel() else None
+        num_classes = int(ys.max()) + 1 if ys.numel() else None
     if cls.requires.data and batches is None:
         raise ValueError(f"pruner {cls.name!r} needs data: pass data=(inputs, labels) or a DataLoader")
-    result = call_pruner(cls, cls_params, model, sparsity, ctx)
+    trainer = None
+    if train_data is not None:
+        from bench_harness.trainer import Trainer
+
+        trainer = Trainer(train_data, make_recipe(recipe), device)
+        if input_shape is None:
+            first = next(iter(train_data))
+            input_shape = tuple(first[0].shape[1:])
+    elif recipe is not None:
+        raise ValueError("recipe= needs train_data= (the training service trains on it)")
+    store: ArtifactStore = ArtifactStore(artifacts, producer="bench_harness.prune") if artifacts else \
+        MemoryArtifactStore("bench_harness.prune")
+    ctx = make_context(model, seed=seed, device=device, batches=batches, input_shape=input_shape,
+                       num_classes=num_classes, prunable=prunable, trainer=trainer, train_loader=train_data,
+                       artifacts=store)
+    result: PruneResult = call_pruner(cls, cls_params, model, sparsity, ctx)
     masking.apply_masks(model, result.masks)
-    return result.masks
+    return result if return_result else result.masks
+
+
+def make_recipe(values: Mapping[str, Any] | None):
+    """A Recipe from a dict of fields; unknown fields name the known ones."""
+    from bench_harness.errors import did_you_mean
+    from bench_harness.suite import Recipe
+
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    for key in values:
+        if key not in known:
+            raise ValueError(f"unknown recipe field {key!r}.{did_you_mean(key, known)} Known: {', '.join(sorted(known))}")
+    if "milestones" in values:
+        values["milestones"] = tuple(values["milestones"])
+    return Recipe(**values)

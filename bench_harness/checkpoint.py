@@ -1,9 +1,14 @@
 """Training checkpoints of a run, for preemption-safe resumption.
 
-Saved atomically in the run's work folder after pruning (epoch 0) and at every epoch end: model and optimizer
-state, masks, the part of the result row computed before training, every RNG state (torch, CUDA, Python,
-NumPy) and the training loader's generator, so that a resumed run computes exactly what an uninterrupted one
-would (bit for bit on a deterministic CPU run).
+Saved atomically in the run's work folder (``<results>/<suite>/work/<run_id>/``):
+
+- ``pruned.pt`` after pruning: the pruned model, masks, the part of the result row computed before training
+  and the training plan, so a resumed run never prunes again;
+- ``train.pt`` at every epoch end of the training after pruning, and ``fit-NNN.pt`` for every training a
+  pruner does through the training service (see :mod:`bench_harness.trainer`): model and optimizer state,
+  every RNG state (torch, CUDA, Python, NumPy) and the training loader's generator,
+
+so that a resumed run computes exactly what an uninterrupted one would (bit for bit on a deterministic CPU run).
 """
 from __future__ import annotations
 
@@ -18,7 +23,25 @@ from bench_harness.atomic import atomic_write
 
 
 def checkpoint_path(results_root: str | Path, suite: str, run_id: str) -> Path:
-    return paths.run_dir(results_root, suite, run_id) / "checkpoint.pt"
+    """The epoch checkpoint of the training after pruning."""
+    return work_dir(results_root, suite, run_id) / "train.pt"
+
+
+def pruned_path(results_root: str | Path, suite: str, run_id: str) -> Path:
+    """The state right after pruning."""
+    return work_dir(results_root, suite, run_id) / "pruned.pt"
+
+
+def work_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
+    return paths.run_dir(results_root, suite, run_id)
+
+
+def clear(results_root: str | Path, suite: str, run_id: str) -> None:
+    """Remove a finished run's checkpoints (its artifact folder and lock stay)."""
+    folder = work_dir(results_root, suite, run_id)
+    if folder.is_dir():
+        for f in folder.glob("*.pt"):
+            f.unlink(missing_ok=True)
 
 
 def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:

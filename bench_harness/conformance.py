@@ -1,9 +1,17 @@
 """`bench check-plugin`: a conformance kit for pruners.
 
-It runs a pruner on small models (an MLP, a conv net with BatchNorm, a residual net) with synthetic data and
-checks that the masks cover exactly the prunable parameters, are boolean with the right shapes, reach the
-target sparsity within the declared tolerance, are identical when run twice with the same seed, and that the
-weights are left alone unless the pruner declares ``changes_weights``.
+It runs a pruner on small models (an MLP, a conv net with BatchNorm, a residual net) with synthetic data, the
+core's real training service (one epoch of SGD over two batches) and a real artifact store in a temporary
+folder, and checks that:
+
+- the masks cover exactly the prunable parameters, are boolean with the right shapes;
+- the sparsity fits the declared kind: ``exact`` within the tolerance, ``target`` within it (else reported),
+  ``learned`` in [0, 1);
+- the weights are finite, and left alone unless the pruner declares ``changes_weights``;
+- the masks are identical when run twice with the same seed (the second run with the global RNG elsewhere and
+  the stage artifacts of the first already stored: they must be reused, not produced again);
+- a pruner that trains through ``ctx.trainer`` and is interrupted in the middle of its training computes the
+  same masks when run again with the same checkpoints (as a preempted SLURM job does).
 """
 from __future__ import annotations
 
@@ -14,9 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import tempfile
+from pathlib import Path
+
 from bench_harness import masking
-from bench_harness.pruner import Pruner
-from bench_harness.pruning import make_context
+from bench_harness.artifacts import ArtifactStore
+from bench_harness.pruner import Pruner, SparsityKind
+from bench_harness.pruning import make_context, nonfinite_parameters
+from bench_harness.trainer import Trainer
 
 
 class _MLP(nn.Module):
@@ -78,78 +91,131 @@ def _data(seed: int):
     return lambda: iter(batches)
 
 
-def _train_service(batches):
-    def train(model, masks=None, epochs=1, start_epoch=0):
-        enforcer = masking.MaskEnforcer(model, masks) if masks else None
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        model.train()
-        for _ in range(start_epoch, epochs or 1):
-            for x, y in batches():
-                opt.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-                if enforcer:
-                    enforcer.enforce()
-        if enforcer:
-            enforcer.remove()
-    return train
+RECIPE = dict(epochs=2, batch_size=16, lr=0.01, momentum=0.9, weight_decay=0.0, schedule="constant",
+              augment=False)
 
 
-def _prune_once(cls: type[Pruner], params: Any, model_name: str, sparsity: float, seed: int = 0,
-                global_rng_seed: int = 0):
+class _Interrupt(Exception):
+    pass
+
+
+def _prune_once(cls: type[Pruner], params: Any, model_name: str, sparsity: float, workdir: Path, seed: int = 0,
+                global_rng_seed: int = 0, checkpoints: Path | None = None, interrupt_at: int | None = None):
+    from bench_harness.api import make_recipe
+
     torch.manual_seed(seed)
     model = MODELS[model_name]()
     # The global RNG differs between the two determinism runs: randomness must come from ctx.generator.
     torch.manual_seed(10_007 + global_rng_seed)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batches = _data(seed)
+    epochs_seen = {"n": 0}
+
+    def on_epoch(phase, epoch, total, loss):
+        epochs_seen["n"] += 1
+        if interrupt_at is not None and epochs_seen["n"] == interrupt_at:
+            raise _Interrupt()
+
+    trainer = Trainer(list(batches()), make_recipe(RECIPE), torch.device("cpu"), checkpoint_dir=checkpoints,
+                      on_epoch=on_epoch)
+    store = ArtifactStore(workdir / "artifacts", producer="check-plugin")
+    run_dir = workdir / f"run-{global_rng_seed}"
     ctx = make_context(model, seed=seed, batches=batches, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE,
-                       train=_train_service(batches))
+                       trainer=trainer, train_loader=list(batches()), artifacts=store, run_dir=run_dir)
     out = cls(params).prune(model, sparsity, ctx)
+    ctx.epochs_seen = epochs_seen["n"]
     return model, before, ctx, out
 
 
 def check_pruner(cls: type[Pruner], params: Any = None, sparsities: tuple[float, ...] = (0.5, 0.9),
                  models: tuple[str, ...] = tuple(MODELS)) -> list[Check]:
-    from bench_harness.pruner import PruneResult
-
     params = params if params is not None else cls.Params()
     checks: list[Check] = []
     for model_name in models:
         for sparsity in sparsities:
-            add = lambda name, ok, detail="": checks.append(Check(model_name, sparsity, name, bool(ok), detail))  # noqa: E731
-            try:
-                model, before, ctx, out = _prune_once(cls, params, model_name, sparsity)
-            except Exception as exc:
-                add("runs without error", False, f"{type(exc).__name__}: {exc}")
-                continue
-            add("runs without error", True)
-            result = out if isinstance(out, PruneResult) else PruneResult(dict(out))
-            masks = result.masks
-            expected = set(ctx.prunable)
-            add("masks cover exactly the prunable parameters", set(masks) == expected,
-                f"missing {sorted(expected - set(masks))}, extra {sorted(set(masks) - expected)}")
-            bad_dtype = [n for n, m in masks.items() if not isinstance(m, torch.Tensor) or m.dtype != torch.bool]
-            add("masks are boolean tensors", not bad_dtype, f"not bool: {bad_dtype}")
-            bad_shape = [n for n, m in masks.items() if n in ctx.prunable and
-                         tuple(getattr(m, "shape", ())) != tuple(ctx.prunable[n].shape)]
-            add("masks have the weights' shapes", not bad_shape, f"wrong shape: {bad_shape}")
-            if not cls.ignores_sparsity and not bad_dtype and not bad_shape and set(masks) == expected:
-                achieved = 1.0 - masking.global_density(masks)
-                add("reaches the target sparsity", masking.sparsity_on_target(masks, sparsity, cls.sparsity_tolerance),
-                    f"achieved {achieved:.5f}, target {sparsity}, tolerance {cls.sparsity_tolerance}")
-            if not (cls.changes_weights or result.weights_changed):
-                changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
-                add("weights left alone", not changed, f"changed without declaring it: {changed}")
-            elif result.weights_changed and not cls.changes_weights:
-                add("declares that it changes weights", False, "returned weights_changed=True but the class "
-                    "does not set changes_weights = True")
-            try:
-                _, _, _, again = _prune_once(cls, params, model_name, sparsity, global_rng_seed=1)
-                again = again.masks if isinstance(again, PruneResult) else dict(again)
-                same = set(again) == set(masks) and all(torch.equal(again[n], masks[n]) for n in masks)
-                add("deterministic under a fixed seed", same, "two runs with seed 0 gave different masks (draw random "
-                    "numbers from ctx.generator, not the global RNG)")
-            except Exception as exc:
-                add("deterministic under a fixed seed", False, f"second run failed: {type(exc).__name__}: {exc}")
+            with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
+                _check_case(cls, params, model_name, sparsity, Path(tmp), checks)
     return checks
+
+
+def _check_case(cls: type[Pruner], params: Any, model_name: str, sparsity: float, workdir: Path,
+                checks: list[Check]) -> None:
+    from bench_harness.pruner import PruneResult
+
+    add = lambda name, ok, detail="": checks.append(Check(model_name, sparsity, name, bool(ok), detail))  # noqa: E731
+    try:
+        model, before, ctx, out = _prune_once(cls, params, model_name, sparsity, workdir)
+    except Exception as exc:
+        add("runs without error", False, f"{type(exc).__name__}: {exc}")
+        return
+    add("runs without error", True)
+    result = out if isinstance(out, PruneResult) else PruneResult(dict(out))
+    masks = result.masks
+    expected = set(ctx.prunable)
+    add("masks cover exactly the prunable parameters", set(masks) == expected,
+        f"missing {sorted(expected - set(masks))}, extra {sorted(set(masks) - expected)}")
+    bad_dtype = [n for n, m in masks.items() if not isinstance(m, torch.Tensor) or m.dtype != torch.bool]
+    add("masks are boolean tensors", not bad_dtype, f"not bool: {bad_dtype}")
+    bad_shape = [n for n, m in masks.items() if n in ctx.prunable and
+                 tuple(getattr(m, "shape", ())) != tuple(ctx.prunable[n].shape)]
+    add("masks have the weights' shapes", not bad_shape, f"wrong shape: {bad_shape}")
+    valid = not bad_dtype and not bad_shape and set(masks) == expected
+    if not cls.ignores_sparsity and valid:
+        achieved = 1.0 - masking.global_density(masks)
+        detail = f"achieved {achieved:.5f}, target {sparsity}, tolerance {cls.sparsity_tolerance}"
+        if cls.sparsity_kind == SparsityKind.LEARNED:
+            add("learned sparsity in [0, 1)", 0.0 <= achieved < 1.0, detail)
+        else:
+            add(f"reaches the target sparsity ({cls.sparsity_kind.value})",
+                masking.sparsity_on_target(masks, sparsity, cls.sparsity_tolerance), detail)
+    if valid:
+        bad = nonfinite_parameters(model, masks)
+        add("weights are finite", not bad, f"NaN/inf in {bad}")
+    if not (cls.changes_weights or result.weights_changed):
+        changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+        add("weights left alone", not changed, f"changed without declaring it: {changed}")
+    elif result.weights_changed and not cls.changes_weights:
+        add("declares that it changes weights", False, "returned weights_changed=True but the class "
+            "does not set changes_weights = True")
+    try:
+        _, _, ctx2, again = _prune_once(cls, params, model_name, sparsity, workdir, global_rng_seed=1)
+        again = again.masks if isinstance(again, PruneResult) else dict(again)
+        same = set(again) == set(masks) and all(torch.equal(again[n], masks[n]) for n in masks)
+        add("deterministic under a fixed seed", same, "two runs with seed 0 gave different masks (draw random "
+            "numbers from ctx.generator, not the global RNG)")
+        if ctx.artifacts.used:
+            produced_again = [n for n, r in ctx2.artifacts.used.items() if r.produced]
+            add("stage artifacts produced once, then reused", not produced_again,
+                f"produced again although stored: {produced_again} (the artifact config must not change "
+                f"between runs that can share it)")
+    except Exception as exc:
+        add("deterministic under a fixed seed", False, f"second run failed: {type(exc).__name__}: {exc}")
+    if ctx.epochs_seen >= 2 and valid:
+        _check_resume(cls, params, model_name, sparsity, workdir, masks, ctx.epochs_seen, add)
+
+
+def _check_resume(cls, params, model_name, sparsity, workdir, masks, epochs_seen, add) -> None:
+    """Interrupt the pruner's training half-way, run again on the same checkpoints: the same masks."""
+    from bench_harness.pruner import PruneResult
+
+    checkpoints = workdir / "checkpoints"
+    name = "resumes after an interruption with the same masks"
+    try:
+        _prune_once(cls, params, model_name, sparsity, workdir, checkpoints=checkpoints,
+                    interrupt_at=epochs_seen // 2 + 1)
+        add(name, False, "the interruption did not happen")
+        return
+    except _Interrupt:
+        pass
+    except Exception as exc:
+        add(name, False, f"first attempt failed: {type(exc).__name__}: {exc}")
+        return
+    try:
+        _, _, _, out = _prune_once(cls, params, model_name, sparsity, workdir, checkpoints=checkpoints)
+    except Exception as exc:
+        add(name, False, f"resumed attempt failed: {type(exc).__name__}: {exc}")
+        return
+    again = out.masks if isinstance(out, PruneResult) else dict(out)
+    same = set(again) == set(masks) and all(torch.equal(again[n], masks[n]) for n in masks)
+    add(name, same, "a resumed prune gave other masks than an uninterrupted one: train through ctx.trainer and keep "
+        "every random draw on ctx.generator")

@@ -16,6 +16,7 @@ Conventions (tested in tests/test_masking.py):
 from __future__ import annotations
 
 import functools
+import re
 from collections import OrderedDict
 from typing import Mapping
 
@@ -30,17 +31,46 @@ def prunable_parameters(
     exclude_first: bool = False,
     exclude_last: bool = False,
     types: tuple[type[nn.Module], ...] = PRUNABLE_TYPES,
+    include: "str | list[str] | None" = None,
+    exclude: "str | None" = None,
 ) -> "OrderedDict[str, nn.Parameter]":
-    """The ``weight`` of every conv and linear layer, in module order (first/last layer optionally left out)."""
+    """The ``weight`` of every conv and linear layer, in module order (first/last layer optionally left out).
+
+    ``include``: a regex that a name must match in full, or an explicit list of parameter names (any
+    parameter, not only conv/linear weights; an unknown name is an error); ``exclude``: a regex of names to drop.
+    A tensor shared by several modules (tied weights) is listed once, under its first name (the one
+    ``model.named_parameters()`` uses).
+    """
     found: OrderedDict[str, nn.Parameter] = OrderedDict()
+    if isinstance(include, (list, tuple)):
+        params = dict(model.named_parameters())
+        unknown = [n for n in include if n not in params]
+        if unknown:
+            raise ValueError(f"prunable names {unknown} are not parameters of the model; it has e.g. "
+                             f"{list(params)[:6]}")
+        seen_ids: set[int] = set()
+        for n in params:  # model order
+            if n in include and id(params[n]) not in seen_ids:
+                seen_ids.add(id(params[n]))
+                found[n] = params[n]
+        return found
+    seen: set[int] = set()
     for module_name, module in model.named_modules():
-        if isinstance(module, types) and getattr(module, "weight", None) is not None:
-            found[f"{module_name}.weight" if module_name else "weight"] = module.weight
+        weight = getattr(module, "weight", None)
+        if isinstance(module, types) and isinstance(weight, torch.Tensor) and id(weight) not in seen:
+            seen.add(id(weight))
+            found[f"{module_name}.weight" if module_name else "weight"] = weight
     names = list(found)
     if exclude_first and names:
         found.pop(names[0], None)
     if exclude_last and names:
         found.pop(names[-1], None)
+    if include is not None:
+        pattern = re.compile(include)
+        found = OrderedDict((n, p) for n, p in found.items() if pattern.fullmatch(n))
+    if exclude is not None:
+        pattern = re.compile(exclude)
+        found = OrderedDict((n, p) for n, p in found.items() if not pattern.fullmatch(n))
     return found
 
 
@@ -247,3 +277,22 @@ def sparsity_on_target(masks: Mapping[str, torch.Tensor], target_sparsity: float
     slack = 0.5 * len(masks) / total if total else 0.0
     return abs((1.0 - global_density(masks)) - target_sparsity) <= tolerance + slack + 1e-12
 
+
+
+def sparsity_bin(target: float, achieved: float, kind: str, tolerance: float = 1.25) -> float:
+    """The sparsity a run is grouped and compared by: its target, unless its sparsity is learned.
+
+    A learned-sparsity run is binned to its target when its achieved density lies within a factor
+    ``tolerance`` of the target density (the target was the method's knob and it landed near it); otherwise to
+    its achieved density rounded to two significant digits (so runs that land close together share a bin).
+    """
+    if kind != "learned":
+        return float(target)
+    import math
+
+    d_target, d_achieved = 1.0 - target, 1.0 - achieved
+    if d_target > 0 and d_achieved > 0 and abs(math.log(d_achieved / d_target)) <= math.log(tolerance):
+        return float(target)
+    if d_achieved <= 0:
+        return 1.0
+    return float(1.0 - float(f"{d_achieved:.2g}"))

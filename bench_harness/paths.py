@@ -17,5 +17,11 @@ def run_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
     return suite_dir(results_root, suite) / "work" / run_id
 
 
-def cache_dir(results_root: str | Path) -> Path:
-    return Path(results_root) / ".cache"
+def artifacts_dir(results_root: str | Path) -> Path:
+    """Stage artifacts shared by every suite of a results root (see bench_harness.artifacts)."""
+    return Path(results_root) / "artifacts"
+
+
+def run_artifacts_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
+    """A run's own files, written by its pruner (``ctx.run_dir``); kept after the run."""
+    return run_dir(results_root, suite, run_id) / "files"

@@ -5,21 +5,44 @@ The core builds it with its hyperparameters (an instance of its ``Params`` datac
 ``prune(model, sparsity, ctx)`` once per run. ``sparsity`` is the target fraction of *removed* weights
 over the prunable set (``ctx.prunable``); density = 1 - sparsity.
 
-``prune`` returns either a dict ``{parameter name: bool tensor}`` covering exactly ``ctx.prunable`` or a
-:class:`PruneResult` (to declare that weights were changed). ``True`` means *kept*. The core validates the
-masks (names, shapes, dtype, achieved sparsity vs target within ``sparsity_tolerance``), then applies them.
+What a pruner declares (class attributes):
+
+- ``regime``: when in a network's life it acts (:class:`Regime`). ``POST_TRAINING`` implies a pretrained model
+  and, by default, no training after pruning; ``MASK_LEARNING`` implies frozen weights.
+- ``requires``: :class:`Requirements`: scoring/calibration data, true labels, a pretrained model. Pretraining is
+  per pruner: a run gets pretrained weights only when its pruner requires them (from the model entry's
+  ``weights:`` or the suite's ``pretrain:`` recipe), never because the suite has a ``pretrain:`` section.
+- ``sparsity_kind``: :class:`SparsityKind`: ``exact`` (the mask hits the target; checked within
+  ``sparsity_tolerance``), ``target`` (aims at it; off by more than the tolerance is a warning and a flag, not a
+  failure) or ``learned`` (the method decides; validated for sanity only, and leaderboards, plots and paired
+  comparisons bin such runs by achieved sparsity).
+- ``changes_weights`` (prune may write weights), ``version`` (part of the run id when not "1"),
+  ``Params`` (a dataclass of hyperparameters, fields made with :func:`param`).
+
+What a pruner receives: the model (on the run's device; pretrained when required), the target sparsity and a
+:class:`PruneContext`: the prunable weights, a seeded generator, scoring/calibration batches (``ctx.data()``),
+the training loader, the training service ``ctx.trainer`` (see :mod:`bench_harness.trainer`: the suite's recipe,
+parameter groups, a loss override, progress, NaN detection, per-epoch checkpoints resumed after preemption),
+the stage artifact store ``ctx.artifacts`` (see :mod:`bench_harness.artifacts`) and a per-run folder
+``ctx.run_dir`` for files of its own.
+
+What it returns: a dict ``{parameter name: bool tensor}`` covering exactly ``ctx.prunable`` (``True`` =
+kept), or a :class:`PruneResult` that also says whether weights were changed or frozen, how the run trains
+afterwards (``train_epochs``, ``train_from_epoch``) and free-form ``info``. The core validates the masks
+(names, shapes, dtype, sparsity by kind) and the weights (finite), applies the masks and trains.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from bench_harness.cache import ArtifactCache
+from bench_harness.artifacts import ArtifactStore, MemoryArtifactStore
 
 
 class Regime(str, enum.Enum):
@@ -30,6 +53,14 @@ class Regime(str, enum.Enum):
     POST_TRAINING = "post_training"  # prune a pretrained network (possibly reconstruct), little or no training
     MASK_LEARNING = "mask_learning"  # learn a mask over frozen random weights
     ITERATIVE = "iterative"  # train-prune cycles (uses ctx.train)
+
+
+class SparsityKind(str, enum.Enum):
+    """How a pruner's achieved sparsity relates to the run's target."""
+
+    EXACT = "exact"  # the mask hits the target within ``sparsity_tolerance`` (else the run fails)
+    TARGET = "target"  # aims at the target; off by more than the tolerance: a warning and a flag
+    LEARNED = "learned"  # the method decides; any sparsity in [0, 1) is accepted, binned by achieved sparsity
 
 
 class Granularity(str, enum.Enum):
@@ -57,8 +88,27 @@ class PruneResult:
 
     masks: dict[str, torch.Tensor]
     weights_changed: bool = False  # e.g. post-training reconstruction wrote new weights
-    weights_frozen: bool = False  # mask learning: weights must not be trained afterwards
+    weights_frozen: bool = False  # mask learning: weights must not be trained afterwards (no training follows)
     info: dict[str, Any] = field(default_factory=dict)  # free-form, stored as JSON in the result row
+    # How the run trains after pruning: schedule epochs [train_from_epoch, train_epochs). train_epochs None: the
+    # recipe's epochs, except for POST_TRAINING and MASK_LEARNING pruners (0: no fine-tuning). Rewinding to
+    # epoch k sets train_from_epoch=k so that the lr schedule resumes at k instead of restarting.
+    train_epochs: int | None = None
+    train_from_epoch: int = 0
+    achieved_sparsity: float | None = None  # filled by the core (over the prunable set)
+
+
+def training_plan(result: PruneResult, regime: "Regime", recipe_epochs: int) -> tuple[int, int]:
+    """(end epoch, start epoch) of the run's training after pruning."""
+    if result.weights_frozen:
+        return 0, 0
+    end = result.train_epochs
+    if end is None:
+        end = 0 if regime in (Regime.POST_TRAINING, Regime.MASK_LEARNING) else recipe_epochs
+    start = result.train_from_epoch
+    if not 0 <= start <= max(end, start) or (end and start > end):
+        raise ValueError(f"train_from_epoch {start} lies beyond train_epochs {end}")
+    return int(end), int(start)
 
 
 @dataclass
@@ -72,13 +122,17 @@ class PruneContext:
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None  # scoring/calibration data
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None  # (C, H, W) of one example
-    # train(model, masks=None, epochs=None, start_epoch=0): trains in place under the suite's recipe (epochs None:
-    # the recipe's), the lr schedule resumed at start_epoch, pruned weights kept at zero.
-    train: Callable[..., Any] | None = None
-    cache: ArtifactCache = field(default_factory=ArtifactCache)
+    # The training service (bench_harness.trainer.Trainer): the suite's recipe, checkpoints, progress. None when
+    # the pruner runs without training data (Python API without train_data=).
+    trainer: Any = None
+    train_loader: Any = None  # the run's (shuffled, augmented as the recipe says) training loader
+    artifacts: ArtifactStore = field(default_factory=MemoryArtifactStore)  # stage artifacts (shared, hashed)
+    run_dir: Path | None = None  # a folder of this run's own (kept with its results); None in the Python API
     # The unshuffled, unaugmented-or-as-configured training set the scoring batches were drawn from, for
     # pruners that select their own subset (e.g. PX: the first k images of each class). May be None.
     dataset: Any = None
+    pretrained: bool = False  # the model holds pretrained weights
+    run: Any = None  # the RunSpec in a suite run (model/data set names, recipe), None in the Python API
 
     def data(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the scoring batches (moved to ``device``); a clear error if there are none."""
@@ -89,6 +143,17 @@ class PruneContext:
             )
         for x, y in self.batches():
             yield x.to(self.device), y.to(self.device)
+
+    def require_trainer(self, who: str) -> Any:
+        if self.trainer is None:
+            raise ValueError(f"{who} trains and needs the training service: run it in a suite, or call "
+                             f"bench_harness.prune(..., train_data=<DataLoader>, recipe={{'epochs': N, ...}})")
+        return self.trainer
+
+    def train(self, model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None, epochs: int | None = None,
+              start_epoch: int = 0):
+        """Shorthand of ``ctx.trainer.fit(model, masks=masks, epochs=epochs, start_epoch=start_epoch)``."""
+        return self.require_trainer("this pruner").fit(model, masks=masks, epochs=epochs, start_epoch=start_epoch)
 
 
 class Pruner:
@@ -101,6 +166,7 @@ class Pruner:
     requires: ClassVar[Requirements] = Requirements()
     granularity: ClassVar[Granularity] = Granularity.UNSTRUCTURED
     Params: ClassVar[type] = NoParams
+    sparsity_kind: ClassVar[SparsityKind] = SparsityKind.EXACT
     sparsity_tolerance: ClassVar[float] = 1e-3  # |achieved - target| allowed over the prunable set
     ignores_sparsity: ClassVar[bool] = False  # True for the dense reference: one run, no sparsity axis
     changes_weights: ClassVar[bool] = False  # declares that prune() may write weights

@@ -1,6 +1,7 @@
 """Calling a pruner: build it, run it, validate what it returns. Shared by runs, the API and check-plugin."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -8,33 +9,82 @@ from torch import nn
 
 from bench_harness import ablations, masking
 from bench_harness.errors import InvalidMaskError
-from bench_harness.pruner import PruneContext, Pruner, PruneResult
+from bench_harness.pruner import PruneContext, Pruner, PruneResult, SparsityKind
+
+
+class SparsityOffTargetWarning(UserWarning):
+    """A pruner of sparsity kind ``target`` missed its target by more than its tolerance."""
 
 
 def call_pruner(pruner_cls: type[Pruner], params: Any, model: nn.Module, sparsity: float, ctx: PruneContext,
                 ablation: str | None = None) -> PruneResult:
-    """Run a pruner and validate its masks; raises InvalidMaskError naming every problem."""
+    """Run a pruner and validate its output; raises InvalidMaskError naming the pruner and every problem."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must lie in [0, 1) (fraction of weights removed), got {sparsity}")
     pruner = pruner_cls(params)
     ablations.prepare_pruner(ablation, pruner)
     out = pruner.prune(model, sparsity, ctx)
     result = out if isinstance(out, PruneResult) else PruneResult(masks=dict(out))
-    target = None if pruner_cls.ignores_sparsity else sparsity
-    problems = masking.validate_masks(result.masks, ctx.prunable, target, pruner_cls.sparsity_tolerance)
+    problems = validate_result(pruner_cls, result, model, ctx, sparsity)
     if problems:
-        raise InvalidMaskError(f"pruner {pruner_cls.name!r} returned invalid masks: " + "; ".join(problems))
+        raise InvalidMaskError(f"pruner {pruner_cls.name!r} returned invalid output: " + "; ".join(problems))
     result.masks = {n: m.to(ctx.prunable[n].device) for n, m in result.masks.items()}
+    result.achieved_sparsity = 1.0 - masking.global_density(result.masks)
+    if (pruner_cls.sparsity_kind == SparsityKind.TARGET and not pruner_cls.ignores_sparsity
+            and not masking.sparsity_on_target(result.masks, sparsity, pruner_cls.sparsity_tolerance)):
+        warnings.warn(SparsityOffTargetWarning(
+            f"pruner {pruner_cls.name!r} reached sparsity {result.achieved_sparsity:.4f} for the target {sparsity:.4f} "
+            f"(tolerance {pruner_cls.sparsity_tolerance})"), stacklevel=2)
     return result
 
 
+def validate_result(pruner_cls: type[Pruner], result: PruneResult, model: nn.Module, ctx: PruneContext,
+                    sparsity: float) -> list[str]:
+    """Problems with a pruner's output, as sentences: masks (by sparsity kind) and non-finite weights."""
+    exact = pruner_cls.sparsity_kind == SparsityKind.EXACT and not pruner_cls.ignores_sparsity
+    problems = masking.validate_masks(result.masks, ctx.prunable, sparsity if exact else None,
+                                      pruner_cls.sparsity_tolerance)
+    if not problems:
+        bad = nonfinite_parameters(model, result.masks)
+        if bad:
+            problems.append(f"non-finite weights (NaN or inf) in {', '.join(bad[:8])}{' …' if len(bad) > 8 else ''}")
+    return problems
+
+
+@torch.no_grad()
+def nonfinite_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+    """Names of parameters holding NaN/inf among their kept entries (pruned entries are zeroed anyway)."""
+    bad = []
+    for name, p in model.named_parameters():
+        values = p.detach()
+        if masks and name in masks and isinstance(masks[name], torch.Tensor) and masks[name].shape == values.shape:
+            values = values[masks[name].to(values.device)]
+        if values.numel() and not bool(torch.isfinite(values).all()):
+            bad.append(name)
+    return bad
+
+
+def select_prunable(model: nn.Module, prunable: Any = None, exclude_first: bool = False,
+                    exclude_last: bool = False, exclude: str | None = None) -> dict[str, nn.Parameter]:
+    """The prunable set: conv/linear weights filtered by a regex (full match) or an explicit list of names."""
+    if prunable is not None and not isinstance(prunable, (str, list, tuple)):
+        raise TypeError(f"prunable must be a regex string or a list of parameter names, got {type(prunable).__name__}")
+    found = masking.prunable_parameters(model, exclude_first=exclude_first, exclude_last=exclude_last,
+                                        include=list(prunable) if isinstance(prunable, tuple) else prunable,
+                                        exclude=exclude)
+    if not found:
+        raise ValueError(f"no prunable weights selected (prunable={prunable!r}, exclude={exclude!r}); the model's "
+                         f"conv/linear weights are {list(masking.prunable_parameters(model))[:8]}")
+    return dict(found)
+
+
 def make_context(model: nn.Module, *, seed: int = 0, device: torch.device | None = None, batches=None,
-                 exclude_first: bool = False, exclude_last: bool = False, **kw: Any) -> PruneContext:
+                 exclude_first: bool = False, exclude_last: bool = False, prunable: Any = None,
+                 exclude: str | None = None, **kw: Any) -> PruneContext:
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
-    prunable = masking.prunable_parameters(model, exclude_first=exclude_first, exclude_last=exclude_last)
-    return PruneContext(prunable=dict(prunable), device=device, generator=generator, seed=seed, batches=batches,
-                        **kw)
+    selected = select_prunable(model, prunable, exclude_first, exclude_last, exclude)
+    return PruneContext(prunable=selected, device=device, generator=generator, seed=seed, batches=batches, **kw)
 
 
 def mask_summary(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:

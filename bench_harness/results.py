@@ -4,7 +4,10 @@ One shard per run: ``results/<suite>/runs/<run_id>.parquet``, one row, written a
 the same folder, then ``os.replace``). A failed run is a row too (status ``failed``, with error and
 traceback); a later successful attempt replaces it.
 
-Schema version 1 columns (name: type — meaning):
+Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
+``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts`` and
+``warnings``; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
+Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, renamed or changes meaning.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import pyarrow.parquet as pq
 from bench_harness import paths
 from bench_harness.atomic import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # (name, arrow type, meaning). The module docstring is completed from this table.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -38,6 +41,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("dataset", pa.string(), "data set name"),
     ("seed", pa.int64(), "seed of the run"),
     ("target_sparsity", pa.float64(), "requested fraction of prunable weights removed"),
+    ("sparsity_kind", pa.string(), "exact | target | learned: how the pruner's sparsity relates to the target"),
+    ("sparsity_bin", pa.float64(), "the sparsity runs are grouped and compared by: the target, or for learned "
+                                   "sparsity the achieved sparsity binned (see leaderboard.sparsity_bins)"),
     ("config", pa.string(), "the canonical configuration hashed into run_id, JSON"),
     # outcome
     ("status", pa.string(), "ok | failed"),
@@ -52,6 +58,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("loss_before_training", pa.float64(), "test loss right after pruning, before training"),
     ("top1_pretrained", pa.float64(), "test top-1 of the pretrained dense model (post-training regime)"),
     ("epochs_trained", pa.int64(), "epochs of training after pruning"),
+    ("train_from_epoch", pa.int64(), "schedule epoch training after pruning started from (k when rewinding)"),
+    ("pretrained_source", pa.string(), "where the pretrained weights came from: pretrain (the harness's own), "
+                                       "file:..., torchvision:..., timm:... (null: not pretrained)"),
+    ("pretrained_sha256", pa.string(), "SHA-256 of the pretrained weights (file, or the harness's artifact)"),
+    ("artifacts", pa.string(), "stage artifacts the run used, JSON {name: {key, sha256, size, produced}}"),
+    ("warnings", pa.string(), "warnings emitted during the run, JSON list of 'Category: message'"),
     ("resumed_from_epoch", pa.int64(), "the run was interrupted (preemption, time limit) and resumed from this "
                                        "epoch's checkpoint (null: ran in one go)"),
     # sparsity

@@ -6,23 +6,26 @@ import json
 import random
 import time
 import traceback
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import Subset
 
 from bench_harness import ablations, checkpoint, masking, paths, results
-from bench_harness.cache import DiskCache
+from bench_harness.artifacts import ArtifactStore
 from bench_harness.datasets import concrete_spec, first_per_class, head, make_loader, tensor_batches
 from bench_harness.errors import BenchError
 from bench_harness.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.models import build_model
 from bench_harness.plugins import Registry, get_registry
 from bench_harness.provenance import provenance, resolve_device
-from bench_harness.pruner import Regime
+from bench_harness.pruner import training_plan
 from bench_harness.pruning import call_pruner, make_context, mask_summary
 from bench_harness.suite import RunSpec
-from bench_harness.training import evaluate, make_optimizer, train
+from bench_harness.trainer import Trainer
+from bench_harness.training import evaluate, train
+from bench_harness.weights import load_pretrained
 
 
 def seed_everything(seed: int) -> None:
@@ -54,7 +57,8 @@ class RunData:
             score_set = first_per_class(score_set, scoring.examples_per_class, spec.num_classes)
         else:
             n = scoring.examples if scoring.examples is not None else 10 * spec.num_classes
-            order = (torch.randperm(len(score_set), generator=torch.Generator().manual_seed(run.seed)).tolist()
+            seed = run.seed if scoring.seed is None else scoring.seed
+            order = (torch.randperm(len(score_set), generator=torch.Generator().manual_seed(seed)).tolist()
                      if scoring.shuffle else list(range(len(score_set))))
             score_set = Subset(score_set, order[:n])
         self.train = make_loader(train_set, recipe.batch_size, True, run.seed, recipe.num_workers,
@@ -65,14 +69,22 @@ class RunData:
 
 
 def pretrain_key(run: RunSpec) -> dict[str, Any]:
-    """Cache key of a run's pretrained weights: shared by every run of the same model, data, seed and recipe."""
-    return {"artifact": "pretrained", "model": run.model.name, "model_params": run.model.params,
-            "dataset": run.dataset.name, "dataset_params": run.dataset.params, "seed": run.seed,
-            "recipe": run.pretrain, "train_subset": run.recipe.train_subset}
+    """Artifact config of a run's pretrained weights: shared by every run of the same model, data, seed and
+    pretraining recipe, across suites."""
+    return {"model": run.model.name, "model_params": run.model.params, "dataset": run.dataset.name,
+            "dataset_params": run.dataset.params, "seed": run.seed, "recipe": run.pretrain,
+            "train_subset": run.recipe.train_subset}
+
+
+def artifact_store(run: RunSpec, producer: str = "") -> ArtifactStore:
+    return ArtifactStore(paths.artifacts_dir(run.results_root), producer=producer or f"{run.suite}/{run.run_id}")
 
 
 def pretrained_cached(run: RunSpec) -> bool:
-    return DiskCache(paths.cache_dir(run.results_root)).path(pretrain_key(run)).exists()
+    """True when the run needs no pretraining job: no pretrained model, weights from elsewhere, or stored."""
+    if not run.needs_pretrained or run.model.weights or run.pretrain is None:
+        return True
+    return artifact_store(run).exists("pretrained", pretrain_key(run))
 
 
 def _data_and_model(run: RunSpec, registry: Registry, device: torch.device):
@@ -82,64 +94,74 @@ def _data_and_model(run: RunSpec, registry: Registry, device: torch.device):
     seed_everything(run.seed)
     model = build_model(registry.get("model", run.model.name), run.model.name, dspec.num_classes,
                         dspec.in_channels, dspec.image_size, run.model.params).to(device)
-    return dspec, data, model, DiskCache(paths.cache_dir(run.results_root))
+    return dspec, data, model, artifact_store(run)
 
 
 def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
-    """Compute (or find) a run's pretrained weights in the cache; the SLURM executor runs this as a stage job
-    that every dependent run waits for. Returns the cache file."""
+    """Compute (or find) a run's pretrained weights in the artifact store; the SLURM executor runs this as a
+    stage job that every dependent run waits for. Returns the artifact folder."""
     device = resolve_device(run.device)
-    _, data, model, cache = _data_and_model(run, registry or get_registry(), device)
-    _pretrained_state(run, model, data, device, cache, None)
-    return str(cache.path(pretrain_key(run)))
+    _, data, model, store = _data_and_model(run, registry or get_registry(), device)
+    _harness_pretrained(run, model, data, device, store, None)
+    return str(store.folder("pretrained", pretrain_key(run)))
 
 
-def _pretrained_state(run: RunSpec, model, data: RunData, device, cache: DiskCache, on_epoch):
-    key = pretrain_key(run)
-
+def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, on_epoch):
     def compute():
         train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    return cache.get_or_compute(key, compute)
+    return store.get("pretrained", pretrain_key(run), compute)
+
+
+def _load_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, row, on_epoch) -> None:
+    """Give the model its pretrained weights (the model entry's weights:, else the harness's pretraining)."""
+    t0 = time.perf_counter()
+    if run.model.weights:
+        loaded = load_pretrained(model, run.model.name, run.model.weights)
+        row.update(pretrained_source=loaded.source, pretrained_sha256=loaded.sha256)
+        if loaded.reinitialised:
+            warnings.warn(f"pretrained weights {loaded.source}: classifier {loaded.reinitialised} has another "
+                          f"shape and was left at its initialization", stacklevel=2)
+    elif run.pretrain is not None:
+        state = _harness_pretrained(run, model, data, device, store,
+                                    lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
+        model.load_state_dict(state)
+        row.update(pretrained_source="pretrain", pretrained_sha256=store.used["pretrained"].sha256)
+    else:
+        raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `weights: ...` to the model "
+                         f"entry (file:<path>, torchvision:<WEIGHTS>, timm) or `pretrain: {{epochs: N}}` to the suite")
+    row["pretrain_seconds"] = time.perf_counter() - t0
+    row["top1_pretrained"] = evaluate(model, data.test, device).top1
 
 
 BEFORE_TRAINING_KEYS = ("pretrain_seconds", "top1_pretrained", "prune_seconds", "pruner_info",
-                        "top1_before_training", "top5_before_training", "loss_before_training")
+                        "top1_before_training", "top5_before_training", "loss_before_training", "pretrained_source",
+                        "pretrained_sha256", "artifacts", "train_from_epoch")
 
 
-def _save_checkpoint(path, run, model, optimizer, masks, row, epoch, data, epochs=None, train_seconds=0.0):
-    checkpoint.save(path, {
-        "run_id": run.run_id, "epoch": epoch, "epochs": epochs if epochs is not None else run.recipe.epochs,
-        "train_seconds": train_seconds,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "masks": {n: m.cpu() for n, m in masks.items()},
-        "row": {k: row[k] for k in BEFORE_TRAINING_KEYS if k in row},
-        "rng": checkpoint.rng_state(data.train.generator),
-    })
+def _progress(on_epoch, prefix: str):
+    if on_epoch is None:
+        return None
+    return lambda phase, epoch, total, loss: on_epoch(f"{prefix}{phase}", epoch, total, loss)
 
 
-def _prune(run, pruner_cls, model, data, dspec, device, cache, row, on_epoch):
-    """Pretrain if asked, prune, apply ablation and masks, evaluate before training. Returns (masks, epochs)."""
-    needs_pretrained = pruner_cls.requires.pretrained or pruner_cls.regime == Regime.POST_TRAINING
-    if needs_pretrained and run.pretrain is None:
-        raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `pretrain: {{epochs: N, ...}}` "
-                         f"to the suite (the trained weights are cached and shared by all runs of a seed)")
-    pretrain_seconds = 0.0
-    if run.pretrain is not None:
-        t0 = time.perf_counter()
-        state = _pretrained_state(run, model, data, device, cache,
-                                  lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
-        model.load_state_dict(state)
-        pretrain_seconds = time.perf_counter() - t0
-        row["top1_pretrained"] = evaluate(model, data.test, device).top1
-    row["pretrain_seconds"] = pretrain_seconds
+def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
+    """Pretrained weights if the pruner needs them, prune, ablation and masks, evaluation before training.
+    Returns (masks, end epoch, start epoch)."""
+    row["pretrain_seconds"] = 0.0
+    if run.needs_pretrained:
+        _load_pretrained(run, model, data, device, store, row, on_epoch)
+    work = checkpoint.work_dir(run.results_root, run.suite, run.run_id)
+    trainer = Trainer(data.train, run.recipe, device, checkpoint_dir=work if resume else None,
+                      on_epoch=_progress(on_epoch, "prune:"), test_loader=data.test)
+    run_files = paths.run_artifacts_dir(run.results_root, run.suite, run.run_id)
     ctx = make_context(
         model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
         exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
-        num_classes=dspec.num_classes, input_shape=data.input_shape, cache=cache, dataset=data.scoring_source,
-        train=lambda m, masks=None, epochs=None, start_epoch=0: train(
-            m, data.train, run.recipe, device, masks, epochs, start_epoch=start_epoch),
+        prunable=run.prunable.include, exclude=run.prunable.exclude,
+        num_classes=dspec.num_classes, input_shape=data.input_shape, artifacts=store, dataset=data.scoring_source,
+        trainer=trainer, train_loader=data.train, run_dir=run_files, pretrained=run.needs_pretrained, run=run,
     )
     params = pruner_cls.make_params(run.pruner.params)
     t0 = time.perf_counter()
@@ -148,9 +170,14 @@ def _prune(run, pruner_cls, model, data, dspec, device, cache, row, on_epoch):
     masks = ablations.apply_after_pruning(run.ablation, model, result.masks, ctx.generator, run.seed)
     masking.apply_masks(model, masks)
     row["pruner_info"] = results.to_json(result.info) if result.info else None
+    row["artifacts"] = results.to_json({n: r.as_row() for n, r in store.used.items()}) if store.used else None
+    if run_files.is_dir() and not any(run_files.iterdir()):
+        run_files.rmdir()
     before = evaluate(model, data.test, device)
     row.update(top1_before_training=before.top1, top5_before_training=before.top5, loss_before_training=before.loss)
-    return masks, 0 if result.weights_frozen else run.recipe.epochs
+    end, start = training_plan(result, pruner_cls.regime, run.recipe.epochs)
+    row["train_from_epoch"] = start
+    return masks, end, start
 
 
 def execute_run(run: RunSpec, registry: Registry | None = None,
@@ -173,51 +200,80 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     }
     device = torch.device("cpu")
     registry.call_lifecycle("bench_run_started", run=run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        device = _execute(run, registry, row, on_epoch, resume, device)
+    seen = []
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            continue
+        text = f"{w.category.__name__}: {w.message}"
+        if text not in seen:
+            seen.append(text)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    row["warnings"] = results.to_json(seen) if seen else None
+    row["peak_memory_bytes"] = peak_memory_bytes(device)
+    row.update(provenance(device))
+    row["finished_at"] = _now()
+    results.write_shard(row, run.results_root, run.suite)
+    if resume and row.get("status") == "ok":
+        checkpoint.clear(run.results_root, run.suite, run.run_id)
+    registry.call_lifecycle("bench_run_finished", run=run, row=row)
+    return row
+
+
+def _execute(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, resume: bool,
+             device: torch.device) -> torch.device:
+    """The body of a run: fills ``row``; a failure becomes status=failed. Returns the device used."""
     try:
         entry = registry.entry("pruner", run.pruner.name)
         pruner_cls = entry.obj
         row.update(pruner_version=str(pruner_cls.version), regime=pruner_cls.regime.value,
-                   pruner_distribution=f"{entry.distribution} {entry.version}".strip())
+                   pruner_distribution=f"{entry.distribution} {entry.version}".strip(),
+                   sparsity_kind=pruner_cls.sparsity_kind.value)
         device = resolve_device(run.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        dspec, data, model, cache = _data_and_model(run, registry, device)
-        ck_path = checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id)
-        resumed = checkpoint.load(ck_path) if resume else None
+        dspec, data, model, store = _data_and_model(run, registry, device)
+        pruned_path = checkpoint.pruned_path(run.results_root, run.suite, run.run_id)
+        resumed = checkpoint.load(pruned_path) if resume else None
         if resumed is not None and resumed.get("run_id") != run.run_id:
             resumed = None
-        epochs = run.recipe.epochs
-        optimizer = None
         if resumed is None:
-            masks, epochs = _prune(run, pruner_cls, model, data, dspec, device, cache, row, on_epoch)
-            start_epoch = 0
-            if resume and epochs:
-                optimizer = make_optimizer(model, run.recipe)
-                _save_checkpoint(ck_path, run, model, optimizer, masks, row, 0, data)
+            masks, end, start = _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume)
+            if resume and end > start:
+                checkpoint.save(pruned_path, {
+                    "run_id": run.run_id, "end": end, "start": start,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "masks": {n: m.cpu() for n, m in masks.items()},
+                    "row": {k: row[k] for k in BEFORE_TRAINING_KEYS if k in row},
+                    "rng": checkpoint.rng_state(data.train.generator)})
+                Trainer(data.train, run.recipe, device, checkpoint.work_dir(
+                    run.results_root, run.suite, run.run_id)).clear_checkpoints()
         else:
             model.load_state_dict(resumed["model"])
             masks = {n: m.to(device) for n, m in resumed["masks"].items()}
             row.update(resumed["row"])
-            epochs, start_epoch = resumed["epochs"], resumed["epoch"]
-            optimizer = make_optimizer(model, run.recipe)
-            optimizer.load_state_dict(resumed["optimizer"])
+            end, start = resumed["end"], resumed["start"]
             checkpoint.restore_rng(resumed["rng"], data.train.generator)
-            row["resumed_from_epoch"] = start_epoch
-        t0 = time.perf_counter()
-        earlier_seconds = (resumed or {}).get("train_seconds", 0.0)
-        if epochs and start_epoch < epochs:
-            def after_epoch(epoch, opt):
-                _save_checkpoint(ck_path, run, model, opt, masks, row, epoch, data, epochs,
-                                 earlier_seconds + time.perf_counter() - t0)
-            train(model, data.train, run.recipe, device, masks, epochs,
-                  on_epoch=lambda e, loss: on_epoch and on_epoch("train", e, epochs, loss),
-                  start_epoch=start_epoch, optimizer=optimizer, after_epoch=after_epoch if resume else None)
-        row["train_seconds"] = earlier_seconds + time.perf_counter() - t0
-        row["epochs_trained"] = epochs
+            row["resumed_from_epoch"] = start
+        if end > start:
+            trainer = Trainer(data.train, run.recipe, device,
+                              checkpoint_dir=checkpoint.work_dir(run.results_root, run.suite, run.run_id)
+                              if resume else None, on_epoch=on_epoch)
+            fit = trainer.fit(model, masks=masks, epochs=end, start_epoch=start, key="train", phase="train")
+            if fit.resumed_from_epoch is not None:
+                row["resumed_from_epoch"] = fit.resumed_from_epoch
+            row["train_seconds"] = fit.seconds
+        else:
+            row["train_seconds"] = 0.0
+        row["epochs_trained"] = end - start
         after = evaluate(model, data.test, device)
         row.update(top1=after.top1, top5=after.top5, loss=after.loss)
 
         summary = mask_summary(model, masks)
+        row["sparsity_bin"] = masking.sparsity_bin(run.sparsity, summary["achieved_sparsity"],
+                                                   pruner_cls.sparsity_kind.value)
         row.update(
             achieved_sparsity=summary["achieved_sparsity"], achieved_sparsity_all=summary["achieved_sparsity_all"],
             layer_density=json.dumps(summary["layer_density"]),  # model order, not sorted
@@ -238,11 +294,4 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    row["peak_memory_bytes"] = peak_memory_bytes(device)
-    row.update(provenance(device))
-    row["finished_at"] = _now()
-    results.write_shard(row, run.results_root, run.suite)
-    if resume and row.get("status") == "ok":
-        checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id).unlink(missing_ok=True)
-    registry.call_lifecycle("bench_run_finished", run=run, row=row)
-    return row
+    return device

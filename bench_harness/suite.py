@@ -4,15 +4,16 @@ A suite is YAML::
 
     name: quickstart
     grid:
-      models: [lenet5]                    # or {name: resnet20, params: {...}}
+      models: [lenet5]                    # or {name: resnet20, params: {...}, weights: "file:w.pt"}
       datasets: [fashion_mnist]           # or {name: ..., params: {...}}
       sparsities: [0.5, 0.9]              # fraction of prunable weights removed
       seeds: [0, 1]
-      pruners: [dense, random, {name: magnitude, params: {scope: layerwise}}]
+      pruners: [dense, random, {name: magnitude, params: {scope: layerwise}}]   # an entry may add scoring: {...}
     recipe: {epochs: 2, lr: 0.05, ...}    # see Recipe
-    scoring: {batch_size: 256, ...}       # see Scoring
-    prunable: {exclude_first: false, exclude_last: false}
-    pretrain: {epochs: 5}                 # optional: train before pruning (post-training pruners need it)
+    scoring: {batch_size: 256, ...}       # see Scoring; a pruner entry's scoring: overrides it for that pruner
+    prunable: {exclude_first: false, exclude_last: false, include: "regex", exclude: "regex"}
+    pretrain: {epochs: 5}                 # the harness's pretraining, for pruners that require a pretrained
+                                          # model and whose model entry names no weights:
     device: auto                          # auto | cpu | cuda | cuda:N
     data_root: data
     download: false
@@ -65,12 +66,18 @@ class Scoring:
     examples_per_class: int | None = None  # instead: the first k examples of each class, unshuffled
     augment: bool = False
     shuffle: bool = True  # shuffle the training set (seeded) before taking `examples`
+    seed: int | None = None  # seed of that shuffle; None: the run's seed
 
 
 @dataclass(frozen=True)
 class PrunableSet:
+    """Which weights may be pruned: conv and linear weights, then these filters (regexes match the full
+    parameter name, e.g. ``layer[1-3]\\..*conv.*`` or ``(?!fc).*``)."""
+
     exclude_first: bool = False
     exclude_last: bool = False
+    include: str | None = None  # keep only names that fully match this regex
+    exclude: str | None = None  # then drop names that fully match this regex
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,11 @@ class Component:
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # models: pretrained weights (file:..., torchvision:..., timm); see weights.py
+    scoring: dict[str, Any] | None = None  # pruners: overrides of the suite's scoring section
 
     def __hash__(self) -> int:
-        return hash((self.name, config_hash(self.params)))
+        return hash((self.name, config_hash(self.params), self.weights, config_hash(self.scoring or {})))
 
 
 @dataclass
@@ -101,8 +110,11 @@ class RunSpec:
     data_root: str = "data"
     download: bool = False
     results_root: str = "results"
-    # Filled by validation: the pruner parameters that differ from the Params dataclass defaults.
+    # Filled by validation: the pruner parameters that differ from the Params dataclass defaults, the pruner's
+    # version, and whether the pruner needs a pretrained model.
     pruner_defaults: dict[str, Any] | None = None
+    pruner_version: str = "1"
+    needs_pretrained: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The canonical configuration hashed into the run id (defaults and empty values left out)."""
@@ -115,10 +127,13 @@ class RunSpec:
             "model_params": self.model.params,
             "dataset_params": self.dataset.params,
             "pruner_params": self.pruner.params if self.pruner_defaults is None else self.pruner_defaults,
+            "pruner_version": None if str(self.pruner_version) == "1" else str(self.pruner_version),
             "recipe": non_default_fields(self.recipe),
             "scoring": non_default_fields(self.scoring),
             "prunable": non_default_fields(self.prunable),
-            "pretrain": self.pretrain,
+            # pretraining and pretrained weights are part of a run only when its pruner prunes a trained model
+            "pretrain": self.pretrain if self.needs_pretrained and not self.model.weights else None,
+            "model_weights": self.model.weights if self.needs_pretrained else None,
             "ablation": self.ablation,
         }
         return {k: v for k, v in config.items() if v not in (None, {}, [])}
@@ -205,7 +220,7 @@ def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
     return cls(**kwargs)
 
 
-def _components(path: str, key: str, items: Any) -> list[Component]:
+def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = ()) -> list[Component]:
     if items is None or (isinstance(items, list) and not items):
         raise SuiteError(path, key, "must list at least one entry")
     if not isinstance(items, list):
@@ -215,14 +230,23 @@ def _components(path: str, key: str, items: Any) -> list[Component]:
         if isinstance(item, str):
             out.append(Component(item))
         elif isinstance(item, dict) and "name" in item:
-            extra = set(item) - {"name", "params"}
+            allowed = {"name", "params", *extra_keys}
+            extra = set(item) - allowed
             if extra:
-                raise SuiteError(path, f"{key}[{i}]", f"unknown keys {sorted(extra)}; an entry is a name or "
-                                 f"{{name: ..., params: {{...}}}}")
+                hint = "".join(did_you_mean(str(k), allowed) for k in sorted(map(str, extra)))
+                raise SuiteError(path, f"{key}[{i}]", f"unknown keys {sorted(map(str, extra))}.{hint} An entry is a "
+                                 f"name or {{{', '.join(f'{k}: ...' for k in ('name', 'params', *extra_keys))}}}")
             params = item.get("params") or {}
             if not isinstance(params, dict):
                 raise SuiteError(path, f"{key}[{i}].params", "expected a mapping of parameter: value")
-            out.append(Component(str(item["name"]), dict(params)))
+            weights = item.get("weights")
+            if weights is not None and not isinstance(weights, str):
+                raise SuiteError(path, f"{key}[{i}].weights", "expected 'file:<path>', 'torchvision:<WEIGHTS>' or "
+                                 "'timm'")
+            scoring = item.get("scoring")
+            if scoring is not None:
+                build_dataclass(Scoring, scoring, path, f"{key}[{i}].scoring")  # checked here, merged per run
+            out.append(Component(str(item["name"]), dict(params), weights, dict(scoring) if scoring else None))
         else:
             raise SuiteError(path, f"{key}[{i}]", f"expected a name or {{name: ..., params: {{...}}}}, got {item!r}")
     return out
@@ -268,14 +292,25 @@ def parse_suite(data: Any, path: str) -> Suite:
         if key not in GRID_KEYS:
             raise SuiteError(path, f"grid.{key}", f"unknown key.{did_you_mean(str(key), GRID_KEYS)} "
                              f"Known keys: {', '.join(sorted(GRID_KEYS))}.")
-    models = _components(path, "grid.models", grid.get("models"))
+    models = _components(path, "grid.models", grid.get("models"), ("weights",))
     datasets = _components(path, "grid.datasets", grid.get("datasets"))
-    pruners = _components(path, "grid.pruners", grid.get("pruners"))
+    pruners = _components(path, "grid.pruners", grid.get("pruners"), ("scoring",))
     sparsities = _numbers(path, "grid.sparsities", grid.get("sparsities", [0.0]), float, 0.0, 1.0)
     seeds = _numbers(path, "grid.seeds", grid.get("seeds", [0]), int, 0, 2**31)
     recipe = build_dataclass(Recipe, data.get("recipe"), path, "recipe")
     scoring = build_dataclass(Scoring, data.get("scoring"), path, "scoring")
+    scoring_of = {p: build_dataclass(Scoring, {**(data.get("scoring") or {}), **p.scoring}, path,
+                                     f"grid.pruners[{p.name}].scoring") if p.scoring else scoring for p in pruners}
     prunable = build_dataclass(PrunableSet, data.get("prunable"), path, "prunable")
+    for key in ("include", "exclude"):
+        pattern = getattr(prunable, key)
+        if pattern is not None:
+            import re
+
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise SuiteError(path, f"prunable.{key}", f"not a valid regular expression: {exc}") from None
     pretrain = build_dataclass(Recipe, data["pretrain"], path, "pretrain") if data.get("pretrain") else None
     ablations = data.get("ablations") or [None]
     if not isinstance(ablations, list):
@@ -289,7 +324,7 @@ def parse_suite(data: Any, path: str) -> Suite:
     runs = []
     for model, dataset, pruner, seed, ablation in itertools.product(models, datasets, pruners, seeds, ablations):
         for sparsity in sparsities:
-            runs.append(RunSpec(name, model, dataset, pruner, sparsity, seed, recipe, scoring, prunable,
+            runs.append(RunSpec(name, model, dataset, pruner, sparsity, seed, recipe, scoring_of[pruner], prunable,
                                 pretrain, ablation, **settings))
     return Suite(name, path, runs, str(data.get("description", "")), data)
 
@@ -313,6 +348,12 @@ def _is_score_pruner(cls: type) -> bool:
     from bench_harness.score_pruner import ScorePruner
 
     return issubclass(cls, ScorePruner)
+
+
+def needs_pretrained(pruner_cls: type) -> bool:
+    from bench_harness.pruner import Regime
+
+    return bool(pruner_cls.requires.pretrained or pruner_cls.regime == Regime.POST_TRAINING)
 
 
 def validate_suite(suite: Suite, registry=None) -> None:
@@ -339,6 +380,12 @@ def validate_suite(suite: Suite, registry=None) -> None:
         except (TypeError, ValueError) as exc:
             raise SuiteError(suite.path, f"grid.pruners[{run.pruner.name}].params", str(exc)) from None
         run.pruner_defaults = non_default_fields(params)
+        run.pruner_version = str(pruner_cls.version)
+        run.needs_pretrained = needs_pretrained(pruner_cls)
+        if run.needs_pretrained and run.pretrain is None and not run.model.weights:
+            raise SuiteError(suite.path, "pretrain", f"pruner {run.pruner.name!r} prunes a pretrained model, and "
+                             f"model {run.model.name!r} names no weights: add `weights: ...` to the model entry "
+                             f"(file:<path>, torchvision:<WEIGHTS>, timm) or a `pretrain: {{epochs: N}}` section")
         if pruner_cls.ignores_sparsity:
             run.sparsity = 0.0
         if run.ablation is not None:

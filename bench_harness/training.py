@@ -1,4 +1,8 @@
-"""Recipe-driven training and evaluation, with masks enforced after every optimizer step."""
+"""Recipe-driven training and evaluation, with masks enforced after every optimizer step.
+
+:func:`train` is the one training loop of the harness: the run's training after pruning, the harness's own
+pretraining and every training a pruner asks for through the training service (:mod:`bench_harness.trainer`).
+"""
 from __future__ import annotations
 
 import math
@@ -21,8 +25,27 @@ class Evaluation:
     loss: float
 
 
-def make_optimizer(model: nn.Module, recipe) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def param_groups(model: nn.Module, params=None, base_lr: float = 0.1) -> list[dict]:
+    """Optimizer parameter groups: ``params`` None (every parameter of ``model`` with ``requires_grad``), an
+    iterable of tensors, or a list of dicts (torch parameter groups; a group's ``lr`` is its base lr, which the
+    schedule scales). Every group gets ``base_lr``: the lr the schedule multiplies."""
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [dict(g, params=list(g["params"])) for g in params]
+    else:
+        groups = [{"params": params}]
+    for g in groups:
+        g["base_lr"] = float(g.get("lr", base_lr))
+        g["lr"] = g["base_lr"]
+    if not any(g["params"] for g in groups):
+        raise ValueError("nothing to train: no parameter requires a gradient (pass params= to the training service)")
+    return groups
+
+
+def make_optimizer(model: nn.Module, recipe, params=None) -> torch.optim.Optimizer:
+    params = param_groups(model, params, recipe.lr)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
                                weight_decay=recipe.weight_decay)
@@ -77,15 +100,22 @@ def train(
     start_epoch: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     after_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    params=None,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> torch.optim.Optimizer:
-    """Train in place for ``epochs`` (default: the recipe's); pruned weights stay exactly zero.
+    """Train in place from schedule epoch ``start_epoch`` up to ``epochs`` (default: the recipe's); pruned
+    weights stay exactly zero.
 
-    Raises RunFailure on a non-finite loss.
+    ``params``: what to optimize (see :func:`param_groups`; default every parameter with ``requires_grad``);
+    ``loss_fn(model, x, y)``: replaces cross-entropy (it must return a scalar); ``after_step(step)`` is called
+    after every optimizer step (global step count, from 1). Raises RunFailure on a non-finite loss.
     """
     epochs = recipe.epochs if epochs is None else epochs
     model.to(device)
     enforcer = MaskEnforcer(model, masks) if masks else None
-    optimizer = optimizer or make_optimizer(model, recipe)
+    optimizer = optimizer or make_optimizer(model, recipe, params)
+    step = start_epoch * max(len(loader), 1)
     use_amp = recipe.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps = max(len(loader), 1)
@@ -94,11 +124,15 @@ def train(
             model.train()
             running, seen = 0.0, 0
             for i, (x, y) in enumerate(loader):
+                factor = lr_factor(recipe, epoch + i / steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = recipe.lr * lr_factor(recipe, epoch + i / steps)
+                    group["lr"] = group.get("base_lr", recipe.lr) * factor
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+                    if loss_fn is None:
+                        loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+                    else:
+                        loss = loss_fn(model, x, y)
                 if not torch.isfinite(loss):
                     raise RunFailure(f"non-finite training loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}: "
                                      f"lower the learning rate or check the pruned network (layer collapse?)")
@@ -108,6 +142,9 @@ def train(
                 scaler.update()
                 if enforcer is not None:
                     enforcer.enforce()
+                step += 1
+                if after_step is not None:
+                    after_step(step)
                 running += loss.item() * len(y)
                 seen += len(y)
             if after_epoch is not None:

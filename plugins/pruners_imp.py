@@ -3,8 +3,14 @@
 Train, remove ``rate`` (20 %) of the remaining weights by global magnitude, rewind the survivors to their
 values at initialization (or at epoch ``rewind_epoch``), repeat until the target density; the last level
 lands exactly on the target. The number of levels follows from the target:
-``ceil(log(density) / log(1 - rate))``. Training uses the run's recipe through ``ctx.train``, so the whole
-cost shows in the pruning time. The returned masks are then trained once more by the run (the ticket).
+``ceil(log(density) / log(1 - rate))``. Training goes through the core's training service (``ctx.trainer``:
+the run's recipe, progress, per-epoch checkpoints; a preempted job restores the finished levels instead of
+training them again), so the whole cost shows in the pruning time. The returned masks are then trained once
+more by the run (the ticket).
+
+Rewinding to epoch k (open_lth's ``rewinding_steps``): the network is trained k epochs from initialization and
+that state is the rewind point; every level, and the final training of the ticket, then trains schedule epochs
+``[k, E)``: the learning-rate schedule resumes at epoch k, it does not restart (``PruneResult.train_from_epoch``).
 """
 from __future__ import annotations
 
@@ -45,23 +51,25 @@ class Imp(Pruner):
     changes_weights = True  # with rewind_epoch > 0 the returned weights are the rewind point
 
     def prune(self, model, sparsity, ctx):
-        if ctx.train is None:
-            raise ValueError("imp trains the model between levels and needs the training service (ctx.train); "
-                             "run it in a suite or give a context with train=")
+        trainer = ctx.require_trainer("imp")
         p = self.params
-        epochs = p.epochs or None
+        end = p.epochs or trainer.epochs
+        if not 0 <= p.rewind_epoch < end:
+            raise ValueError(f"rewind_epoch {p.rewind_epoch} must lie in [0, {end}) (the epochs of a level)")
         if p.rewind_epoch:
-            ctx.train(model, None, p.rewind_epoch)
+            trainer.fit(model, epochs=p.rewind_epoch, phase="imp rewind point")
         rewind_state = copy.deepcopy(model.state_dict())
         masks = masking.full_masks(ctx.prunable)
         levels = imp_levels(1.0 - sparsity, p.rate)
-        for density in levels:
-            ctx.train(model, masks, epochs, start_epoch=p.rewind_epoch)
+        for level, density in enumerate(levels, start=1):
+            trainer.fit(model, masks=masks, epochs=end, start_epoch=p.rewind_epoch,
+                        phase=f"imp level {level}/{len(levels)}")
             scores = masking.restrict_scores({n: w.detach().abs() for n, w in ctx.prunable.items()}, masks)
             masks = masking.topk_masks(scores, density, p.scope)
             model.load_state_dict(rewind_state)
-        return PruneResult(masks, weights_changed=bool(p.rewind_epoch),
-                           info={"levels": len(levels), "level_densities": levels})
+        return PruneResult(masks, weights_changed=bool(p.rewind_epoch), train_from_epoch=p.rewind_epoch,
+                           train_epochs=p.epochs or None,
+                           info={"levels": len(levels), "level_densities": levels, "rewind_epoch": p.rewind_epoch})
 
 
 @hookimpl

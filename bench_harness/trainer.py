@@ -1,0 +1,217 @@
+"""The training service: how the core trains, offered to pruners that own training.
+
+A run's context carries a :class:`Trainer` (``ctx.trainer``) built from the suite's recipe (optimizer,
+schedule, epochs, AMP, augmentation through the training loader), the run's device and its training loader.
+``Trainer.fit`` trains in place with:
+
+- ``params``: what to optimize (default every parameter with ``requires_grad``; a list of tensors, e.g. scores
+  kept outside the model; or torch parameter groups, a group's ``lr`` being its base lr under the schedule);
+- ``loss(model, x, y)``: instead of cross-entropy (e.g. a sparsity regularizer added to it);
+- ``masks``: pruned weights get zero gradients and stay exactly zero;
+- ``epochs`` / ``start_epoch``: train schedule epochs ``[start_epoch, epochs)`` (rewinding resumes the lr
+  schedule at epoch k instead of restarting it);
+- ``recipe``: a dict of recipe fields to override for this call (e.g. ``{"lr": 0.1, "weight_decay": 5e-4}``);
+- ``after_step(step)``: called after every optimizer step (e.g. recompute a threshold);
+- ``loader``: another training loader (e.g. a predictor's feature data set).
+
+Progress is reported per epoch, a non-finite loss fails the run with a clear error, and when the run is
+checkpointable (SLURM, ``execute_run(resume=True)``) every call checkpoints at each epoch end in the run's work
+folder. A preempted job re-runs ``prune()`` from the start: every ``fit`` call that had finished is then
+restored from its checkpoint instead of trained again (the call is recognised by its position and a
+fingerprint of its starting state), and the call that was interrupted resumes at its last epoch, with the same
+random state, so a deterministic pruner computes exactly what an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bench_harness import checkpoint
+from bench_harness.training import evaluate, train
+
+
+@dataclass
+class FitResult:
+    """What one ``Trainer.fit`` call did."""
+
+    epochs: int  # the schedule's end epoch
+    start_epoch: int
+    losses: list[float] = field(default_factory=list)  # mean training loss of each epoch trained
+    steps: int = 0
+    restored: bool = False  # finished in an earlier attempt; restored from its checkpoint
+    resumed_from_epoch: int | None = None  # interrupted in an earlier attempt; resumed at this epoch
+    seconds: float = 0.0  # wall seconds of training, earlier attempts included
+
+
+def _digest_tensor(digest, t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    if t.numel():
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def fingerprint(model: nn.Module, extra: list[torch.Tensor], masks: Mapping[str, torch.Tensor] | None,
+                settings: Mapping[str, Any]) -> str:
+    """A hash of a fit call's starting point: model state, extra tensors, masks and settings."""
+    digest = hashlib.sha256(repr(sorted(settings.items())).encode())
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        _digest_tensor(digest, t)
+    for t in extra:
+        _digest_tensor(digest, t)
+    for name in sorted(masks or {}):
+        digest.update(name.encode())
+        _digest_tensor(digest, masks[name])
+    return digest.hexdigest()
+
+
+class Trainer:
+    """The training service of one run (or of the Python API with ``train_data`` and ``recipe``)."""
+
+    def __init__(self, loader: DataLoader | Iterable, recipe, device: torch.device,
+                 checkpoint_dir: str | Path | None = None,
+                 on_epoch: Callable[[str, int, int, float], None] | None = None,
+                 test_loader: DataLoader | None = None) -> None:
+        self.loader = loader
+        self.recipe = recipe
+        self.device = device
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.on_epoch = on_epoch
+        self.test_loader = test_loader
+        self.calls = 0
+        self.history: list[FitResult] = []
+
+    @property
+    def epochs(self) -> int:
+        """The recipe's number of epochs."""
+        return self.recipe.epochs
+
+    def fit(self, model: nn.Module, *, masks: Mapping[str, torch.Tensor] | None = None, params=None,
+            loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+            epochs: int | None = None, start_epoch: int = 0, recipe: Mapping[str, Any] | None = None,
+            after_step: Callable[[int], None] | None = None, loader: DataLoader | Iterable | None = None,
+            key: str | None = None, phase: str | None = None) -> FitResult:
+        """Train ``model`` in place; see the module docstring. ``key`` names the checkpoint of this call
+        (default: its position among the run's calls); ``phase`` names it in progress reports."""
+        run_recipe = dataclasses.replace(self.recipe, **dict(recipe)) if recipe else self.recipe
+        if recipe:
+            unknown = set(recipe) - {f.name for f in dataclasses.fields(self.recipe)}
+            if unknown:
+                raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+        epochs = run_recipe.epochs if epochs is None else int(epochs)
+        if not 0 <= start_epoch <= epochs:
+            raise ValueError(f"start_epoch {start_epoch} must lie in [0, epochs={epochs}]")
+        loader = loader if loader is not None else self.loader
+        index = self.calls
+        self.calls += 1
+        key = key or f"fit-{index:03d}"
+        phase = phase or key
+        param_list = _tensors_of(params)
+        model_ids = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
+        extra = [t for t in param_list if id(t) not in model_ids]
+        path = self.checkpoint_dir / f"{key}.pt" if self.checkpoint_dir is not None else None
+        result = FitResult(epochs=epochs, start_epoch=start_epoch)
+        generator = getattr(loader, "generator", None)
+        optimizer = None
+        saved = checkpoint.load(path) if path is not None else None
+        stamp = None
+        if path is not None:
+            settings = {"epochs": epochs, "start_epoch": start_epoch, "recipe": repr(run_recipe), "key": key}
+            stamp = fingerprint(model, extra, masks, settings)
+            if saved is not None and saved.get("fingerprint") != stamp:
+                saved = None  # another computation: start over
+        if saved is not None:
+            _restore_tensors(model, extra, saved)
+            checkpoint.restore_rng(saved["rng"], generator)
+            result.losses = list(saved["losses"])
+            result.seconds = saved.get("seconds", 0.0)
+            if saved["done"]:
+                result.restored = True
+                result.steps = saved.get("steps", 0)
+                self.history.append(result)
+                return result
+            start_epoch = saved["epoch"]
+            result.resumed_from_epoch = start_epoch
+            from bench_harness.training import make_optimizer
+
+            optimizer = make_optimizer(model, run_recipe, params)
+            optimizer.load_state_dict(saved["optimizer"])
+
+        def after_epoch(epoch, opt):
+            result.seconds = earlier_seconds + time.perf_counter() - t0
+            if path is not None:
+                self._save(path, stamp, model, extra, opt, epoch, result, generator, done=False)
+
+        def report(epoch, mean_loss):
+            result.losses.append(mean_loss)
+            if self.on_epoch is not None:
+                self.on_epoch(phase, epoch, epochs, mean_loss)
+
+        counter = {"steps": 0}
+        t0 = time.perf_counter()
+        earlier_seconds = result.seconds
+
+        def step_hook(step):
+            counter["steps"] += 1
+            if after_step is not None:
+                after_step(step)
+
+        optimizer = train(model, loader, run_recipe, self.device, masks, epochs, on_epoch=report,
+                          start_epoch=start_epoch, optimizer=optimizer, after_epoch=after_epoch, params=params,
+                          loss_fn=loss, after_step=step_hook)
+        result.steps = counter["steps"]
+        result.seconds = earlier_seconds + time.perf_counter() - t0
+        if path is not None:
+            self._save(path, stamp, model, extra, optimizer, epochs, result, generator, done=True)
+        self.history.append(result)
+        return result
+
+    def evaluate(self, model: nn.Module):
+        """Top-1/top-5/loss on the run's test set (``None`` when the service has no test loader)."""
+        if self.test_loader is None:
+            return None
+        return evaluate(model, self.test_loader, self.device)
+
+    def _save(self, path, stamp, model, extra, optimizer, epoch, result, generator, done):
+        payload = {"fingerprint": stamp, "done": done, "epoch": epoch, "losses": list(result.losses),
+                   "steps": result.steps, "seconds": result.seconds,
+                   "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   "extra": [t.detach().cpu() for t in extra], "rng": checkpoint.rng_state(generator)}
+        if not done:
+            payload["optimizer"] = optimizer.state_dict()
+        checkpoint.save(path, payload)
+
+    def clear_checkpoints(self) -> None:
+        """Remove the fit checkpoints (the run has saved its own state past them)."""
+        if self.checkpoint_dir is not None and self.checkpoint_dir.is_dir():
+            for f in self.checkpoint_dir.glob("fit-*.pt"):
+                f.unlink(missing_ok=True)
+
+
+def _tensors_of(params) -> list[torch.Tensor]:
+    if params is None:
+        return []
+    out = []
+    for item in params:
+        if isinstance(item, dict):
+            out.extend(item["params"])
+        else:
+            out.append(item)
+    return out
+
+
+@torch.no_grad()
+def _restore_tensors(model: nn.Module, extra: list[torch.Tensor], saved: dict[str, Any]) -> None:
+    model.load_state_dict(saved["model"])
+    if len(saved["extra"]) != len(extra):
+        raise RuntimeError("a fit checkpoint holds a different number of extra tensors than the call optimizes")
+    for t, value in zip(extra, saved["extra"]):
+        t.copy_(value.to(t.device))
