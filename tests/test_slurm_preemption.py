@@ -41,7 +41,8 @@ def test_preempted_and_timed_out_suite_equals_a_local_run(slurm_cluster, tmp_pat
             break
         time.sleep(1)
     time.sleep(20)
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "2", "-t", "2", "--wrap", "sleep 10"],
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "2", "-t", "2", "-o", "/dev/null",
+                           "--wrap", "sleep 10"],
                           capture_output=True, text=True)
     assert high.returncode == 0, high.stderr
     bench("run", cluster, "--executor", "slurm", "--wait", "--no-progress", timeout=900)
