@@ -3,10 +3,17 @@ standard deviation and 95 % confidence interval of accuracy, achieved sparsity, 
 each (model, data set, sparsity) cell; paired per-seed differences against the controls (random and magnitude
 at the same sparsity, dense); flags.
 
-Leaderboard schema (version 1), one row per (suite(s), model, dataset, target_sparsity, method):
+Runs are grouped by their **sparsity cell**: the target sparsity for pruners of sparsity kind ``exact`` and
+``target``; for ``learned`` sparsity the achieved sparsity binned (the target when the achieved density is
+within a factor 1.25 of the target density, else the achieved density to two significant digits; see
+``masking.sparsity_bin``). Ranks, paired control comparisons and plots use the cell, so a learned-sparsity
+method is compared with the baselines at the sparsity it actually reached.
+
+Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sparsity, method):
 
 - ``leaderboard_version`` int; ``suites`` str (comma-separated suites the rows come from)
-- ``model``, ``dataset``, ``target_sparsity`` (float), ``density`` (1 - target_sparsity)
+- ``model``, ``dataset``, ``target_sparsity`` (float: the sparsity cell), ``density`` (1 - target_sparsity),
+  ``sparsity_kind`` (exact | target | learned)
 - ``method`` str: pruner, non-default parameters and ablation, e.g. ``magnitude(scope=layerwise)+shuffle``;
   ``pruner``, ``pruner_params`` (JSON), ``ablation`` (null: none)
 - ``seeds`` int (successful runs), ``failed`` int (failed runs)
@@ -24,7 +31,7 @@ Leaderboard schema (version 1), one row per (suite(s), model, dataset, target_sp
   of paired seeds (controls: the plain ``random``/``magnitude`` pruner with default parameters and no ablation
   at the same sparsity; ``dense`` of the same model and data set)
 - ``flag_layer_collapse`` (a run had a layer with no weight left), ``flag_off_target`` (|achieved − target| >
-  0.005), ``flag_few_seeds`` (fewer than 3 successful seeds)
+  0.005, for exact and target sparsity kinds), ``flag_few_seeds`` (fewer than 3 successful seeds)
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 
-LEADERBOARD_VERSION = 1
+LEADERBOARD_VERSION = 2
 MIN_SEEDS = 3
 OFF_TARGET = 0.005
 CONTROLS = ("random", "magnitude")
@@ -79,6 +86,11 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     df["device_hours"] = hours
     df["gpu_hours"] = np.where(df.get("device", "cpu").fillna("cpu").astype(str).str.lower().isin(["cpu", "mps"]),
                                0.0, hours)
+    kind = df["sparsity_kind"] if "sparsity_kind" in df else pd.Series(None, index=df.index, dtype=object)
+    df["sparsity_kind"] = kind.fillna("exact")
+    df["requested_sparsity"] = df["target_sparsity"].astype(float)
+    if "sparsity_bin" in df:  # schema 2: the cell of learned-sparsity runs is their binned achieved sparsity
+        df["target_sparsity"] = pd.to_numeric(df["sparsity_bin"], errors="coerce").fillna(df["requested_sparsity"])
     prunable = df["params_prunable"] if "params_prunable" in df else pd.Series(np.nan, index=df.index)
     sparse = df.get("achieved_sparsity", 0).fillna(0) > 0
     df["model_bits"] = np.where(sparse, 32.0 * df["params_nonzero"] + prunable.fillna(0),
@@ -122,7 +134,8 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
     ok["layer_collapse"] = ok["layer_collapse"].astype("boolean").fillna(False).astype(bool)
     all_groups = df.groupby(KEYS, dropna=False)
     base = all_groups.agg(pruner=("pruner", "first"), pruner_params=("pruner_params", "first"),
-                          ablation=("ablation", "first"), suites=("suite", lambda s: ",".join(sorted(set(s)))),
+                          ablation=("ablation", "first"), sparsity_kind=("sparsity_kind", "first"),
+                          suites=("suite", lambda s: ",".join(sorted(set(s)))),
                           failed=("status", lambda s: int((s != "ok").sum())))
     g = ok.groupby(KEYS, dropna=False)
     stats = g["top1"].agg(["mean", "std", "count"])
@@ -146,6 +159,7 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
         board[c] = board[c].fillna(0).astype(int)
     board["flag_layer_collapse"] = board["flag_layer_collapse"].astype("boolean").fillna(False).astype(bool)
     board["flag_off_target"] = ((board.method != "dense") & board.achieved_sparsity_mean.notna()
+                                & (board.sparsity_kind != "learned")
                                 & ((board.achieved_sparsity_mean - board.target_sparsity).abs() > OFF_TARGET))
     board["flag_few_seeds"] = board.seeds < MIN_SEEDS
     board["density"] = 1.0 - board.target_sparsity

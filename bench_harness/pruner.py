@@ -111,6 +111,22 @@ def training_plan(result: PruneResult, regime: "Regime", recipe_epochs: int) -> 
     return int(end), int(start)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A stage whose artifact several runs share (e.g. an IMP teacher, a trained predictor).
+
+    ``produce(ctx)`` receives the :class:`PruneContext` of the first run that needs the artifact (its model,
+    data and training service; the model is the run's freshly initialised one — copy it if the stage trains it)
+    and returns the payload: tensors, numbers, strings and dicts/lists of them. It must be a module-level
+    function (a SLURM stage job pickles it). ``config`` identifies the artifact: runs whose stages have equal
+    names and configs share one artifact, whatever suite they belong to.
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    produce: Callable[["PruneContext"], Any]
+
+
 @dataclass
 class PruneContext:
     """Everything a pruner receives besides the model and the target sparsity."""
@@ -133,6 +149,7 @@ class PruneContext:
     dataset: Any = None
     pretrained: bool = False  # the model holds pretrained weights
     run: Any = None  # the RunSpec in a suite run (model/data set names, recipe), None in the Python API
+    model: nn.Module | None = None  # the model being pruned (stage producers copy it; prune() receives it anyway)
 
     def data(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the scoring batches (moved to ``device``); a clear error if there are none."""
@@ -143,6 +160,10 @@ class PruneContext:
             )
         for x, y in self.batches():
             yield x.to(self.device), y.to(self.device)
+
+    def stage(self, stage: Stage) -> Any:
+        """The artifact of ``stage``: loaded if stored, else produced now (once, under a lock) and stored."""
+        return self.artifacts.get(stage.name, stage.config, lambda: stage.produce(self))
 
     def require_trainer(self, who: str) -> Any:
         if self.trainer is None:
@@ -194,6 +215,13 @@ class Pruner:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             out[f.name] = (default, f.metadata.get("help", ""))
         return out
+
+    @classmethod
+    def stages(cls, params: Any, run: Any) -> list[Stage]:
+        """The stage artifacts a run of this pruner uses (``run``: the RunSpec). The SLURM executor produces
+        the missing ones in stage jobs before the runs' arrays (``--dependency=afterok``); locally they are
+        produced by the first run that asks ``ctx.stage(...)`` for them. Default: none."""
+        return []
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> dict[str, torch.Tensor] | PruneResult:
         raise NotImplementedError

@@ -53,14 +53,9 @@ def validate_result(pruner_cls: type[Pruner], result: PruneResult, model: nn.Mod
 
 @torch.no_grad()
 def nonfinite_parameters(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> list[str]:
-    """Names of parameters holding NaN/inf among their kept entries (pruned entries are zeroed anyway)."""
-    bad = []
-    for name, p in model.named_parameters():
-        values = p.detach()
-        if masks and name in masks and isinstance(masks[name], torch.Tensor) and masks[name].shape == values.shape:
-            values = values[masks[name].to(values.device)]
-        if values.numel() and not bool(torch.isfinite(values).all()):
-            bad.append(name)
+    """Names of parameters or buffers holding NaN/inf (pruned entries too: NaN times a zero mask is NaN)."""
+    bad = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())]
     return bad
 
 
@@ -84,7 +79,8 @@ def make_context(model: nn.Module, *, seed: int = 0, device: torch.device | None
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
     selected = select_prunable(model, prunable, exclude_first, exclude_last, exclude)
-    return PruneContext(prunable=selected, device=device, generator=generator, seed=seed, batches=batches, **kw)
+    return PruneContext(prunable=selected, device=device, generator=generator, seed=seed, batches=batches,
+                        model=model, **kw)
 
 
 def mask_summary(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -146,23 +146,59 @@ def _progress(on_epoch, prefix: str):
     return lambda phase, epoch, total, loss: on_epoch(f"{prefix}{phase}", epoch, total, loss)
 
 
+def _context(run, model, data, dspec, device, store, on_epoch, resume):
+    work = checkpoint.work_dir(run.results_root, run.suite, run.run_id)
+    trainer = Trainer(data.train, run.recipe, device, checkpoint_dir=work if resume else None,
+                      on_epoch=_progress(on_epoch, "prune:"), test_loader=data.test)
+    return make_context(
+        model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
+        exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
+        prunable=run.prunable.include, exclude=run.prunable.exclude,
+        num_classes=dspec.num_classes, input_shape=data.input_shape, artifacts=store, dataset=data.scoring_source,
+        trainer=trainer, train_loader=data.train, pretrained=run.needs_pretrained, run=run,
+        run_dir=paths.run_artifacts_dir(run.results_root, run.suite, run.run_id),
+    )
+
+
+def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
+    """Produce (or find) the stage artifacts of a run's pruner; the SLURM executor runs this as a stage job
+    before the arrays that need it. Returns the artifact folders."""
+    registry = registry or get_registry()
+    pruner_cls = registry.get("pruner", run.pruner.name)
+    params = pruner_cls.make_params(run.pruner.params)
+    device = resolve_device(run.device)
+    dspec, data, model, store = _data_and_model(run, registry, device)
+    if run.needs_pretrained:
+        _load_pretrained(run, model, data, device, store, {}, None)
+    ctx = _context(run, model, data, dspec, device, store, None, False)
+    folders = []
+    for stage in pruner_cls.stages(params, run):
+        ctx.stage(stage)
+        folders.append(str(store.folder(stage.name, stage.config)))
+    return folders
+
+
+def missing_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
+    """Keys ('name/key') of the stage artifacts of a run that are not stored yet."""
+    registry = registry or get_registry()
+    pruner_cls = registry.get("pruner", run.pruner.name)
+    store = artifact_store(run)
+    out = []
+    for stage in pruner_cls.stages(pruner_cls.make_params(run.pruner.params), run):
+        if not store.exists(stage.name, stage.config):
+            out.append(f"{stage.name}/{store.key(stage.name, stage.config)}")
+    return out
+
+
 def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
     """Pretrained weights if the pruner needs them, prune, ablation and masks, evaluation before training.
     Returns (masks, end epoch, start epoch)."""
     row["pretrain_seconds"] = 0.0
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, row, on_epoch)
-    work = checkpoint.work_dir(run.results_root, run.suite, run.run_id)
-    trainer = Trainer(data.train, run.recipe, device, checkpoint_dir=work if resume else None,
-                      on_epoch=_progress(on_epoch, "prune:"), test_loader=data.test)
-    run_files = paths.run_artifacts_dir(run.results_root, run.suite, run.run_id)
-    ctx = make_context(
-        model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
-        exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
-        prunable=run.prunable.include, exclude=run.prunable.exclude,
-        num_classes=dspec.num_classes, input_shape=data.input_shape, artifacts=store, dataset=data.scoring_source,
-        trainer=trainer, train_loader=data.train, run_dir=run_files, pretrained=run.needs_pretrained, run=run,
-    )
+    ctx = _context(run, model, data, dspec, device, store, on_epoch, resume)
+    run_files = ctx.run_dir
+    run_files.mkdir(parents=True, exist_ok=True)
     params = pruner_cls.make_params(run.pruner.params)
     t0 = time.perf_counter()
     result = call_pruner(pruner_cls, params, model, run.sparsity, ctx, run.ablation)

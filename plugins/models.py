@@ -74,8 +74,8 @@ def _timm(arch, num_classes, in_channels, image_size, pretrained=False, **kw):
     """timm.create_model by name, with num_classes and in_chans (and img_size where the model takes it)."""
     import timm
 
-    if not timm.list_models(arch) and arch not in timm.list_models():
-        raise ValueError(f"timm has no model {arch!r}; see timm.list_models()")
+    if not timm.is_model(arch):  # accepts pretrained tags too: resnet18.a1_in1k
+        raise ValueError(f"timm has no model {arch!r}; see timm.list_models() (tags: timm.list_models(pretrained=True))")
     try:
         return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
                                  img_size=image_size, **kw)

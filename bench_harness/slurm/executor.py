@@ -17,7 +17,7 @@ from bench_harness import paths, results
 from bench_harness.slurm import ledger
 from bench_harness.slurm.cluster import ClusterLimits, cancel, expand_array_states, read_limits, sacct_states
 from bench_harness.slurm.resources import Resources, slurm_plan
-from bench_harness.slurm.task import PretrainTask, RunTask
+from bench_harness.slurm.task import PretrainTask, RunTask, StageTask
 from bench_harness.suite import RunSpec, Suite
 
 
@@ -68,21 +68,34 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
     if limits.max_submit_jobs is not None:
         budget = max(0, limits.max_submit_jobs - _queued_jobs())
 
-    # Stage jobs: one pretraining job per distinct pretrained model that is not cached yet.
-    from bench_harness.runner import pretrain_key, pretrained_cached
+    # Stage jobs: one pretraining job per distinct pretrained model that is not stored yet, then one job per
+    # distinct set of missing pruner stage artifacts (after the pretraining it needs, if any).
+    from bench_harness.runner import missing_stages, pretrain_key, pretrained_cached
     from bench_harness.identity import config_hash
 
-    stage_of: dict[str, str] = {}
-    stages: dict[str, list[RunSpec]] = defaultdict(list)
+    stage_of: dict[str, list[str]] = defaultdict(list)
+    pretrain_groups: dict[str, list[RunSpec]] = defaultdict(list)
     for run in runs:
-        if run.pretrain is not None and not pretrained_cached(run):
-            stages[config_hash(pretrain_key(run))].append(run)
-    for key, group in stages.items():
+        if not pretrained_cached(run):
+            pretrain_groups[config_hash(pretrain_key(run))].append(run)
+    for key, group in pretrain_groups.items():
         res = plan.for_run(group[0])
         job = _executor(folder, f"bench-{suite.name}-pretrain", res, []).submit(PretrainTask(group[0]))
         out.stage_jobs.append(job.job_id)
         for run in group:
-            stage_of[run.run_id] = job.job_id
+            stage_of[run.run_id].append(job.job_id)
+    artifact_groups: dict[tuple[str, ...], list[RunSpec]] = defaultdict(list)
+    for run in runs:
+        missing = tuple(missing_stages(run))
+        if missing:
+            artifact_groups[missing].append(run)
+    for missing, group in artifact_groups.items():
+        res = plan.for_run(group[0])
+        job = _executor(folder, f"bench-{suite.name}-stage", res, stage_of.get(group[0].run_id, [])).submit(
+            StageTask(group[0]))
+        out.stage_jobs.append(job.job_id)
+        for run in group:
+            stage_of[run.run_id].append(job.job_id)
 
     by_profile: dict[Resources, list[RunSpec]] = defaultdict(list)
     for run in runs:
@@ -97,7 +110,7 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
         size = max(1, limits.max_array_size)  # indices 0 .. MaxArraySize-1
         for start in range(0, len(tasks), size):
             chunk = tasks[start:start + size]
-            deps = [stage_of[r.run_id] for t in chunk for r in t if r.run_id in stage_of]
+            deps = [j for t in chunk for r in t for j in stage_of.get(r.run_id, [])]
             ex = _executor(folder, f"bench-{suite.name}", res, deps)
             jobs = []
             with ex.batch():
@@ -111,7 +124,7 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
                         run_id=run.run_id, job_id=job.job_id, state="SUBMITTED",
                         attempts=(prior.attempts + 1) if prior else 1, stdout=str(job.paths.stdout),
                         stderr=str(job.paths.stderr), submitted_at=now, profile=asdict(res),
-                        depends_on=[stage_of[run.run_id]] if run.run_id in stage_of else []))
+                        depends_on=list(stage_of.get(run.run_id, []))))
                     out.runs += 1
     out.seconds = time.perf_counter() - t0
     return out

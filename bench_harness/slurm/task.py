@@ -70,3 +70,19 @@ class PretrainTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(PretrainTask(self.run))
 
 
+
+
+class StageTask(submitit.helpers.Checkpointable):
+    """A stage job: the pruner stage artifacts (see ``Pruner.stages``) that several runs wait for (afterok).
+    Produced under the artifact store's lock, so a run that gets there first is never duplicated."""
+
+    def __init__(self, run: RunSpec) -> None:
+        self.run = run
+
+    def __call__(self) -> list[str]:
+        from bench_harness.runner import produce_stages
+
+        return produce_stages(self.run)
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(StageTask(self.run))
