@@ -140,15 +140,18 @@ def test_imp_trains_prunes_and_rewinds_to_initialization():
     init = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []
 
-    def train(m, masks=None, epochs=None, start_epoch=0):
-        calls.append(None if masks is None else sum(int(x.sum()) for x in masks.values()))
-        with torch.no_grad():  # "training": a deterministic perturbation, respecting masks
-            for n, p in m.named_parameters():
-                p.add_(torch.linspace(-1, 1, p.numel()).view_as(p))
-                if masks and n in masks:
-                    p.mul_(masks[n])
+    class FakeTrainer:  # the training service's interface, with a deterministic "training"
+        epochs = 3
 
-    ctx = make_context(model, seed=0, train=train)
+        def fit(self, m, masks=None, epochs=None, start_epoch=0, **kw):
+            calls.append(None if masks is None else sum(int(x.sum()) for x in masks.values()))
+            with torch.no_grad():  # a deterministic perturbation, respecting masks
+                for n, p in m.named_parameters():
+                    p.add_(torch.linspace(-1, 1, p.numel()).view_as(p))
+                    if masks and n in masks:
+                        p.mul_(masks[n])
+
+    ctx = make_context(model, seed=0, trainer=FakeTrainer())
     cls = get_registry().get("pruner", "imp")
     result = cls(cls.Params()).prune(model, 1 - 0.64, ctx)
     assert calls == [108, round(0.8 * 108)]  # level 1 dense, level 2 at density 0.8
