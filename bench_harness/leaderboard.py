@@ -23,8 +23,9 @@ Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sp
 - ``prune_seconds_mean``, ``train_seconds_mean``, ``device_hours_mean`` (pruning + pretraining + training, in
   hours, any device), ``gpu_hours_mean`` (the same, CUDA runs only; 0 for CPU runs)
 - ``flops_dense``, ``flops_effective_mean``, ``params_total``, ``params_nonzero_mean``
-- ``model_bits_mean``: storage of the pruned model = 32 bits per non-zero parameter + 1 bit per prunable
-  weight (the mask); a dense model is 32 bits per parameter
+- ``model_bits_mean``: storage of the pruned model (the row's ``model_bits``: the pruner's own format when it
+  states one, else 32 bits per non-zero parameter + 1 bit per prunable weight; a dense model is 32 bits per
+  parameter)
 - ``rank`` int: 1 = highest mean top-1 within (model, dataset, target_sparsity)
 - ``vs_random_diff``, ``vs_random_ci95``, ``vs_random_pairs``; the same for ``vs_magnitude`` and ``vs_dense``:
   mean over shared seeds of (this method's top-1 − the control's top-1), its 95 % CI half-width, and the number
@@ -93,8 +94,9 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
         df["target_sparsity"] = pd.to_numeric(df["sparsity_bin"], errors="coerce").fillna(df["requested_sparsity"])
     prunable = df["params_prunable"] if "params_prunable" in df else pd.Series(np.nan, index=df.index)
     sparse = df.get("achieved_sparsity", 0).fillna(0) > 0
-    df["model_bits"] = np.where(sparse, 32.0 * df["params_nonzero"] + prunable.fillna(0),
-                                32.0 * df["params_total"])
+    fallback = np.where(sparse, 32.0 * df["params_nonzero"] + prunable.fillna(0), 32.0 * df["params_total"])
+    own = pd.to_numeric(df["model_bits"], errors="coerce") if "model_bits" in df else pd.Series(np.nan, index=df.index)
+    df["model_bits"] = own.fillna(pd.Series(fallback, index=df.index)).astype(float)  # schema 1 rows: computed
     return df
 
 

@@ -95,6 +95,14 @@ class PruneResult:
     # epoch k sets train_from_epoch=k so that the lr schedule resumes at k instead of restarting.
     train_epochs: int | None = None
     train_from_epoch: int = 0
+    # The basis the target sparsity is counted on: "prunable" (zeros among the prunable weights, the harness's
+    # convention) or "all" (zeros among all trainable parameters, e.g. the official SNOWS target, which prunes
+    # only some layers); the core validates the masks on that basis.
+    sparsity_of: str = "prunable"
+    # Storage of the pruned model in bits, when the method has its own format (e.g. a strong lottery ticket: one
+    # bit per free weight plus the seeds). None: the core's sparse format (32 bits per non-zero parameter plus a
+    # 1-bit mask over the prunable weights).
+    storage_bits: int | None = None
     achieved_sparsity: float | None = None  # filled by the core (over the prunable set)
 
 

@@ -42,13 +42,38 @@ def validate_result(pruner_cls: type[Pruner], result: PruneResult, model: nn.Mod
                     sparsity: float) -> list[str]:
     """Problems with a pruner's output, as sentences: masks (by sparsity kind) and non-finite weights."""
     exact = pruner_cls.sparsity_kind == SparsityKind.EXACT and not pruner_cls.ignores_sparsity
-    problems = masking.validate_masks(result.masks, ctx.prunable, sparsity if exact else None,
+    if result.sparsity_of not in ("prunable", "all"):
+        return [f"sparsity_of must be 'prunable' or 'all', got {result.sparsity_of!r}"]
+    on_prunable = exact and result.sparsity_of == "prunable"
+    problems = masking.validate_masks(result.masks, ctx.prunable, sparsity if on_prunable else None,
                                       pruner_cls.sparsity_tolerance)
+    if not problems and exact and result.sparsity_of == "all":
+        achieved = sparsity_over_all(model, result.masks)
+        total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        slack = 0.5 * len(result.masks) / total if total else 0.0
+        if abs(achieved - sparsity) > pruner_cls.sparsity_tolerance + slack + 1e-12:
+            problems.append(f"achieved sparsity over all trainable parameters {achieved:.6f} differs from the "
+                            f"target {sparsity:.6f} by more than the declared tolerance {pruner_cls.sparsity_tolerance}")
     if not problems:
         bad = nonfinite_parameters(model, result.masks)
         if bad:
             problems.append(f"non-finite weights (NaN or inf) in {', '.join(bad[:8])}{' …' if len(bad) > 8 else ''}")
     return problems
+
+
+@torch.no_grad()
+def sparsity_over_all(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of zeros among all trainable parameters once ``masks`` are applied (existing zeros count)."""
+    total = zeros = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        values = p.detach()
+        if name in masks:
+            values = values * masks[name].to(values.device)
+        total += values.numel()
+        zeros += int(values.numel() - torch.count_nonzero(values))
+    return zeros / total if total else 0.0
 
 
 @torch.no_grad()

@@ -5,8 +5,8 @@ the same folder, then ``os.replace``). A failed run is a row too (status ``faile
 traceback); a later successful attempt replaces it.
 
 Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
-``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts`` and
-``warnings``; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
+``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
+``model_bits``, ``compression_ratio`` and ``warnings``; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
 Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, renamed or changes meaning.
 """
 from __future__ import annotations
@@ -76,6 +76,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("params_total", pa.int64(), "number of parameters"),
     ("params_nonzero", pa.int64(), "number of non-zero parameters"),
     ("params_prunable", pa.int64(), "number of prunable weights (the set the sparsity refers to)"),
+    ("model_bits", pa.int64(), "storage of the pruned model in bits: the pruner's own format when it states one "
+                               "(e.g. a strong lottery ticket: 1 bit per free weight + seeds), else 32 bits per "
+                               "non-zero parameter + a 1-bit mask over the prunable weights (dense: 32 per parameter)"),
+    ("compression_ratio", pa.float64(), "32 x params_total / model_bits: the dense 32-bit model's size over this one"),
     ("flops_dense", pa.float64(), "FLOPs of one forward pass of one example, dense (torch flop counter)"),
     ("flops_effective", pa.float64(), "FLOPs of one example with pruned weights skipped"),
     ("prune_seconds", pa.float64(), "wall seconds of pruning (including any training it does)"),

@@ -20,7 +20,7 @@ from bench_harness.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.models import build_model
 from bench_harness.plugins import Registry, get_registry
 from bench_harness.provenance import provenance, resolve_device
-from bench_harness.pruner import training_plan
+from bench_harness.pruner import Regime, training_plan
 from bench_harness.pruning import call_pruner, make_context, mask_summary
 from bench_harness.suite import RunSpec
 from bench_harness.trainer import Trainer
@@ -135,7 +135,7 @@ def _load_pretrained(run: RunSpec, model, data: RunData, device, store: Artifact
     row["top1_pretrained"] = evaluate(model, data.test, device).top1
 
 
-BEFORE_TRAINING_KEYS = ("pretrain_seconds", "top1_pretrained", "prune_seconds", "pruner_info",
+BEFORE_TRAINING_KEYS = ("pretrain_seconds", "storage_bits", "top1_pretrained", "prune_seconds", "pruner_info",
                         "top1_before_training", "top5_before_training", "loss_before_training", "pretrained_source",
                         "pretrained_sha256", "artifacts", "train_from_epoch")
 
@@ -146,10 +146,11 @@ def _progress(on_epoch, prefix: str):
     return lambda phase, epoch, total, loss: on_epoch(f"{prefix}{phase}", epoch, total, loss)
 
 
-def _context(run, model, data, dspec, device, store, on_epoch, resume):
+def _context(run, model, data, dspec, device, store, on_epoch, resume, regime):
     work = checkpoint.work_dir(run.results_root, run.suite, run.run_id)
     trainer = Trainer(data.train, run.recipe, device, checkpoint_dir=work if resume else None,
-                      on_epoch=_progress(on_epoch, "prune:"), test_loader=data.test)
+                      on_epoch=_progress(on_epoch, "prune:"), test_loader=data.test,
+                      freeze_unoptimized=regime == Regime.MASK_LEARNING)
     return make_context(
         model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
         exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
@@ -170,7 +171,7 @@ def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
     dspec, data, model, store = _data_and_model(run, registry, device)
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, {}, None)
-    ctx = _context(run, model, data, dspec, device, store, None, False)
+    ctx = _context(run, model, data, dspec, device, store, None, False, pruner_cls.regime)
     folders = []
     for stage in pruner_cls.stages(params, run):
         ctx.stage(stage)
@@ -196,7 +197,7 @@ def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, re
     row["pretrain_seconds"] = 0.0
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, row, on_epoch)
-    ctx = _context(run, model, data, dspec, device, store, on_epoch, resume)
+    ctx = _context(run, model, data, dspec, device, store, on_epoch, resume, pruner_cls.regime)
     run_files = ctx.run_dir
     run_files.mkdir(parents=True, exist_ok=True)
     params = pruner_cls.make_params(run.pruner.params)
@@ -213,6 +214,7 @@ def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, re
     row.update(top1_before_training=before.top1, top5_before_training=before.top5, loss_before_training=before.loss)
     end, start = training_plan(result, pruner_cls.regime, run.recipe.epochs)
     row["train_from_epoch"] = start
+    row["storage_bits"] = result.storage_bits
     return masks, end, start
 
 
@@ -256,6 +258,12 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         checkpoint.clear(run.results_root, run.suite, run.run_id)
     registry.call_lifecycle("bench_run_finished", run=run, row=row)
     return row
+
+
+def sparse_storage_bits(params_total: int, params_nonzero: int, params_prunable: int, dense: bool) -> int:
+    """The core's storage format: 32 bits per non-zero parameter plus a 1-bit mask over the prunable weights;
+    a dense model is 32 bits per parameter."""
+    return 32 * params_total if dense else 32 * params_nonzero + params_prunable
 
 
 def _execute(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, resume: bool,
@@ -318,6 +326,10 @@ def _execute(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
             params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
             params_prunable=sum(m.numel() for m in masks.values()),
         )
+        own_bits = row.pop("storage_bits", None)
+        row["model_bits"] = int(own_bits) if own_bits is not None else sparse_storage_bits(
+            summary["params_total"], summary["params_nonzero"], row["params_prunable"], pruner_cls.ignores_sparsity)
+        row["compression_ratio"] = 32.0 * summary["params_total"] / max(row["model_bits"], 1)
         row["flops_dense"], row["flops_effective"] = flops_per_example(model, data.input_shape, masks, device)
         for name, metric in registry.entries["metric"].items():
             row[f"metric_{name}"] = float(metric.obj.compute(model, masks, data.test, device))

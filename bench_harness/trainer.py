@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bench_harness import checkpoint
+from bench_harness.errors import RunFailure
 from bench_harness.training import evaluate, train
 
 
@@ -79,13 +80,15 @@ class Trainer:
     def __init__(self, loader: DataLoader | Iterable, recipe, device: torch.device,
                  checkpoint_dir: str | Path | None = None,
                  on_epoch: Callable[[str, int, int, float], None] | None = None,
-                 test_loader: DataLoader | None = None) -> None:
+                 test_loader: DataLoader | None = None, freeze_unoptimized: bool = False) -> None:
         self.loader = loader
         self.recipe = recipe
         self.device = device
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.on_epoch = on_epoch
         self.test_loader = test_loader
+        # Mask-learning runs: parameters a fit does not optimize must come out bit-identical (checked).
+        self.freeze_unoptimized = freeze_unoptimized
         self.calls = 0
         self.history: list[FitResult] = []
 
@@ -164,11 +167,21 @@ class Trainer:
             if after_step is not None:
                 after_step(step)
 
+        frozen = {}
+        if self.freeze_unoptimized:
+            optimized = {id(t) for t in (param_list or [p for p in model.parameters() if p.requires_grad])}
+            frozen = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in optimized}
         optimizer = train(model, loader, run_recipe, self.device, masks, epochs, on_epoch=report,
                           start_epoch=start_epoch, optimizer=optimizer, after_epoch=after_epoch, params=params,
                           loss_fn=loss, after_step=step_hook)
         result.steps = counter["steps"]
         result.seconds = earlier_seconds + time.perf_counter() - t0
+        if frozen:
+            params_now = dict(model.named_parameters())
+            moved = [n for n, before in frozen.items() if not torch.equal(params_now[n].detach(), before)]
+            if moved:
+                raise RunFailure(f"mask learning changed weights it must leave frozen: {moved[:8]} (optimize only the "
+                                 f"scores: pass params= to ctx.trainer.fit and set requires_grad=False on the weights)")
         if path is not None:
             self._save(path, stamp, model, extra, optimizer, epochs, result, generator, done=True)
         self.history.append(result)

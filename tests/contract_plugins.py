@@ -175,3 +175,45 @@ PRUNERS = [PostTrainingMagnitude, LearnedThreshold, TeacherScores, ScorePopup, W
 @hookimpl
 def bench_register_pruners():
     return PRUNERS
+
+
+class AllParamsMagnitude(Pruner):
+    """Counts its target over all trainable parameters (as the official SNOWS does) but prunes only the
+    prunable set: the core validates on the declared basis."""
+
+    name = "all_params_magnitude"
+
+    def prune(self, model, sparsity, ctx):
+        total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        prunable = sum(p.numel() for p in ctx.prunable.values())
+        remove = int(round(sparsity * total))
+        density = 1.0 - remove / prunable
+        masks = masking.topk_masks({n: p.detach().abs() for n, p in ctx.prunable.items()}, density)
+        return PruneResult(masks, sparsity_of="all")
+
+
+class BitsOfItsOwn(Pruner):
+    """States its own storage format: one bit per prunable weight and two 64-bit seeds."""
+
+    name = "bits_of_its_own"
+
+    def prune(self, model, sparsity, ctx):
+        masks = masking.topk_masks({n: p.detach().abs() for n, p in ctx.prunable.items()}, 1.0 - sparsity)
+        return PruneResult(masks, storage_bits=sum(p.numel() for p in ctx.prunable.values()) + 128)
+
+
+class TrainsWeightsWhileMaskLearning(Pruner):
+    """Breaks the mask-learning promise: its 'score training' moves the weights it should leave frozen."""
+
+    name = "sneaky_mask_learning"
+    regime = Regime.MASK_LEARNING
+    requires = Requirements(data=True, labels=True)
+
+    def prune(self, model, sparsity, ctx):
+        scores = [torch.zeros(1, requires_grad=True)]
+        ctx.trainer.fit(model, params=scores, loss=lambda m, x, y: F.cross_entropy(m(x), y) + scores[0].sum(),
+                        after_step=lambda step: [p.data.add_(1e-3) for p in ctx.prunable.values()])
+        return masking.topk_masks({n: p.detach().abs() for n, p in ctx.prunable.items()}, 1.0 - sparsity)
+
+
+PRUNERS += [AllParamsMagnitude, BitsOfItsOwn, TrainsWeightsWhileMaskLearning]

@@ -550,3 +550,40 @@ def test_the_conformance_kit_catches_a_pruner_that_does_not_resume(registry):
     failed = {c.name for c in check_pruner(Forgetful, sparsities=(0.5,), models=("mlp",)) if not c.passed}
     assert "resumes after an interruption with the same masks" in failed
     assert "deterministic under a fixed seed" in failed
+
+
+# -- sparsity basis, storage bits, frozen weights in mask learning ------------------------------------------------
+
+def test_sparsity_counted_over_all_parameters(tmp_path, registry):
+    suite = _suite(f"""
+name: basis
+grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.5], pruners: [all_params_magnitude]}}
+recipe: {{epochs: 0}}
+""", tmp_path, registry)
+    row = execute_run(suite.runs[0], registry)
+    assert row["status"] == "ok", row.get("error")
+    assert row["achieved_sparsity_all"] == pytest.approx(0.5, abs=1e-3)
+    assert row["achieved_sparsity"] > 0.5  # the biases are not pruned, so the prunable set gives more
+
+
+def test_model_bits_default_format_and_a_pruners_own(tmp_path, registry):
+    suite = _suite(f"""
+name: bits
+grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.5], pruners: [dense, magnitude, bits_of_its_own]}}
+recipe: {{epochs: 0}}
+""", tmp_path, registry)
+    dense, magnitude, own = (execute_run(r, registry) for r in suite.runs)
+    assert dense["model_bits"] == 32 * dense["params_total"] and dense["compression_ratio"] == 1.0
+    assert magnitude["model_bits"] == 32 * magnitude["params_nonzero"] + magnitude["params_prunable"]
+    assert own["model_bits"] == own["params_prunable"] + 128
+    assert own["compression_ratio"] == pytest.approx(32 * own["params_total"] / own["model_bits"])
+
+
+def test_mask_learning_that_moves_the_weights_fails(tmp_path, registry):
+    suite = _suite(f"""
+name: sneaky
+grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.5], pruners: [sneaky_mask_learning]}}
+recipe: {{epochs: 1, batch_size: 64}}
+""", tmp_path, registry)
+    row = execute_run(suite.runs[0], registry)
+    assert row["status"] == "failed" and "must leave frozen" in row["error"]
