@@ -12,8 +12,8 @@ produced it (hashed into its key), and stored under ``<results root>/artifacts/<
 :meth:`ArtifactStore.get` produces an artifact once: the first process takes an exclusive lock on
 ``<key>.lock`` (an ``fcntl`` lock held by the kernel, so a holder that crashes or is killed releases it; it
 works across SLURM jobs on a shared file system that supports POSIX locks), produces and writes atomically;
-every other process waits for the lock and then reads. A payload whose checksum does not match its manifest is
-refused with an error that names the file (delete the folder to produce it again).
+every other process waits for the lock and then reads. A payload whose checksum does not match its manifest
+(truncated by a crash of a file system, edited by hand) is produced again, with a warning naming the file.
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,10 @@ from bench_harness.identity import canonical_json, config_hash
 
 class ArtifactError(BenchError):
     """An artifact is damaged, cannot be stored, or cannot be loaded safely."""
+
+
+class ArtifactWarning(UserWarning):
+    """A stored artifact was damaged and is produced again."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,16 @@ class ArtifactStore:
         stored and returned. ``produce()`` returns the payload (tensors, numbers, strings, dicts/lists)."""
         folder = self.folder(name, config)
         if self.exists(name, config):
-            return self._load(name, config, folder, produced=False)
-        with file_lock(folder.with_name(folder.name + ".lock")):
-            if self.exists(name, config):  # produced by another process while we waited
+            try:
                 return self._load(name, config, folder, produced=False)
+            except ArtifactError as exc:
+                warnings.warn(f"{exc}; producing it again", ArtifactWarning, stacklevel=2)
+        with file_lock(folder.with_name(folder.name + ".lock")):
+            if self.exists(name, config):  # produced by another process while we waited, or damaged
+                try:
+                    return self._load(name, config, folder, produced=False)
+                except ArtifactError:
+                    shutil.rmtree(folder, ignore_errors=True)
             payload = produce()
             self._write(name, config, folder, payload)
         return self._load(name, config, folder, produced=True)
@@ -152,8 +164,7 @@ class ArtifactStore:
         digest = file_sha256(payload_path)
         if digest != manifest.get("sha256"):
             raise ArtifactError(f"artifact {name!r} at {payload_path} is damaged: SHA-256 {digest[:16]}… differs "
-                                f"from its manifest's {str(manifest.get('sha256'))[:16]}…; delete {folder} and run "
-                                f"again to produce it anew")
+                                f"from its manifest's {str(manifest.get('sha256'))[:16]}…")
         try:
             payload = torch.load(payload_path, map_location="cpu", weights_only=True)
         except Exception as exc:

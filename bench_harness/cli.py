@@ -28,6 +28,7 @@ def cmd_plugins(args) -> int:
                 for name in sorted(names):
                     cls = reg.get("pruner", name)
                     print(f"      {name} v{cls.version}: {cls.description} [regime={cls.regime.value}, "
+                          f"sparsity={cls.sparsity_kind.value}, "
                           f"granularity={cls.granularity.value}, needs data={cls.requires.data}, "
                           f"labels={cls.requires.labels}, pretrained={cls.requires.pretrained}]")
                     for pname, (default, help_text) in cls.param_help().items():
@@ -307,6 +308,60 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_artifacts(args) -> int:
+    """Stage artifacts of a suite: stored ones with their users, planned ones still missing; checksums verified."""
+    from bench_harness import paths
+    from bench_harness.artifacts import ArtifactStore, list_artifacts
+    from bench_harness.results import load_results
+    from bench_harness.runner import pretrain_key
+    from bench_harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    if args.results_root:
+        for run in suite.runs:
+            run.results_root = args.results_root
+    root = suite.runs[0].results_root if suite.runs else (args.results_root or "results")
+    reg = _registry()
+    planned: dict[tuple[str, str], list[str]] = {}  # (name, key) -> run ids of this suite that use it
+    for run in suite.runs:
+        cls = reg.get("pruner", run.pruner.name)
+        wanted = [(s.name, s.config) for s in cls.stages(cls.make_params(run.pruner.params), run)]
+        if run.needs_pretrained and not run.model.weights and run.pretrain is not None:
+            wanted.append(("pretrained", pretrain_key(run)))
+        for name, config in wanted:
+            planned.setdefault((name, ArtifactStore.key(name, config)), []).append(run.run_id)
+    used: dict[tuple[str, str], set[str]] = {}
+    rows = load_results(root, [suite.name])
+    if "artifacts" in rows:
+        for run_id, cell in zip(rows.run_id, rows.artifacts):
+            if isinstance(cell, str) and cell:
+                for name, record in json.loads(cell).items():
+                    used.setdefault((name, record["key"]), set()).add(run_id)
+    stored = {(a.get("name"), a.get("key")): a for a in list_artifacts(paths.artifacts_dir(root))}
+    wanted_keys = set(planned) | set(used)
+    if not wanted_keys:
+        print(f"suite {suite.name!r} uses no stage artifacts")
+        return 0
+    bad = 0
+    print(f"{'artifact':<20} {'key':<17} {'state':<8} {'size':>10}  {'sha256':<13} {'users':>12}  producer")
+    for name, key in sorted(wanted_keys):
+        a = stored.get((name, key))
+        users = f"{len(used.get((name, key), ()))}/{len(planned.get((name, key), ()))}"
+        if a is None:
+            print(f"{name:<20} {key:<17} {'missing':<8} {'':>10}  {'':<13} {users:>12}  (produced by the first run "
+                  f"that needs it, or a SLURM stage job)")
+            continue
+        state = "ok" if a["ok"] else "DAMAGED"
+        bad += not a["ok"]
+        size = a.get("size") or 0
+        print(f"{name:<20} {key:<17} {state:<8} {size:>10,}  {str(a.get('sha256', ''))[:12]:<13} {users:>12}  "
+              f"{a.get('producer', '')} on {a.get('host', '')} at {str(a.get('created_at', ''))[:19]}")
+    print("users: runs of this suite whose rows record the artifact / runs that need it")
+    if bad:
+        print(f"{bad} damaged artifact(s): the next run that needs one produces it again", file=sys.stderr)
+    return 1 if bad else 0
+
+
 def cmd_merge(args) -> int:
     from bench_harness.aggregate import merge_results
 
@@ -376,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder of the site")
     p.add_argument("--results-root")
     p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("artifacts", help="a suite's stage artifacts: name, key, size, producer, users; checksums")
+    p.add_argument("suite")
+    p.add_argument("--results-root")
+    p.set_defaults(func=cmd_artifacts)
     p = sub.add_parser("merge", help="combine result folders (one row per run id, newest wins)")
     p.add_argument("sources", nargs="+", help="results roots to merge")
     p.add_argument("--into", required=True, help="results root to merge into")

@@ -413,8 +413,14 @@ def test_artifact_store_produces_once_and_verifies(tmp_path):
     with open(folder / "artifact.pt", "r+b") as fh:  # damage it
         fh.seek(-3, 2)
         fh.write(b"xyz")
-    with pytest.raises(ArtifactError, match="damaged"):
-        ArtifactStore(tmp_path).get("teacher", {"a": 1}, produce)
+    from bench_harness.artifacts import ArtifactWarning, list_artifacts
+
+    state = {a["key"]: a["ok"] for a in list_artifacts(tmp_path)}
+    assert state[folder.name] is False and sum(state.values()) == 1  # bench artifacts reports it
+    with pytest.warns(ArtifactWarning, match="damaged"):
+        rebuilt = ArtifactStore(tmp_path).get("teacher", {"a": 1}, produce)
+    assert calls == [1, 1, 1] and torch.equal(rebuilt["w"], first["w"])
+    assert all(a["ok"] for a in list_artifacts(tmp_path))
     with pytest.raises(ArtifactError, match="weights_only"):
         store.get("bad", {}, lambda: {"obj": object()})
 
@@ -587,3 +593,29 @@ recipe: {{epochs: 1, batch_size: 64}}
 """, tmp_path, registry)
     row = execute_run(suite.runs[0], registry)
     assert row["status"] == "failed" and "must leave frozen" in row["error"]
+
+
+def test_bench_artifacts_lists_users_and_verifies_checksums(tmp_path, registry, monkeypatch, capsys):
+    from bench_harness import cli, plugins
+
+    monkeypatch.setattr(plugins, "_REGISTRY", registry)
+    suite_file = tmp_path / "stage_cli.yaml"
+    suite_file.write_text(f"""
+name: stage_cli
+grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.5, 0.8], pruners: [teacher_scores, magnitude]}}
+recipe: {{epochs: 1, batch_size: 32, lr: 0.05}}
+results_root: {tmp_path / "results"}
+""")
+    assert cli.main(["artifacts", str(suite_file)]) == 0
+    assert "missing" in capsys.readouterr().out
+    suite = _suite(suite_file.read_text(), tmp_path / "results", registry)
+    for run in suite.runs:
+        assert execute_run(run, registry)["status"] == "ok"
+    assert cli.main(["artifacts", str(suite_file)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("test-teacher"))
+    assert " ok " in line and " 2/2 " in line
+    payload = next((tmp_path / "results" / "artifacts" / "test-teacher").glob("*/artifact.pt"))
+    payload.write_bytes(payload.read_bytes()[:-10])  # truncated
+    assert cli.main(["artifacts", str(suite_file)]) == 1
+    assert "DAMAGED" in capsys.readouterr().out
