@@ -64,7 +64,11 @@ def slurm_cluster():
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = conf
     yield conf
-    subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], capture_output=True)
+    # cancel, by job id, whatever the tests left on their own private cluster (never `scancel -u`)
+    ids = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True,
+                         env={**os.environ, "SLURM_CONF": conf}).stdout.split()
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, env={**os.environ, "SLURM_CONF": conf})
     if old is None:
         os.environ.pop("SLURM_CONF", None)
     else:

@@ -1,4 +1,5 @@
 """The SLURM executor against a real single-node cluster (sbatch, sacct, scontrol, scancel)."""
+import json
 import time
 
 import pytest
@@ -81,18 +82,33 @@ def test_arrays_split_at_max_array_size_and_the_ledger(slurm_cluster, tmp_path):
     assert "nothing to submit" in again.stderr
 
 
-def test_packing_and_stage_dependencies(slurm_cluster, tmp_path):
-    path = _suite(tmp_path, "stages", pruners="[magnitude, random]", sparsities="[0.5, 0.9]",
-                  slurm="{cpus: 1, time_min: 10, runs_per_task: 2}", extra="pretrain: {epochs: 1, batch_size: 32}")
+def test_packing_and_stage_dependencies(slurm_cluster, tmp_path, example_plugin_installed):
+    # a post-training pruner needs the harness's pretraining (a stage job); a teacher-fed pruner needs its teacher
+    # artifact (another stage job); an at-init pruner in the same suite needs neither
+    path = _suite(tmp_path, "stages", pruners="[example_post_magnitude, example_teacher, random]",
+                  sparsities="[0.5, 0.9]", slurm="{cpus: 1, time_min: 10, runs_per_task: 2}",
+                  extra="pretrain: {epochs: 1, batch_size: 32}")
     out = bench("run", path, "--executor", "slurm")
-    assert "submitted 4 runs" in out.stderr and "(2 tasks)" in out.stderr and "stage jobs" in out.stderr
+    assert "submitted 6 runs" in out.stderr and "stage jobs" in out.stderr
     entries = ledger.read_all(tmp_path / "results", "stages")
-    assert {len(e.depends_on) for e in entries.values()} == {1}
-    assert len({e.depends_on[0] for e in entries.values()}) == 1  # one pretraining job for all four runs
-    assert len({e.job_id for e in entries.values()}) == 2  # two runs per array task
+    suite = load_suite(path)
+    pruner_of = {r.run_id: r.pruner.name for r in suite.runs}
+    deps = {name: {tuple(e.depends_on) for rid, e in entries.items() if pruner_of[rid] == name}
+            for name in ("example_post_magnitude", "example_teacher", "random")}
+    assert deps["random"] == {()}
+    assert len(deps["example_post_magnitude"]) == 1 and len(next(iter(deps["example_post_magnitude"]))) == 1
+    assert len(deps["example_teacher"]) == 1 and len(next(iter(deps["example_teacher"]))) == 1
+    assert deps["example_post_magnitude"] != deps["example_teacher"]  # one pretraining job, one teacher job
+    assert len({e.job_id for e in entries.values()}) == 3  # two runs per array task
     assert _wait(path).returncode == 0
     df = load_results(tmp_path / "results", ["stages"])
-    assert (df.status == "ok").all() and df.top1_pretrained.nunique() == 1 and (df.pretrain_seconds < 5).all()
+    assert (df.status == "ok").all()
+    post = df[df.pruner == "example_post_magnitude"]
+    assert post.top1_pretrained.nunique() == 1 and (post.pretrain_seconds < 5).all()
+    assert df[df.pruner == "random"].pretrained_source.isna().all()
+    teacher = [json.loads(a)["example-teacher"] for a in df[df.pruner == "example_teacher"].artifacts]
+    assert [t["produced"] for t in teacher] == [False, False]  # produced by the stage job, before the runs
+    assert bench("artifacts", path).returncode == 0
 
 
 def test_crash_cancel_and_resubmit(slurm_cluster, tmp_path, example_plugin_installed):
