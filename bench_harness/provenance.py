@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -36,7 +37,18 @@ def provenance(device: torch.device) -> dict[str, str | None]:
         "cuda_version": torch.version.cuda,
         "device": device_name(device),
         "host": socket.gethostname(),
+        **slurm_provenance(),
     }
+
+
+def slurm_provenance() -> dict[str, str | int | None]:
+    """The SLURM job a run executed in (from the job's environment; all None outside SLURM)."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    restarts = os.environ.get("SLURM_RESTART_COUNT")
+    return {"slurm_job_id": f"{job}_{task}" if job and task else job,
+            "slurm_array_task_id": int(task) if task and task.isdigit() else None,
+            "slurm_attempt": int(restarts) + 1 if restarts and restarts.isdigit() else (1 if job else None)}
 
 
 def resolve_device(name: str) -> torch.device:

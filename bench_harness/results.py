@@ -6,7 +6,7 @@ traceback); a later successful attempt replaces it.
 
 Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
-``model_bits``, ``compression_ratio`` and ``warnings``; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
+``model_bits``, ``compression_ratio``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
 Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, renamed or changes meaning.
 """
 from __future__ import annotations
@@ -94,6 +94,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("cuda_version", pa.string(), "CUDA version torch was built with (null: CPU build)"),
     ("device", pa.string(), "device name the run used"),
     ("host", pa.string(), "host name"),
+    ("slurm_job_id", pa.string(), "SLURM job (array job id _ task id) the run executed in (null: not on SLURM)"),
+    ("slurm_array_task_id", pa.int64(), "SLURM array task id"),
+    ("slurm_attempt", pa.int64(), "attempt of that job: 1 + SLURM_RESTART_COUNT (requeues after preemption or "
+                                  "time limit)"),
     ("started_at", pa.timestamp("us", tz="UTC"), "start time"),
     ("finished_at", pa.timestamp("us", tz="UTC"), "end time"),
 ]
