@@ -52,8 +52,13 @@ def cmd_check_plugin(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bench_harness.suite import load_suite
+    from bench_harness.suite import load_suite, suite_json_schema
 
+    if args.schema:
+        print(json.dumps(suite_json_schema(), indent=1))
+        return 0
+    if not args.suite:
+        raise BenchError("bench validate SUITE (or --schema to print the suite file's JSON Schema)")
     suite = load_suite(args.suite)
     print(f"{args.suite}: suite {suite.name!r} is valid: {len(suite.runs)} runs")
     return 0
@@ -382,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="pruner hyperparameters as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="show passed checks too")
     p.set_defaults(func=cmd_check_plugin)
-    p = sub.add_parser("validate", help="check a suite file")
-    p.add_argument("suite")
+    p = sub.add_parser("validate", help="check a suite file (--schema: print its JSON Schema for editors)")
+    p.add_argument("suite", nargs="?")
+    p.add_argument("--schema", action="store_true", help="print the JSON Schema of suite files and exit")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("run", help="run a suite's unfinished runs")
     p.add_argument("suite")

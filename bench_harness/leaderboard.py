@@ -17,7 +17,8 @@ Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sp
 - ``method`` str: pruner, non-default parameters and ablation, e.g. ``magnitude(scope=layerwise)+shuffle``;
   ``pruner``, ``pruner_params`` (JSON), ``ablation`` (null: none)
 - ``seeds`` int (successful runs), ``failed`` int (failed runs)
-- ``top1_mean``, ``top1_std``, ``top1_ci95`` (half-width, Student t), ``top5_mean``, ``loss_mean``
+- ``top1_mean``, ``top1_std``, ``top1_ci95`` (half-width, Student t; see bench_harness.stats for the interval
+  and the paired test), ``top5_mean``, ``loss_mean``
 - ``top1_before_training_mean``
 - ``achieved_sparsity_mean``, ``achieved_sparsity_all_mean``
 - ``prune_seconds_mean``, ``train_seconds_mean``, ``device_hours_mean`` (pruning + pretraining + training, in
@@ -27,9 +28,9 @@ Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sp
   states one, else 32 bits per non-zero parameter + 1 bit per prunable weight; a dense model is 32 bits per
   parameter)
 - ``rank`` int: 1 = highest mean top-1 within (model, dataset, target_sparsity)
-- ``vs_random_diff``, ``vs_random_ci95``, ``vs_random_pairs``; the same for ``vs_magnitude`` and ``vs_dense``:
-  mean over shared seeds of (this method's top-1 − the control's top-1), its 95 % CI half-width, and the number
-  of paired seeds (controls: the plain ``random``/``magnitude`` pruner with default parameters and no ablation
+- ``vs_random_diff``, ``vs_random_ci95``, ``vs_random_pairs``, ``vs_random_p``; the same for ``vs_magnitude``
+  and ``vs_dense``: mean over shared seeds of (this method's top-1 − the control's top-1), its 95 % CI
+  half-width, the number of paired seeds and the paired t-test's two-sided p-value (controls: the plain ``random``/``magnitude`` pruner with default parameters and no ablation
   at the same sparsity; ``dense`` of the same model and data set)
 - ``flag_layer_collapse`` (a run had a layer with no weight left), ``flag_off_target`` (|achieved − target| >
   0.005, for exact and target sparsity kinds), ``flag_few_seeds`` (fewer than 3 successful seeds)
@@ -41,6 +42,8 @@ import math
 
 import numpy as np
 import pandas as pd
+
+from bench_harness.stats import ci95_halfwidth, paired_t_pvalue
 
 
 LEADERBOARD_VERSION = 2
@@ -106,20 +109,15 @@ MEAN_COLUMNS = ("top5", "loss", "top1_before_training", "achieved_sparsity", "ac
                 "model_bits")
 
 
-def _t975(df: pd.Series) -> np.ndarray:
-    from bench_harness.stats import t975
-
-    return np.array([t975(int(d)) if d >= 1 else np.nan for d in df])
-
-
 def _paired(ok: pd.DataFrame, control: pd.DataFrame, on: list[str], prefix: str) -> pd.DataFrame:
     """Per method row: mean and 95 % CI of (top1 - control top1) over shared seeds, and the number of pairs."""
     merged = ok.merge(control, on=on + ["seed"], suffixes=("", "_ctl"))
     merged = merged[merged.method != merged.method_ctl]
     merged["diff"] = merged.top1 - merged.top1_ctl
     g = merged.groupby(KEYS, dropna=False)["diff"].agg(["mean", "std", "count"])
-    ci = _t975(g["count"] - 1) * g["std"] / np.sqrt(g["count"])
-    return pd.DataFrame({f"{prefix}_diff": g["mean"], f"{prefix}_ci95": ci, f"{prefix}_pairs": g["count"]})
+    return pd.DataFrame({f"{prefix}_diff": g["mean"], f"{prefix}_ci95": ci95_halfwidth(g["std"], g["count"]),
+                         f"{prefix}_pairs": g["count"], f"{prefix}_p": paired_t_pvalue(g["mean"], g["std"], g["count"])},
+                        index=g.index)
 
 
 def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
@@ -142,7 +140,7 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
     g = ok.groupby(KEYS, dropna=False)
     stats = g["top1"].agg(["mean", "std", "count"])
     stats.columns = ["top1_mean", "top1_std", "seeds"]
-    stats["top1_ci95"] = _t975(stats.seeds - 1) * stats.top1_std / np.sqrt(stats.seeds)
+    stats["top1_ci95"] = ci95_halfwidth(stats.top1_std, stats.seeds)
     means = g[list(MEAN_COLUMNS)].mean().add_suffix("_mean")
     extra = g.agg(flops_dense=("flops_dense", "mean"), params_total=("params_total", "mean"),
                   flag_layer_collapse=("layer_collapse", "any"))

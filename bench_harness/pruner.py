@@ -205,14 +205,32 @@ class Pruner:
 
     @classmethod
     def make_params(cls, values: Mapping[str, Any] | None) -> Any:
-        """Build the ``Params`` dataclass from a mapping; unknown keys raise ``ValueError`` naming them."""
+        """Build the ``Params`` dataclass from a mapping, validated by pydantic against its annotations (types,
+        ``Literal`` allowed values, ``Annotated`` ranges); a bad key or value raises ``ValueError`` naming the
+        parameter and what is allowed."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from bench_harness.errors import did_you_mean
+
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls.Params)}
-        unknown = sorted(set(values) - known)
+        known = [f.name for f in dataclasses.fields(cls.Params)]
+        unknown = sorted(set(values) - set(known))
         if unknown:
             hint = f"known parameters: {', '.join(sorted(known))}" if known else "it takes no parameters"
-            raise ValueError(f"pruner {cls.name!r} has no parameter {', '.join(map(repr, unknown))} ({hint})")
-        return cls.Params(**values)
+            suggestion = did_you_mean(unknown[0], known)
+            raise ValueError(f"pruner {cls.name!r} has no parameter {', '.join(map(repr, unknown))}.{suggestion} "
+                             f"({hint})")
+        try:
+            return _params_adapter(cls.Params).validate_python(values)
+        except ValidationError as exc:
+            from bench_harness.suite import validation_problems
+
+            key, message = validation_problems(exc, known)[0]
+            raise ValueError(f"pruner {cls.name!r} parameter {key!r}: {message}") from None
+        except Exception as exc:  # annotations pydantic cannot interpret: build without validation
+            if "pydantic" not in type(exc).__module__:
+                raise
+            return cls.Params(**values)
 
     @classmethod
     def param_help(cls) -> dict[str, tuple[Any, str]]:
@@ -233,6 +251,25 @@ class Pruner:
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> dict[str, torch.Tensor] | PruneResult:
         raise NotImplementedError
+
+
+_ADAPTERS: dict[type, Any] = {}
+
+
+def _params_adapter(params_cls: type) -> Any:
+    from pydantic import TypeAdapter
+
+    if params_cls not in _ADAPTERS:
+        _ADAPTERS[params_cls] = TypeAdapter(params_cls)
+    return _ADAPTERS[params_cls]
+
+
+def params_json_schema(params_cls: type) -> dict[str, Any]:
+    """The JSON Schema of a pruner's ``Params`` (for editors; `bench validate --schema`)."""
+    try:
+        return _params_adapter(params_cls).json_schema()
+    except Exception:
+        return {"type": "object"}
 
 
 def param(default: Any, help: str, **kw: Any) -> Any:

@@ -28,51 +28,69 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from typing_extensions import Annotated, Literal
 
 from bench_harness.errors import BenchError, SuiteError, UnknownNameError, did_you_mean
 from bench_harness.identity import config_hash, non_default_fields
+
+
+# Suite sections are dataclasses (hashable, frozen, used everywhere at run time) validated by pydantic: types,
+# allowed values (Literal), ranges and unknown keys, with errors that name the key; `bench validate --schema`
+# prints the JSON Schema built from the same declarations.
+Int = Annotated[int, Strict()]  # no silent bool/float -> int
+PositiveInt = Annotated[int, Strict(), Field(ge=1)]
+Count = Annotated[int, Strict(), Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+_FORBID = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained (after pruning, or before it for pretraining)."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
+    __pydantic_config__ = _FORBID
+
+    epochs: Count = 10
+    batch_size: PositiveInt = 128
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: NonNegative = 0.1
+    momentum: NonNegative = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | step | constant
-    milestones: tuple[int, ...] = ()  # epochs at which step schedule multiplies the lr by gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
+    weight_decay: NonNegative = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[Count, ...] = ()  # epochs at which step schedule multiplies the lr by gamma
+    gamma: NonNegative = 0.1
+    warmup_epochs: Count = 0
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     mixed_precision: bool = False  # autocast fp16 on CUDA; ignored on CPU
     augment: bool = True  # the data set's standard training augmentation
-    train_subset: int | None = None  # use the first n training examples
-    test_subset: int | None = None  # evaluate on the first n test examples
-    eval_batch_size: int = 512
-    num_workers: int = 0
+    train_subset: PositiveInt | None = None  # use the first n training examples
+    test_subset: PositiveInt | None = None  # evaluate on the first n test examples
+    eval_batch_size: PositiveInt = 512
+    num_workers: Count = 0
 
 
 @dataclass(frozen=True)
 class Scoring:
     """Data given to pruners for scoring or calibration."""
 
-    batch_size: int = 256
-    examples: int | None = None  # number of training examples; None: 10 x num_classes (Synaptic-Flow)
-    examples_per_class: int | None = None  # instead: the first k examples of each class, unshuffled
+    __pydantic_config__ = _FORBID
+
+    batch_size: PositiveInt = 256
+    examples: PositiveInt | None = None  # number of training examples; None: 10 x num_classes (Synaptic-Flow)
+    examples_per_class: PositiveInt | None = None  # instead: the first k examples of each class, unshuffled
     augment: bool = False
     shuffle: bool = True  # shuffle the training set (seeded) before taking `examples`
-    seed: int | None = None  # seed of that shuffle; None: the run's seed
+    seed: Count | None = None  # seed of that shuffle; None: the run's seed
 
 
 @dataclass(frozen=True)
 class PrunableSet:
     """Which weights may be pruned: conv and linear weights, then these filters (regexes match the full
     parameter name, e.g. ``layer[1-3]\\..*conv.*`` or ``(?!fc).*``)."""
+
+    __pydantic_config__ = _FORBID
 
     exclude_first: bool = False
     exclude_last: bool = False
@@ -171,53 +189,38 @@ TOP_KEYS = {"name", "description", "grid", "recipe", "scoring", "prunable", "pre
 GRID_KEYS = {"models", "datasets", "sparsities", "seeds", "pruners"}
 
 
-def _coerce(path: str, key: str, value: Any, f: dataclasses.Field) -> Any:
-    """Coerce a YAML value to a dataclass field's type, or raise a SuiteError saying what is expected."""
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    optional = "None" in kind
-    if value is None:
-        if optional:
-            return None
-        raise SuiteError(path, key, f"must not be empty (expected {kind})")
-    try:
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if kind.startswith("int"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)  # also "5e-4", which YAML reads as a string
-        if kind.startswith("tuple"):
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            return tuple(int(v) for v in value)
-        if kind.startswith("str"):
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except (TypeError, ValueError):
-        raise SuiteError(path, key, f"expected {kind}, got {value!r}") from None
-    return value
+def validation_problems(exc: ValidationError, fields: list[str]) -> list[tuple[str, str]]:
+    """(key, message) for every error of a pydantic validation, with allowed values and did-you-mean."""
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+            key = str(err["loc"][-1])
+            out.append((loc, f"unknown setting.{did_you_mean(key, fields)} Known settings: {', '.join(fields)}."))
+        elif kind == "literal_error":
+            out.append((loc, f"{err['input']!r} is not allowed: use {err['ctx']['expected']}"
+                             f".{did_you_mean(str(err['input']), _literal_choices(err['ctx']['expected']))}"))
+        else:
+            out.append((loc, f"{err['msg'].rstrip('.')} (got {err.get('input')!r})"))
+    return out
+
+
+def _literal_choices(expected: str) -> list[str]:
+    return [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
 
 
 def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
+    """Validate a suite section against its dataclass (pydantic: types, allowed values, unknown keys)."""
     if values is None:
         return cls()
     if not isinstance(values, dict):
         raise SuiteError(path, section, f"expected a mapping of settings, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise SuiteError(path, f"{section}.{key}", f"unknown setting.{did_you_mean(str(key), fields)} "
-                             f"Known settings: {', '.join(fields)}.")
-        kwargs[key] = _coerce(path, f"{section}.{key}", value, fields[key])
-    return cls(**kwargs)
+    try:
+        return TypeAdapter(cls).validate_python(values)
+    except ValidationError as exc:
+        key, message = validation_problems(exc, [f.name for f in dataclasses.fields(cls)])[0]
+        raise SuiteError(path, f"{section}.{key}", message) from None
 
 
 def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = ()) -> list[Component]:
@@ -274,6 +277,25 @@ def _numbers(path: str, key: str, items: Any, kind: type, low: float, high: floa
     return out
 
 
+def _seed_list(path: str, value: Any) -> Any:
+    """Seeds are a list (`[0, 1, 2]`) or a range (`{range: 3}` = [0, 1, 2], `{range: [10, 13]}` = [10, 11, 12])."""
+    if isinstance(value, dict):
+        if set(value) != {"range"}:
+            raise SuiteError(path, "grid.seeds", f"expected a list of seeds or {{range: N}}, got {value!r}")
+        bounds = value["range"]
+        if isinstance(bounds, int) and not isinstance(bounds, bool) and bounds >= 1:
+            return list(range(bounds))
+        if (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, int) for b in bounds)
+                and bounds[0] < bounds[1]):
+            return list(range(bounds[0], bounds[1]))
+        raise SuiteError(path, "grid.seeds.range", f"expected N >= 1 or [start, stop], got {bounds!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise SuiteError(path, "grid.seeds", f"`seeds: {value}` is ambiguous: write [{value}] for the single seed "
+                         f"{value}, or {list(range(value)) if 0 < value <= 10 else '[0, 1, ...]'} / "
+                         f"{{range: {value}}} for {value} seeds")
+    return value
+
+
 def parse_suite(data: Any, path: str) -> Suite:
     """Build a Suite (names not yet checked against the registry) from parsed YAML."""
     if not isinstance(data, dict):
@@ -296,7 +318,7 @@ def parse_suite(data: Any, path: str) -> Suite:
     datasets = _components(path, "grid.datasets", grid.get("datasets"))
     pruners = _components(path, "grid.pruners", grid.get("pruners"), ("scoring",))
     sparsities = _numbers(path, "grid.sparsities", grid.get("sparsities", [0.0]), float, 0.0, 1.0)
-    seeds = _numbers(path, "grid.seeds", grid.get("seeds", [0]), int, 0, 2**31)
+    seeds = _numbers(path, "grid.seeds", _seed_list(path, grid.get("seeds", [0])), int, 0, 2**31)
     recipe = build_dataclass(Recipe, data.get("recipe"), path, "recipe")
     scoring = build_dataclass(Scoring, data.get("scoring"), path, "scoring")
     scoring_of = {p: build_dataclass(Scoring, {**(data.get("scoring") or {}), **p.scoring}, path,
@@ -403,3 +425,45 @@ def validate_suite(suite: Suite, registry=None) -> None:
         seen_ids.add(run.run_id)
         kept.append(run)
     suite.runs = kept
+
+
+def suite_json_schema(registry=None) -> dict[str, Any]:
+    """The JSON Schema of a suite file (every section, every registered model/data set/pruner and each pruner's
+    parameters), for editors: ``bench validate --schema > suite.schema.json``."""
+    from typing import Union
+
+    from pydantic import BaseModel, create_model
+
+    from bench_harness.plugins import get_registry
+
+    registry = registry or get_registry()
+    forbid = ConfigDict(extra="forbid")
+
+    def names(kind: str):
+        return Literal[tuple(sorted(registry.names(kind)))]  # type: ignore[misc]
+
+    pruner_entries = []
+    for name in sorted(registry.names("pruner")):
+        cls = registry.get("pruner", name)
+        pruner_entries.append(create_model(
+            f"pruner_{name}", __config__=forbid, __doc__=cls.description or None,
+            name=(Literal[name], ...), params=(Union[cls.Params, None], None),  # type: ignore[valid-type]
+            scoring=(Union[Scoring, None], None)))
+    model_entry = create_model("model_entry", __config__=forbid, name=(str, ...), params=(dict[str, Any], {}),
+                               weights=(Union[str, None], None))
+    dataset_entry = create_model("dataset_entry", __config__=forbid, name=(str, ...), params=(dict[str, Any], {}))
+    seed_range = create_model("seed_range", __config__=forbid, range=(Union[int, tuple[int, int]], ...))
+    grid = create_model(
+        "grid", __config__=forbid,
+        models=(list[Union[names("model"), str, model_entry]], ...),  # type: ignore[valid-type]
+        datasets=(list[Union[names("dataset"), dataset_entry]], ...),  # type: ignore[valid-type]
+        sparsities=(list[Annotated[float, Field(ge=0.0, lt=1.0)]], [0.0]),
+        seeds=(Union[list[Count], seed_range], [0]),
+        pruners=(list[Union[names("pruner"), Union[tuple(pruner_entries)]]], ...))  # type: ignore[valid-type]
+    model: type[BaseModel] = create_model(
+        "suite", __config__=forbid, name=(str, ...), description=(str, ""), grid=(grid, ...),
+        recipe=(Recipe, Recipe()), scoring=(Scoring, Scoring()), prunable=(PrunableSet, PrunableSet()),
+        pretrain=(Union[Recipe, None], None), device=(str, "auto"), data_root=(str, "data"), download=(bool, False),
+        results_root=(str, "results"), ablations=(list[Union[Literal["shuffle", "reinit", "invert"], None]], [None]),
+        slurm=(dict[str, Any], {}))
+    return model.model_json_schema()

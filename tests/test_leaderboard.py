@@ -13,15 +13,21 @@ from bench_harness.stats import mean_std_ci, paired_difference, t975
 
 
 def test_t_quantiles_and_intervals_by_hand():
-    assert t975(1) == 12.706 and t975(2) == 4.303 and abs(t975(1000) - 1.962) < 0.002
+    assert t975(1) == pytest.approx(12.706, abs=5e-4) and t975(2) == pytest.approx(4.303, abs=5e-4)
+    assert abs(t975(1000) - 1.962) < 0.002 and math.isnan(t975(0))
     mean, std, ci, n = mean_std_ci([0.5, 0.7, 0.6])
     assert (mean, n) == (pytest.approx(0.6), 3)
     assert std == pytest.approx(0.1)
-    assert ci == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert ci == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-4)
     assert math.isnan(mean_std_ci([0.4])[2])
-    diff, dci, pairs = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.5, 1: 0.6, 3: 0.1})
+    diff, dci, pairs, p = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.5, 1: 0.6, 3: 0.1})
     assert pairs == 2 and diff == pytest.approx(0.3)  # seeds 0 and 1: 0.4 and 0.2
-    assert dci == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert dci == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2), rel=1e-4)
+    # paired t: t = 0.3 / (sqrt(0.02) / sqrt(2)) = 3.0 with 1 df -> p = 2 * (1/2 - atan(3)/pi)
+    assert p == pytest.approx(2 * (0.5 - math.atan(3.0) / math.pi))
+    from scipy.stats import ttest_rel
+
+    assert p == pytest.approx(ttest_rel([0.9, 0.8], [0.5, 0.6]).pvalue)
 
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -54,11 +60,15 @@ def test_leaderboard_by_hand():
     px = board.loc["px"]
     assert px.seeds == 3 and px.failed == 1
     assert px.top1_mean == pytest.approx(0.88) and px.top1_std == pytest.approx(0.02)
-    assert px.top1_ci95 == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert px.top1_ci95 == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-4)
     # paired: px - random per seed = 0.08, 0.08, 0.08
     assert px.vs_random_diff == pytest.approx(0.08) and px.vs_random_pairs == 3
     assert px.vs_random_ci95 == pytest.approx(0.0, abs=1e-12)
     assert px.vs_magnitude_diff == pytest.approx(0.03)
+    from scipy.stats import ttest_rel
+
+    # px - magnitude per seed = 0.03, 0.04, 0.02: the paired t-test's p-value
+    assert px.vs_magnitude_p == pytest.approx(ttest_rel([0.88, 0.90, 0.86], [0.85, 0.86, 0.84]).pvalue)
     assert px.vs_dense_diff == pytest.approx(-0.04) and px.vs_dense_pairs == 3
     assert board.loc["px", "rank"] == 1 and board.loc["magnitude", "rank"] == 2 and board.loc["random", "rank"] == 3
     assert board.loc["snip", "rank"] == 4

@@ -35,7 +35,17 @@ def test_expansion_collapses_the_sparsity_axis_of_dense(tmp_path):
     (GOOD.replace("models: [mlp]", "models: [resnet2]"), "grid.models", "'resnet20'"),
     (GOOD.replace("datasets: [synthetic]", "datasets: [cifar_10]"), "grid.datasets", "Did you mean 'cifar10'"),
     (GOOD.replace("recipe: {epochs: 1", "recipe: {epoch: 1"), "recipe.epoch", "Did you mean 'epochs'"),
-    (GOOD.replace("recipe: {epochs: 1", "recipe: {epochs: many"), "recipe.epochs", "expected int"),
+    (GOOD.replace("recipe: {epochs: 1", "recipe: {epochs: many"), "recipe.epochs", "valid integer"),
+    (GOOD.replace("recipe: {epochs: 1", "recipe: {epochs: true"), "recipe.epochs", "valid integer"),
+    (GOOD.replace("recipe: {epochs: 1", "recipe: {optimizer: sgdd, epochs: 1"), "recipe.optimizer",
+     "use 'sgd', 'adam' or 'adamw'. Did you mean 'sgd'"),
+    (GOOD.replace("recipe: {epochs: 1", "recipe: {schedule: cosin, epochs: 1"), "recipe.schedule",
+     "Did you mean 'cosine'"),
+    (GOOD.replace("recipe: {epochs: 1", "recipe: {batch_size: 0, epochs: 1"), "recipe.batch_size", "greater than"),
+    (GOOD + "scoring: {examples: -3}\n", "scoring.examples", "greater than"),
+    (GOOD.replace("seeds: [0, 1]", "seeds: 3"), "grid.seeds", "{range: 3}"),
+    (GOOD.replace("seeds: [0, 1]", "seeds: {range: zero}"), "grid.seeds.range", "N >= 1"),
+    (GOOD.replace("{scope: layerwise}", "{rounds: 2.5}"), "grid.pruners[magnitude].params", "valid integer"),
     (GOOD.replace("[0.5, 0.9]", "[0.5, 90]"), "grid.sparsities[1]", "fraction of weights REMOVED"),
     (GOOD.replace("grid:", "gird:"), "gird", "Did you mean 'grid'"),
     (GOOD.replace("{scope: layerwise}", "{scop: layerwise}"), "grid.pruners[magnitude].params", "scope"),
@@ -60,3 +70,25 @@ def test_shipped_suites_validate():
     assert suites
     for path in suites:
         assert load_suite(path).runs
+
+
+def test_seed_ranges(tmp_path):
+    suite = load_suite(_write(tmp_path, GOOD.replace("seeds: [0, 1]", "seeds: {range: 3}")))
+    assert sorted({r.seed for r in suite.runs}) == [0, 1, 2]
+    suite = load_suite(_write(tmp_path, GOOD.replace("seeds: [0, 1]", "seeds: {range: [10, 12]}")))
+    assert sorted({r.seed for r in suite.runs}) == [10, 11]
+
+
+def test_the_json_schema_lists_sections_allowed_values_and_pruner_parameters():
+    import json
+
+    from bench_harness.suite import suite_json_schema
+
+    schema = json.loads(json.dumps(suite_json_schema()))
+    defs = schema["$defs"]
+    assert defs["Recipe"]["properties"]["optimizer"]["enum"] == ["sgd", "adam", "adamw"]
+    assert defs["Recipe"]["additionalProperties"] is False
+    assert "magnitude" in json.dumps(defs["grid"]["properties"]["pruners"])
+    imp = next(v for k, v in defs.items() if k == "pruner_imp")
+    assert imp["properties"]["name"]["const"] == "imp"
+    assert set(schema["required"]) == {"name", "grid"}
