@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +38,24 @@ def aggregate(results_root: str | Path, suites: list[str], rebuild: bool = False
         runs[suite] = prepare_runs(df) if len(df) else df
         boards[suite] = build_leaderboard(df, [suite]) if len(df) else pd.DataFrame()
         if write and len(boards[suite]):
-            boards[suite].to_parquet(leaderboard_path(results_root, suite), index=False)
+            _save(boards[suite], leaderboard_path(results_root, suite))
     cross = None
     if len(suites) > 1:
         frames = [df for df in runs.values() if len(df)]
         if frames:
             cross = build_leaderboard(pd.concat(frames, ignore_index=True), suites)
             if write:
-                cross.to_parquet(leaderboard_path(results_root, None), index=False)
+                _save(cross, leaderboard_path(results_root, None))
     return Aggregated(boards, runs, cross)
+
+
+def _save(board: pd.DataFrame, path: Path) -> None:
+    """Write a leaderboard atomically; on a read-only results folder, warn and go on (the caller has it)."""
+    try:
+        atomic_write(path, lambda tmp: board.to_parquet(tmp, index=False))
+    except OSError as exc:
+        warnings.warn(f"leaderboard not saved to {path} ({type(exc).__name__}: {exc.strerror or exc}); the results "
+                      f"folder is not writable", stacklevel=3)
 
 
 def _finished_at(path: Path):

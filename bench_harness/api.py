@@ -16,7 +16,8 @@ from bench_harness.pruning import call_pruner, make_context
 
 def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: Any = None, *,
           prunable: str | list[str] | None = None, train_data: Any = None, recipe: Mapping[str, Any] | None = None,
-          return_result: bool = False, artifacts: str | None = None, **params: Any):
+          return_result: bool = False, artifacts: str | None = None, input_shape: tuple[int, ...] | None = None,
+          **params: Any):
     """Prune ``model`` in place with a registered pruner and return its masks (or its full result).
 
     - ``pruner``: a registered name (see ``bench plugins``) or a Pruner subclass.
@@ -33,6 +34,7 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
     - ``return_result``: return the :class:`~bench_harness.pruner.PruneResult` (masks, info, achieved sparsity,
       the training the pruner asks for afterwards) instead of the masks.
     - ``artifacts``: a folder for stage artifacts (default: kept in memory for this call).
+    - ``input_shape``: ``(C, H, W)`` of one example, for data-free pruners (SynFlow) when no data is given.
     - ``params``: the pruner's hyperparameters (see ``bench plugins -v``); ``seed=`` is taken from them if
       the pruner has no such parameter (default 0).
 
@@ -45,10 +47,10 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
     cls_params = cls.make_params(params)
     batches = iter_batches(data)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    input_shape = num_classes = None
+    num_classes = None
     if batches is not None:
         first = next(iter(batches()))[0]
-        input_shape = tuple(first.shape[1:])
+        input_shape = input_shape or tuple(first.shape[1:])
         ys = torch.cat([y for _, y in batches()])
         num_classes = int(ys.max()) + 1 if ys.numel() else None
     if cls.requires.data and batches is None:

@@ -18,24 +18,21 @@ every other process waits for the lock and then reads. A payload whose checksum 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
-import os
 import shutil
 import socket
-import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from bench_harness.atomic import atomic_write
 from bench_harness.errors import BenchError
 from bench_harness.identity import canonical_json, config_hash
+from bench_harness.locks import file_lock
 
 
 class ArtifactError(BenchError):
@@ -66,33 +63,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def file_lock(path: Path, poll_s: float = 0.2, timeout_s: float | None = None) -> Iterator[None]:
-    """An exclusive lock on ``path`` (created if missing), released on exit or when the holder dies."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
-    start = time.monotonic()
-    try:
-        while True:
-            try:
-                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except (BlockingIOError, PermissionError):
-                if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    raise ArtifactError(f"timed out after {timeout_s:.0f} s waiting for the lock {path}") from None
-                time.sleep(poll_s)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{socket.gethostname()} {os.getpid()} {dt.datetime.now(dt.timezone.utc).isoformat()}\n")
-        fh.flush()
-        yield
-    finally:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_UN)
-        finally:
-            fh.close()
 
 
 class ArtifactStore:

@@ -1,5 +1,6 @@
 """Atomic file writes: write a temporary file in the target's folder, then rename it over the target, so a
-reader (or a crash) never sees half a file."""
+reader (or a crash) never sees half a file. The file gets the permissions of the user's umask (a shared results
+folder on a cluster is read by the group), not the private 0600 of a temporary file."""
 from __future__ import annotations
 
 import os
@@ -16,8 +17,15 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

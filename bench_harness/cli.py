@@ -95,7 +95,8 @@ def cmd_run(args) -> int:
               f"command again to continue with the rest", file=sys.stderr)
         return 130
     print(f"finished in {elapsed:.1f} s: {len(report.ok)} ok, {len(report.failed)} failed, "
-          f"{len(report.skipped)} skipped (already done)", file=sys.stderr)
+          f"{len(report.skipped)} skipped (already done)"
+          + (f", {len(report.busy)} left to another runner that holds them" if report.busy else ""), file=sys.stderr)
     print_results(suite.name, suite.runs[0].results_root if suite.runs else "results")
     return 1 if report.failed else 0
 
@@ -185,17 +186,34 @@ def cmd_cancel(args) -> int:
     return 0
 
 
-def print_results(suite_name: str, results_root: str) -> None:
+def print_results(suite_name: str, results_root: str, where: list[str] | None = None,
+                  failed_only: bool = False) -> int:
+    """Print a suite's runs (one line per run, failures with their error); returns the number printed."""
     from bench_harness.results import load_results
 
     df = load_results(results_root, [suite_name])
     if df.empty:
         print(f"no results for suite {suite_name!r} under {results_root}")
-        return
+        return 0
+    for clause in where or []:
+        key, sep, value = clause.partition("=")
+        if not sep or key not in df.columns:
+            raise BenchError(f"--where {clause!r}: write COLUMN=VALUE with a column of the results, e.g. "
+                             f"pruner=snip, seed=0, status=failed")
+        df = df[df[key].astype(str) == value]
+    if failed_only:
+        df = df[df.status != "ok"]
+    if df.empty:
+        print("no run matches")
+        return 0
     cols = ["model", "dataset", "pruner", "pruner_params", "ablation", "target_sparsity", "seed", "status",
             "top1", "top5", "top1_before_training", "achieved_sparsity", "layer_collapse", "prune_seconds",
-            "train_seconds"]
+            "train_seconds", "error"]
     df = df[[c for c in cols if c in df.columns]].copy()
+    if "error" in df:
+        df["error"] = [("" if not isinstance(e, str) else (e if len(e) <= 60 else e[:57] + "…")) for e in df["error"]]
+        if (df["error"] == "").all():
+            df = df.drop(columns=["error"])
     df["pruner_params"] = df["pruner_params"].replace("{}", "")
     if df["ablation"].isna().all():
         df = df.drop(columns=["ablation"])
@@ -208,18 +226,36 @@ def print_results(suite_name: str, results_root: str) -> None:
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_colwidth", 40,
                            "display.float_format", lambda v: f"{v:.4f}"):
         print(df.rename(columns=rename).to_string(index=False))
+    return len(df)
 
 
 def cmd_results(args) -> int:
+    names, root = _resolve_suites([args.suite], args.results_root)
+    print_results(names[0], root, args.where, args.failed)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Check every run's shard of a suite: ok, failed, missing or damaged (a damaged one is redone by bench run)."""
+    from collections import Counter
+
+    from bench_harness import paths
+    from bench_harness.results import shard_health
     from bench_harness.suite import load_suite
 
-    name, root = args.suite, args.results_root or "results"
-    if Path(args.suite).is_file():
-        suite = load_suite(args.suite)
-        name = suite.name
-        root = args.results_root or (suite.runs[0].results_root if suite.runs else "results")
-    print_results(name, root)
-    return 0
+    suite = load_suite(args.suite)
+    counts: Counter = Counter()
+    for run in suite.runs:
+        if args.results_root:
+            run.results_root = args.results_root
+        health = shard_health(paths.shard_path(run.results_root, run.suite, run.run_id), run.run_id)
+        counts[health.split(":")[0]] += 1
+        if health.startswith("damaged"):
+            print(f"DAMAGED {paths.shard_path(run.results_root, run.suite, run.run_id)}: {health[9:]}")
+    print(f"suite {suite.name}: {len(suite.runs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if counts["damaged"]:
+        print("damaged shards count as missing: `bench run` runs them again", file=sys.stderr)
+    return 1 if counts["damaged"] else 0
 
 
 def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[str], str]:
@@ -232,13 +268,17 @@ def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[st
             suite = load_suite(name)
             out.append(suite.name)
             root = root or (suite.runs[0].results_root if suite.runs else "results")
+        elif not name.replace("-", "").replace("_", "").isalnum():
+            raise BenchError(f"{name!r} is neither a suite file nor a suite name (letters, digits, '-', '_')")
         else:
             out.append(name)
     root = root or "results"
     for name in out:
         if not (Path(root) / name / "runs").is_dir():
+            known = sorted(p.parent.name for p in Path(root).glob("*/runs") if p.is_dir())
             raise BenchError(f"no results for suite {name!r} under {root}/{name}/runs: run it first "
-                             f"(bench run SUITE) or give --results-root")
+                             f"(bench run SUITE) or give --results-root"
+                             + (f"; suites with results under {root}: {', '.join(known)}" if known else ""))
     return out, root
 
 
@@ -405,7 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="print a suite's results table")
     p.add_argument("suite", help="suite file or suite name")
     p.add_argument("--results-root")
+    p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="keep matching runs (repeatable)")
+    p.add_argument("--failed", action="store_true", help="only failed runs")
     p.set_defaults(func=cmd_results)
+    p = sub.add_parser("verify", help="check every result shard of a suite (damaged ones are redone by bench run)")
+    p.add_argument("suite")
+    p.add_argument("--results-root")
+    p.set_defaults(func=cmd_verify)
     for name, func, help_text in (("status", cmd_status, "SLURM: counts by state, failures with their logs"),
                                   ("cancel", cmd_cancel, "SLURM: cancel the suite's queued and running jobs"),
                                   ("resubmit", cmd_resubmit, "SLURM: submit failed and/or missing runs again")):

@@ -2,14 +2,20 @@
 device, with a progress bar over runs and per-epoch progress within a run.
 
 Every finished run is on disk the moment it ends (atomic shard), so Ctrl-C loses nothing finished; a run that
-fails becomes a failure row and the sweep goes on.
+fails becomes a failure row and the sweep goes on. A run is claimed (a kernel lock on
+``<results>/<suite>/work/<run_id>/lock``, released when its holder ends or dies) before it starts, so several
+`bench run` of one suite — two shells, a login node and a SLURM job — share the work instead of repeating it.
+With ``--workers N`` the machine's cores are divided between the workers (torch, OpenMP and MKL threads), so N
+workers are never slower than one.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import os
 import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +29,40 @@ class SweepReport:
     ok: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run id, error)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # claimed by another runner at the time
     interrupted: bool = False
+
+
+def execute_claimed(run: RunSpec, **kwargs) -> dict | None:
+    """Run unless another runner holds the run's claim or has finished it meanwhile; None when skipped."""
+    from bench_harness import paths
+    from bench_harness.locks import Claim
+    from bench_harness.runner import execute_run
+
+    with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
+        if not claim.acquired:
+            return None
+        if results.shard_status(run.results_root, run.suite, run.run_id) == "ok" and not kwargs.pop("force", False):
+            return {"status": "ok", "skipped": True}
+        kwargs.pop("force", None)
+        return execute_run(run, **kwargs)
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Cores divided between workers (at least one thread each)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+def _init_worker(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
 
 
 def pending_runs(suite: Suite, force: bool = False) -> tuple[list[RunSpec], list[RunSpec]]:
@@ -37,12 +76,11 @@ def pending_runs(suite: Suite, force: bool = False) -> tuple[list[RunSpec], list
     return todo, done
 
 
-def _worker(run: RunSpec) -> tuple[str, str, str | None]:
-    from bench_harness.runner import execute_run
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    row = execute_run(run)
-    return run.run_id, row["status"], row.get("error")
+def _worker(run: RunSpec, force: bool = False) -> tuple[str, str, str | None]:
+    row = execute_claimed(run, force=force)
+    if row is None:
+        return run.run_id, "busy", None
+    return run.run_id, "skipped" if row.get("skipped") else row["status"], row.get("error")
 
 
 def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: bool = True) -> SweepReport:
@@ -50,10 +88,17 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
     report = SweepReport(skipped=[r.run_id for r in done])
     if not todo:
         return report
+    for root in sorted({r.results_root for r in todo}):
+        results.ensure_writable(Path(root) / suite.name)
     bar = tqdm(total=len(todo), desc=f"{suite.name}", unit="run", disable=not progress, file=sys.stderr)
 
     def record(run_id: str, status: str, error: str | None) -> None:
-        if status == "ok":
+        if status == "busy":
+            report.busy.append(run_id)
+            tqdm.write(f"run {run_id} is being run by another runner: left to it", file=sys.stderr)
+        elif status == "skipped":
+            report.skipped.append(run_id)
+        elif status == "ok":
             report.ok.append(run_id)
         else:
             report.failed.append((run_id, error or ""))
@@ -63,8 +108,6 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
 
     try:
         if workers <= 1:
-            from bench_harness.runner import execute_run
-
             for run in todo:
                 bar.set_description(f"{suite.name} {run.pruner.name} s={run.sparsity:g}")
                 state = {"phase": None, "bar": None}
@@ -74,23 +117,28 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
                         if state["bar"] is not None:
                             state["bar"].close()
                         state["phase"] = phase
-                        state["bar"] = tqdm(total=total, desc=phase, unit="epoch", leave=False,
-                                            disable=not progress, file=sys.stderr)
+                        state["bar"] = tqdm(total=total, desc=phase, leave=False, disable=not progress,
+                                            file=sys.stderr, bar_format="{desc}: {n}/{total} epochs "
+                                            "[{elapsed}<{remaining}{postfix}]")
                     state["bar"].update(1)
                     state["bar"].set_postfix(loss=f"{loss:.4f}")
 
-                row = execute_run(run, on_epoch=on_epoch)
+                row = execute_claimed(run, on_epoch=on_epoch, force=force)
                 if state["bar"] is not None:
                     state["bar"].close()
-                record(run.run_id, row["status"], row.get("error"))
+                if row is None:
+                    record(run.run_id, "busy", None)
+                else:
+                    record(run.run_id, "skipped" if row.get("skipped") else row["status"], row.get("error"))
         else:
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or [None]
             jobs = []
             for i, run in enumerate(todo):
                 device = devices[i % len(devices)]
                 jobs.append(replace(run, device=device) if device and run.device in ("auto", "cuda") else run)
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_worker, run): run for run in jobs}
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(threads_per_worker(workers),)) as pool:
+                futures = {pool.submit(_worker, run, force): run for run in jobs}
                 for future in cf.as_completed(futures):
                     run = futures[future]
                     try:

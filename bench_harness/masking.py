@@ -34,7 +34,8 @@ def prunable_parameters(
     include: "str | list[str] | None" = None,
     exclude: "str | None" = None,
 ) -> "OrderedDict[str, nn.Parameter]":
-    """The ``weight`` of every conv and linear layer, in module order (first/last layer optionally left out).
+    """The ``weight`` of every conv and linear layer, and the q/k/v projections of ``nn.MultiheadAttention``, in
+    module order (first/last layer optionally left out).
 
     ``include``: a regex that a name must match in full, or an explicit list of parameter names (any
     parameter, not only conv/linear weights; an unknown name is an error); ``exclude``: a regex of names to drop.
@@ -55,11 +56,20 @@ def prunable_parameters(
                 found[n] = params[n]
         return found
     seen: set[int] = set()
+    prefix = lambda name: f"{name}." if name else ""  # noqa: E731
     for module_name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            # the packed (or separate) q/k/v projections multiply activations like a Linear; out_proj is a Linear
+            for attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                weight = getattr(module, attr, None)
+                if isinstance(weight, torch.Tensor) and id(weight) not in seen:
+                    seen.add(id(weight))
+                    found[prefix(module_name) + attr] = weight
+            continue
         weight = getattr(module, "weight", None)
         if isinstance(module, types) and isinstance(weight, torch.Tensor) and id(weight) not in seen:
             seen.add(id(weight))
-            found[f"{module_name}.weight" if module_name else "weight"] = weight
+            found[prefix(module_name) + "weight"] = weight
     names = list(found)
     if exclude_first and names:
         found.pop(names[0], None)

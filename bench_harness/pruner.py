@@ -208,7 +208,7 @@ class Pruner:
         """Build the ``Params`` dataclass from a mapping, validated by pydantic against its annotations (types,
         ``Literal`` allowed values, ``Annotated`` ranges); a bad key or value raises ``ValueError`` naming the
         parameter and what is allowed."""
-        from pydantic import TypeAdapter, ValidationError
+        from pydantic import ValidationError
 
         from bench_harness.errors import did_you_mean
 

@@ -148,6 +148,39 @@ def shard_status(results_root: str | Path, suite: str, run_id: str) -> str | Non
         return None
 
 
+def shard_health(path: str | Path, run_id: str | None = None) -> str:
+    """'ok' | 'failed' | 'missing' | 'damaged: <why>' for one run's shard."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        return f"damaged: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if table.num_rows != 1 or "run_id" not in table.column_names or "status" not in table.column_names:
+        return f"damaged: {table.num_rows} rows, columns {table.column_names[:4]}"
+    row = table.to_pylist()[0]
+    if run_id is not None and row["run_id"] != run_id:
+        return f"damaged: holds run {row['run_id']!r}, not {run_id!r}"
+    return "ok" if row["status"] == "ok" else "failed"
+
+
+def ensure_writable(folder: str | Path) -> None:
+    """Raise a BenchError before any run starts when results cannot be written into ``folder``."""
+    import tempfile
+
+    from bench_harness.errors import BenchError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise BenchError(f"results cannot be written to {folder} ({exc.strerror or exc}): make it writable, or "
+                         f"choose another place with --results-root or `results_root:` in the suite") from None
+
+
 def load_results(results_root: str | Path, suites: Iterable[str]) -> pd.DataFrame:
     """All runs of the given suites as one DataFrame (one row per run), through the incremental shard index."""
     from bench_harness.shard_index import update_index

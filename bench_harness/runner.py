@@ -1,9 +1,12 @@
 """Execute one run: data, model, (pretraining), pruning, training, evaluation, one result row."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import random
+import signal
+import threading
 import time
 import traceback
 import warnings
@@ -238,7 +241,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     }
     device = torch.device("cpu")
     registry.call_lifecycle("bench_run_started", run=run)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, time_limit(run.timeout_min):
         warnings.simplefilter("always")
         device = _execute(run, registry, row, on_epoch, resume, device)
     seen = []
@@ -258,6 +261,31 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         checkpoint.clear(run.results_root, run.suite, run.run_id)
     registry.call_lifecycle("bench_run_finished", run=run, row=row)
     return row
+
+
+class RunTimeout(Exception):
+    """The run exceeded the suite's ``timeout_min``."""
+
+
+@contextlib.contextmanager
+def time_limit(minutes: float | None):
+    """Raise RunTimeout in this (main) thread after ``minutes`` of wall time; no limit when None or when not in
+    the main thread (signals are delivered there only)."""
+    if not minutes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise RunTimeout(f"timed out after {minutes:g} min (the suite's timeout_min): the pruner or training did "
+                         f"not finish; raise timeout_min or look for a hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, minutes * 60.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def sparse_storage_bits(params_total: int, params_nonzero: int, params_prunable: int, dense: bool) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,17 +24,29 @@ def index_path(results_root: str | Path, suite: str) -> Path:
     return paths.suite_dir(results_root, suite) / "index.parquet"
 
 
-def _read_chunk(files: list[str]) -> pa.Table | None:
+class CorruptShardWarning(UserWarning):
+    """A run's shard cannot be read: the run counts as missing, and `bench run` runs it again."""
+
+
+def _read_chunk(files: list[str]) -> tuple[pa.Table | None, list[tuple[str, str]]]:
+    """(table of the readable shards, [(file, problem)] for the damaged ones). Shards are written atomically,
+    so an unreadable ``*.parquet`` is damaged (truncated by a full disk, a crashed copy, ...), never half-written."""
     by_schema: dict = {}  # concatenating equal schemas is cheap; unify only across distinct schemas
+    bad: list[tuple[str, str]] = []
     for f in files:
         try:
             table = pq.ParquetFile(f).read(use_threads=False)
             st = os.stat(f)
-        except Exception:  # a shard being written by someone else, or damaged: skipped this time
+            if table.num_rows != 1 or "run_id" not in table.column_names:
+                raise ValueError(f"{table.num_rows} rows, columns {table.column_names[:3]}…")
+        except FileNotFoundError:  # replaced or removed while we listed the folder
+            continue
+        except Exception as exc:
+            bad.append((f, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
             continue
         by_schema.setdefault(table.schema, []).append((table, os.path.basename(f), st.st_mtime_ns, st.st_size))
     if not by_schema:
-        return None
+        return None, bad
     parts, names, mtimes, sizes = [], [], [], []
     for items in by_schema.values():
         parts.append(pa.concat_tables([t for t, *_ in items]).combine_chunks())  # one chunk, not one per shard
@@ -44,21 +57,31 @@ def _read_chunk(files: list[str]) -> pa.Table | None:
     table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default").combine_chunks()
     return (table.append_column("_shard", pa.array(names, pa.string()))
             .append_column("_mtime_ns", pa.array(mtimes, pa.int64()))
-            .append_column("_size", pa.array(sizes, pa.int64())))
+            .append_column("_size", pa.array(sizes, pa.int64()))), bad
 
 
-def read_shards(files: list[str], workers: int | None = None) -> pa.Table | None:
-    """Read shard files (with their _shard/_mtime_ns/_size columns), in parallel processes when there are many."""
+def read_shards(files: list[str], workers: int | None = None, warn: bool = True) -> pa.Table | None:
+    """Read shard files (with their _shard/_mtime_ns/_size columns), in parallel processes when there are many.
+    A damaged shard is left out with a CorruptShardWarning naming it."""
     if not files:
         return None
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers <= 1 or len(files) < 2000:
-        return _read_chunk(files)
-    size = max(500, len(files) // (workers * 4))
-    chunks = [files[i:i + size] for i in range(0, len(files), size)]
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if os.name == "posix" else "spawn")) as ex:
-        parts = [t for t in ex.map(_read_chunk, chunks) if t is not None]
-    return pa.concat_tables(parts, promote_options="default").combine_chunks() if parts else None
+        table, bad = _read_chunk(files)
+    else:
+        size = max(500, len(files) // (workers * 4))
+        chunks = [files[i:i + size] for i in range(0, len(files), size)]
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if os.name == "posix" else "spawn")) as ex:
+            results = list(ex.map(_read_chunk, chunks))
+        parts = [t for t, _ in results if t is not None]
+        bad = [b for _, bs in results for b in bs]
+        table = pa.concat_tables(parts, promote_options="default").combine_chunks() if parts else None
+    if warn:
+        for f, problem in bad:
+            warnings.warn(CorruptShardWarning(f"damaged result shard {f} ({problem}): the run counts as missing and "
+                                              f"`bench run` runs it again; `bench verify SUITE` lists every such "
+                                              f"file"), stacklevel=2)
+    return table
 
 
 def update_index(results_root: str | Path, suite: str, rebuild: bool = False) -> tuple[pa.Table | None, dict]:
@@ -91,8 +114,11 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False) ->
     parts = [t for t in (old, new) if t is not None and t.num_rows]
     table = pa.concat_tables(parts, promote_options="default").combine_chunks() if parts else None
     stats = {"shards": len(current), "read": len(fresh), "dropped": len(set(known) - set(current))}
-    if table is not None and (fresh or gone_or_changed or not ipath.exists()):
-        atomic_write(ipath, lambda tmp: pq.write_table(table, tmp))
-    elif table is None and ipath.exists():
-        ipath.unlink()
+    try:
+        if table is not None and (fresh or gone_or_changed or not ipath.exists()):
+            atomic_write(ipath, lambda tmp: pq.write_table(table, tmp))
+        elif table is None and ipath.exists():
+            ipath.unlink()
+    except OSError as exc:  # a read-only results folder: the index is an optimisation, reading still works
+        stats["index_not_saved"] = f"{type(exc).__name__}: {exc}"
     return table, stats

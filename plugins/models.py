@@ -54,15 +54,27 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
             return
 
 
-def _torchvision(arch, num_classes, in_channels, image_size, weights=None):
-    """torchvision.models by name. ``weights`` (e.g. "DEFAULT") downloads pretrained weights when allowed."""
+def _torchvision(arch, num_classes, in_channels, image_size, weights=None, **kw):
+    """torchvision.models by name; other parameters go to the model's constructor (e.g. ``dropout``). Vision
+    transformers are built for the data set's image size. Pretrained weights: use the model entry's
+    ``weights:`` (resolved offline by the core); ``weights`` here downloads them through torchvision."""
+    import inspect
+
     import torchvision
 
     try:
+        builder = torchvision.models.get_model_builder(arch)
+    except ValueError as exc:
+        raise ValueError(f"torchvision has no model {arch!r} ({exc}); see torchvision.models.list_models()") from None
+    accepts = inspect.signature(builder).parameters
+    takes_image_size = "image_size" in accepts or arch.startswith(("vit_", "swin_", "maxvit"))
+    if takes_image_size and arch.startswith("vit_"):
+        kw.setdefault("image_size", image_size)
+    try:
         if weights is None:
-            model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+            model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kw)
         else:
-            model = torchvision.models.get_model(arch, weights=weights)
+            model = torchvision.models.get_model(arch, weights=weights, **kw)
             _replace_last_linear(model, num_classes)
     except ValueError as exc:
         raise ValueError(f"torchvision has no model {arch!r} ({exc}); see torchvision.models.list_models()") from None
