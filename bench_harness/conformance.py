@@ -4,6 +4,8 @@ It runs a pruner on small models (an MLP, a conv net with BatchNorm, a residual 
 core's real training service (one epoch of SGD over two batches) and a real artifact store in a temporary
 folder, and checks that:
 
+- the pruner runs with scoring data only if it declares ``requires.data`` (a pruner that reads data it did not
+  declare fails "runs without error");
 - the masks cover exactly the prunable parameters, are boolean with the right shapes;
 - the sparsity fits the declared kind: ``exact`` within the tolerance, ``target`` within it (else reported),
   ``learned`` in [0, 1);
@@ -120,7 +122,9 @@ def _prune_once(cls: type[Pruner], params: Any, model_name: str, sparsity: float
                       on_epoch=on_epoch)
     store = ArtifactStore(workdir / "artifacts", producer="check-plugin")
     run_dir = workdir / f"run-{global_rng_seed}"
-    ctx = make_context(model, seed=seed, batches=batches, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE,
+    # a pruner gets scoring data only if it declares requires.data (reading undeclared data fails the kit)
+    ctx = make_context(model, seed=seed, batches=batches if cls.requires.data else None, num_classes=NUM_CLASSES,
+                       input_shape=INPUT_SHAPE,
                        trainer=trainer, train_loader=list(batches()), artifacts=store, run_dir=run_dir)
     out = cls(params).prune(model, sparsity, ctx)
     ctx.epochs_seen = epochs_seen["n"]

@@ -33,7 +33,9 @@ Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sp
   half-width, the number of paired seeds and the paired t-test's two-sided p-value (controls: the plain ``random``/``magnitude`` pruner with default parameters and no ablation
   at the same sparsity; ``dense`` of the same model and data set)
 - ``flag_layer_collapse`` (a run had a layer with no weight left), ``flag_off_target`` (|achieved − target| >
-  0.005, for exact and target sparsity kinds), ``flag_few_seeds`` (fewer than 3 successful seeds)
+  0.005, for exact and target sparsity kinds), ``flag_few_seeds`` (fewer than 3 successful seeds),
+  ``flag_at_chance`` (mean top-1 within 2 points of chance, 1 / ``num_classes``: the network learned nothing,
+  collapsed or not)
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from bench_harness.stats import ci95_halfwidth, paired_t_pvalue
 LEADERBOARD_VERSION = 2
 MIN_SEEDS = 3
 OFF_TARGET = 0.005
+AT_CHANCE = 0.02  # a method whose mean top-1 is within 2 points of 1/num_classes learned nothing
 CONTROLS = ("random", "magnitude")
 
 
@@ -142,8 +145,11 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
     stats.columns = ["top1_mean", "top1_std", "seeds"]
     stats["top1_ci95"] = ci95_halfwidth(stats.top1_std, stats.seeds)
     means = g[list(MEAN_COLUMNS)].mean().add_suffix("_mean")
+    if "num_classes" not in ok:
+        ok["num_classes"] = np.nan
+    ok["num_classes"] = pd.to_numeric(ok["num_classes"], errors="coerce")
     extra = g.agg(flops_dense=("flops_dense", "mean"), params_total=("params_total", "mean"),
-                  flag_layer_collapse=("layer_collapse", "any"))
+                  flag_layer_collapse=("layer_collapse", "any"), num_classes=("num_classes", "max"))
     board = base.join(stats).join(means).join(extra)
     cell = ["model_label", "dataset", "target_sparsity"]
     slim = ok[KEYS + ["seed", "top1"]]
@@ -162,6 +168,7 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
                                 & (board.sparsity_kind != "learned")
                                 & ((board.achieved_sparsity_mean - board.target_sparsity).abs() > OFF_TARGET))
     board["flag_few_seeds"] = board.seeds < MIN_SEEDS
+    board["flag_at_chance"] = (board.top1_mean <= 1.0 / board.num_classes + AT_CHANCE).fillna(False).astype(bool)
     board["density"] = 1.0 - board.target_sparsity
     board["leaderboard_version"] = LEADERBOARD_VERSION
     if len(suites) == 1:
@@ -198,28 +205,23 @@ def display_table(board: pd.DataFrame) -> pd.DataFrame:
         "vs dense": [_diff(d, c, p) for d, c, p in zip(board.vs_dense_diff, board.vs_dense_ci95,
                                                        board.vs_dense_pairs)],
         "achieved": [f"{s:.4f}" if not math.isnan(s) else "" for s in board.achieved_sparsity_mean],
-        "flags": [", ".join(f for f, on in (("collapse", c), ("off-target", o), ("few seeds", s), ("failed", fl > 0))
-                            if on) for c, o, s, fl in zip(board.flag_layer_collapse, board.flag_off_target,
-                                                         board.flag_few_seeds, board.failed)],
+        "flags": [", ".join(f for f, on in (("collapse", c), ("at chance", ch), ("off-target", o), ("few seeds", s),
+                                            ("failed", fl > 0)) if on)
+                  for c, ch, o, s, fl in zip(board.flag_layer_collapse, board.flag_at_chance, board.flag_off_target,
+                                             board.flag_few_seeds, board.failed)],
     })
     return out
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    cols = list(table.columns)
-    esc = lambda v: str(v).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    """A GitHub Markdown table (pandas + tabulate); pipes inside cells are escaped."""
+    cells = table.map(lambda v: str(v).replace("|", "\\|"))
+    return cells.to_markdown(index=False, tablefmt="github") + "\n"
 
 
 def to_latex(table: pd.DataFrame) -> str:
-    special = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-               "~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}", "±": r"$\pm$"}
-    esc = lambda v: "".join(special.get(ch, ch) for ch in str(v))  # noqa: E731
-    cols = list(table.columns)
-    lines = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule", " & ".join(esc(c) for c in cols) + r" \\",
-             r"\midrule"]
-    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """A booktabs LaTeX tabular (pandas' Styler): special characters escaped, ± as $\\pm$."""
+    escaped = table.map(lambda v: str(v))
+    latex = escaped.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1).to_latex(
+        hrules=True, column_format="l" * len(table.columns))
+    return latex.replace("±", r"$\pm$")

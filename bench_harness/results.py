@@ -6,7 +6,7 @@ traceback); a later successful attempt replaces it.
 
 Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
-``model_bits``, ``compression_ratio``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
+``model_bits``, ``compression_ratio``, ``num_classes``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
 Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, renamed or changes meaning.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("model", pa.string(), "model name"),
     ("model_params", pa.string(), "model parameters, JSON"),
     ("dataset", pa.string(), "data set name"),
+    ("num_classes", pa.int64(), "number of classes of the data set (chance accuracy = 1 / num_classes)"),
     ("seed", pa.int64(), "seed of the run"),
     ("target_sparsity", pa.float64(), "requested fraction of prunable weights removed"),
     ("sparsity_kind", pa.string(), "exact | target | learned: how the pruner's sparsity relates to the target"),

@@ -307,6 +307,7 @@ def _execute(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         dspec, data, model, store = _data_and_model(run, registry, device)
+        row["num_classes"] = dspec.num_classes
         pruned_path = checkpoint.pruned_path(run.results_root, run.suite, run.run_id)
         resumed = checkpoint.load(pruned_path) if resume else None
         if resumed is not None and resumed.get("run_id") != run.run_id:

@@ -69,6 +69,9 @@ def slurm_cluster():
                          env={**os.environ, "SLURM_CONF": conf}).stdout.split()
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, env={**os.environ, "SLURM_CONF": conf})
+    # stop the cluster the tests started (its daemons, its munged): nothing keeps running after the tests
+    subprocess.run(["bash", str(ROOT / "scripts" / "dev_slurm.sh"), "stop"], env=env, capture_output=True,
+                   timeout=120)
     if old is None:
         os.environ.pop("SLURM_CONF", None)
     else:

@@ -81,6 +81,14 @@ def test_leaderboard_by_hand():
     assert math.isnan(board.loc["random", "vs_random_diff"])
 
 
+def test_a_method_at_chance_is_flagged():
+    rows = [_row("random", 0.98, seed, 0.1, num_classes=10) for seed in range(3)]
+    rows += [_row("magnitude", 0.98, seed, 0.6, num_classes=10) for seed in range(3)]
+    board = build_leaderboard(pd.DataFrame(rows), ["s"]).set_index("method")
+    assert board.loc["random", "flag_at_chance"] and not board.loc["magnitude", "flag_at_chance"]
+    assert "at chance" in display_table(board.reset_index()).set_index("method").loc["random", "flags"]
+
+
 def test_methods_with_parameters_and_ablations_are_separate_rows():
     rows = [_row("magnitude", 0.9, 0, 0.8), _row("magnitude", 0.9, 0, 0.7, params='{"scope": "layerwise"}'),
             _row("magnitude", 0.9, 0, 0.6, ablation="shuffle")]
@@ -93,8 +101,10 @@ def test_methods_with_parameters_and_ablations_are_separate_rows():
 def test_exports():
     table = display_table(build_leaderboard(_runs(), ["s"]))
     md = to_markdown(table)
-    assert md.splitlines()[0].startswith("| model | dataset | sparsity | method | rank")
-    assert "| px | 1 | 3 | 88.00 ± 4.97 | +8.00 ± 0.00 |" in md
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in md.splitlines()]
+    assert cells[0][:5] == ["model", "dataset", "sparsity", "method", "rank"]
+    px = next(row for row in cells if len(row) > 3 and row[3] == "px")
+    assert px[4:8] == ["1", "3", "88.00 ± 4.97", "+8.00 ± 0.00"]
     latex = to_latex(table)
     assert latex.startswith(r"\begin{tabular}") and r"$\pm$" in latex and r"top-1 (\%)" in latex
 
