@@ -87,6 +87,11 @@ def cmd_run(args) -> int:
         raise BenchError(f"unknown executor {args.executor!r}: use 'local' or 'slurm'")
     print(f"suite {suite.name}: {len(suite.runs)} runs, {len(done)} already finished, {len(todo)} to run "
           f"-> {suite.results_dir}", file=sys.stderr)
+    from bench_harness.results import ensure_writable, save_suite_file
+
+    if todo:
+        ensure_writable(suite.results_dir)
+        save_suite_file(suite)
     t0 = time.perf_counter()
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress)
     elapsed = time.perf_counter() - t0
@@ -331,7 +336,7 @@ def cmd_plot(args) -> int:
     result = aggregate(root, suites)
     for suite in suites:
         out = Path(args.out) / suite if args.out else Path(root) / suite / "plots"
-        files = make_plots(result.boards[suite], result.runs[suite], out)
+        files = make_plots(result.boards[suite], result.runs[suite], out, style=args.style)
         print(f"{suite}: {len(files)} files in {out}")
     return 0
 
@@ -345,10 +350,13 @@ def cmd_publish(args) -> int:
     result = aggregate(root, suites)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from bench_harness.publish import suite_card
+
+    cards = {suite: suite_card(root, suite) for suite in suites}
     for suite in suites:
         plots = make_plots(result.boards[suite], result.runs[suite], Path(root) / suite / "plots")
-        publish_suite(suite, result.boards[suite], result.runs[suite], plots, out)
-    index = publish_index(out, {s: (result.boards[s], result.runs[s]) for s in suites}, result.cross)
+        publish_suite(suite, result.boards[suite], result.runs[suite], plots, out, cards[suite])
+    index = publish_index(out, {s: (result.boards[s], result.runs[s]) for s in suites}, result.cross, cards)
     print(f"site written: {index} (open it in a browser, or copy {out} to any static host)")
     return 0
 
@@ -473,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of standard output")
     p.add_argument("--results-root")
     p.set_defaults(func=cmd_leaderboard)
-    p = sub.add_parser("plot", help="plots (PNG and SVG) of a suite's leaderboard")
+    p = sub.add_parser("plot", help="plots (PNG, SVG, PDF) of a suite's leaderboard")
+    p.add_argument("--style", choices=["default", "paper"], default="default",
+                   help="paper: one-column width, 8 pt text, embedded fonts")
     p.add_argument("suites", nargs="+")
     p.add_argument("--out", help="folder (default: results/<suite>/plots)")
     p.add_argument("--results-root")

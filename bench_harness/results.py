@@ -166,6 +166,17 @@ def shard_health(path: str | Path, run_id: str | None = None) -> str:
     return "ok" if row["status"] == "ok" else "failed"
 
 
+def save_suite_file(suite) -> Path | None:
+    """Keep the suite file next to its results (``<results>/<suite>/suite.yaml``): the published site shows its
+    description and recipe, and a reader of the folder sees what produced it."""
+    try:
+        text = Path(suite.path).read_text()
+    except OSError:
+        return None
+    return atomic_write(paths.suite_dir(suite.runs[0].results_root if suite.runs else "results", suite.name)
+                        / "suite.yaml", lambda tmp: Path(tmp).write_text(text))
+
+
 def ensure_writable(folder: str | Path) -> None:
     """Raise a BenchError before any run starts when results cannot be written into ``folder``."""
     import tempfile

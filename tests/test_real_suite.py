@@ -46,7 +46,8 @@ def test_aggregate_leaderboard_and_plots(real_results, tmp_path):
     px = board[(board.method == "px") & (board.target_sparsity == 0.9)].iloc[0]
     assert px.vs_random_pairs == 2 and px.vs_magnitude_pairs == 2 and px.vs_dense_pairs == 2
     md = bench("leaderboard", SUITE, "--results-root", real_results, "--format", "md").stdout
-    assert md.startswith("| model | dataset | sparsity | method | rank | seeds | top-1 (%)")
+    header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    assert header[:7] == ["model", "dataset", "sparsity", "method", "rank", "seeds", "top-1 (%)"]
     assert len(md.strip().splitlines()) == 2 + 33
     for fmt in ("csv", "latex"):
         assert bench("leaderboard", SUITE, "--results-root", real_results, "--format", fmt).stdout
@@ -55,8 +56,8 @@ def test_aggregate_leaderboard_and_plots(real_results, tmp_path):
     bench("plot", SUITE, "--results-root", real_results, "--out", tmp_path / "plots")
     files = sorted(p.name for p in (tmp_path / "plots" / "pai_fashion_mnist_small").iterdir())
     for stem in ("accuracy_vs_density", "accuracy_vs_cost", "accuracy_vs_bits", "layer_density"):
-        assert any(f.startswith(stem) and f.endswith(".png") for f in files), files
-        assert any(f.startswith(stem) and f.endswith(".svg") for f in files), files
+        for ext in (".png", ".svg", ".pdf"):
+            assert any(f.startswith(stem) and f.endswith(ext) for f in files), files
     assert all((tmp_path / "plots" / "pai_fashion_mnist_small" / f).stat().st_size > 5000 for f in files)
 
 
@@ -98,6 +99,21 @@ def test_published_site_in_a_headless_browser(real_results, tmp_path):
         assert images.count() >= 4
         for i in range(images.count()):
             assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", images.nth(i).element_handle())
+            assert images.nth(i).bounding_box()["width"] > 800  # full-size plots, not thumbnails
+        # the suite's context: description, recipe, commit, hardware
+        meta = page.locator("dl.meta").inner_text()
+        assert "real-data version of the PaI comparison" in meta and "recipe" in meta and "hardware" in meta
+        assert '"error": "nan"' not in html_text and "\"error\": \"None\"" not in html_text
+        # nothing overflows the page at 1280 px: wide tables scroll inside their own box
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        # the runs filter
+        page.fill("#run-filter", "synflow")
+        visible = page.locator("#runs tbody tr:visible")
+        assert 0 < visible.count() < 66 and all("synflow" in t for t in visible.all_inner_texts())
+        page.fill("#run-filter", "")
+        page.select_option("#run-status", "failed")
+        assert page.locator("#runs tbody tr:visible").count() == 0
+        page.select_option("#run-status", "")
         page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
         assert (tmp_path / "leaderboard.png").stat().st_size > 10000
         page.goto((site / "index.html").as_uri())
