@@ -76,9 +76,9 @@ def cmd_run(args) -> int:
             run.download = True
     todo, done = pending_runs(suite, args.force)
     if args.dry_run:
-        for run in suite.runs:
-            state = "done" if run in done else "todo"
-            print(f"[{state}] {run.describe()}")
+        finished = {r.run_id for r in done}
+        lines = [f"[{'done' if run.run_id in finished else 'todo'}] {run.describe()}" for run in suite.runs]
+        sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
         print(f"{len(suite.runs)} runs: {len(done)} finished, {len(todo)} to run")
         return 0
     if args.executor == "slurm":

@@ -66,13 +66,18 @@ def _init_worker(threads: int) -> None:
 
 
 def pending_runs(suite: Suite, force: bool = False) -> tuple[list[RunSpec], list[RunSpec]]:
-    """(to run, already finished). Failed runs are retried; --force reruns everything."""
+    """(to run, already finished). Failed runs are retried; --force reruns everything.
+
+    The finished set comes from the suite's shard index (read only for new or changed shards), a set lookup per
+    run: linear in the number of runs, without opening every shard."""
+    if force:
+        return list(suite.runs), []
+    finished: dict[str, set[str]] = {}
+    for root in {r.results_root for r in suite.runs}:
+        finished[root] = results.finished_run_ids(root, suite.name)
     todo, done = [], []
     for run in suite.runs:
-        if not force and results.shard_status(run.results_root, run.suite, run.run_id) == "ok":
-            done.append(run)
-        else:
-            todo.append(run)
+        (done if run.run_id in finished[run.results_root] else todo).append(run)
     return todo, done
 
 

@@ -149,6 +149,25 @@ def shard_status(results_root: str | Path, suite: str, run_id: str) -> str | Non
         return None
 
 
+def finished_run_ids(results_root: str | Path, suite: str) -> set[str]:
+    """Run ids of the suite whose shard says ``ok``, through the incremental shard index (damaged shards are
+    not finished)."""
+    import warnings
+
+    from bench_harness.shard_index import update_index
+
+    if not (paths.suite_dir(results_root, suite) / "runs").is_dir():
+        return set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # damaged shards: reported by the readers and `bench verify`
+        table, _ = update_index(results_root, suite)
+    if table is None:
+        return set()
+    ids = table.column("run_id").to_pylist()
+    status = table.column("status").to_pylist()
+    return {i for i, s in zip(ids, status) if s == "ok"}
+
+
 def shard_health(path: str | Path, run_id: str | None = None) -> str:
     """'ok' | 'failed' | 'missing' | 'damaged: <why>' for one run's shard."""
     path = Path(path)
