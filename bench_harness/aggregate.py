@@ -1,17 +1,16 @@
 """Aggregation of run shards into leaderboards, and merging result folders from several machines."""
 from __future__ import annotations
 
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from bench_harness import paths
 from bench_harness.atomic import atomic_write
 from bench_harness.leaderboard import build_leaderboard, prepare_runs
+from bench_harness.results import write_shard
 from bench_harness.shard_index import update_index
 
 
@@ -58,31 +57,35 @@ def _save(board: pd.DataFrame, path: Path) -> None:
                       f"folder is not writable", stacklevel=3)
 
 
-def _finished_at(path: Path):
-    try:
-        value = pq.read_table(path, columns=["finished_at"]).column("finished_at")[0].as_py()
-    except Exception:
-        return None
-    return value
+def _rows_by_run(root: Path, suite: str) -> dict[str, dict]:
+    """run id -> row (run files and compacted rows alike)."""
+    table, _ = update_index(root, suite)
+    if table is None:
+        return {}
+    table = table.drop_columns([c for c in table.column_names if c.startswith("_")])
+    return {row["run_id"]: row for row in table.to_pylist()}
 
 
 def merge_results(sources: list[str | Path], into: str | Path) -> dict[str, int]:
-    """Copy run shards from several results roots into one: one shard per run id, the newest finished wins."""
+    """Combine results roots into one: one row per run id (written as a run shard), the newest finished wins.
+    Compacted rows count like run files."""
     into = Path(into)
     stats = {"copied": 0, "kept": 0, "replaced": 0}
     for src in map(Path, sources):
         if not src.is_dir():
             raise FileNotFoundError(f"{src}: no such results folder")
-        for shard in sorted(src.glob("*/runs/*.parquet")):
-            suite = shard.parent.parent.name
-            target = paths.shard_path(into, suite, shard.stem)
-            if target.exists():
-                new, old = _finished_at(shard), _finished_at(target)
-                if old is not None and (new is None or new <= old):
-                    stats["kept"] += 1
-                    continue
-                stats["replaced"] += 1
-            else:
-                stats["copied"] += 1
-            atomic_write(target, lambda tmp, src_file=shard: shutil.copyfile(src_file, tmp))
+        suites = sorted({p.parent.name for p in src.glob("*/runs")} | {p.parent.name for p in src.glob("*/index.parquet")})
+        for suite in suites:
+            existing = _rows_by_run(into, suite) if (into / suite).is_dir() else {}
+            for run_id, row in sorted(_rows_by_run(src, suite).items()):
+                old = existing.get(run_id)
+                if old is not None:
+                    new_t, old_t = row.get("finished_at"), old.get("finished_at")
+                    if old_t is not None and (new_t is None or new_t <= old_t):
+                        stats["kept"] += 1
+                        continue
+                    stats["replaced"] += 1
+                else:
+                    stats["copied"] += 1
+                write_shard(row, into, suite)
     return stats

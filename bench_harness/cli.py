@@ -95,6 +95,11 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress)
     elapsed = time.perf_counter() - t0
+    if report.ok or report.failed:
+        from bench_harness.shard_index import compact
+
+        for root in sorted({r.results_root for r in suite.runs}):
+            compact(root, suite.name)
     if report.interrupted:
         print(f"\ninterrupted: {len(report.ok) + len(report.failed)} runs of this sweep are saved; run the same "
               f"command again to continue with the rest", file=sys.stderr)
@@ -290,8 +295,15 @@ def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[st
 def cmd_aggregate(args) -> int:
     from bench_harness.aggregate import aggregate, leaderboard_path
 
+    from bench_harness.shard_index import compact
+
     suites, root = _resolve_suites(args.suites, args.results_root)
     t0 = time.perf_counter()
+    for suite in suites:
+        try:
+            compact(root, suite)
+        except OSError as exc:  # a read-only results folder: aggregate without compacting
+            print(f"note: {suite}: run files not compacted ({exc.strerror or exc})", file=sys.stderr)
     result = aggregate(root, suites, rebuild=args.rebuild)
     elapsed = time.perf_counter() - t0
     for suite in suites:

@@ -2,7 +2,9 @@
 
 One shard per run: ``results/<suite>/runs/<run_id>.parquet``, one row, written atomically (temporary file in
 the same folder, then ``os.replace``). A failed run is a row too (status ``failed``, with error and
-traceback); a later successful attempt replaces it.
+traceback); a later successful attempt replaces it. ``bench aggregate`` (and the end of ``bench run``) compact
+the run files into the suite's ``index.parquet`` and remove them (see ``shard_index.compact``): a suite's
+rows are then ``index.parquet`` plus the run files written since — one file to read, not one per run.
 
 Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
@@ -139,14 +141,17 @@ def read_shard(path: str | Path) -> dict[str, Any]:
 
 
 def shard_status(results_root: str | Path, suite: str, run_id: str) -> str | None:
-    """'ok', 'failed' or None (no shard)."""
+    """'ok', 'failed' or None (no row: never run, or its shard is damaged). Looks in the run's file, then in the
+    rows compacted into the suite's index."""
     path = paths.shard_path(results_root, suite, run_id)
-    if not path.exists():
-        return None
-    try:
-        return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
-    except Exception:  # an unreadable shard is as good as none
-        return None
+    if path.exists():
+        try:
+            return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
+        except Exception:  # a damaged shard is as good as none
+            return None
+    from bench_harness.shard_index import compacted_status
+
+    return compacted_status(results_root, suite).get(run_id)
 
 
 def finished_run_ids(results_root: str | Path, suite: str) -> set[str]:

@@ -84,36 +84,56 @@ def read_shards(files: list[str], workers: int | None = None, warn: bool = True)
     return table
 
 
+def _read_index(ipath: Path) -> pa.Table | None:
+    if not ipath.exists():
+        return None
+    try:
+        table = pq.read_table(ipath)
+    except Exception as exc:
+        warnings.warn(CorruptShardWarning(f"damaged shard index {ipath} ({type(exc).__name__}): rebuilt from the run "
+                                          f"files; runs already compacted into it are lost from it"), stacklevel=3)
+        return None
+    if "_compacted" not in table.column_names:
+        table = table.append_column("_compacted", pa.array([False] * table.num_rows, pa.bool_()))
+    return table
+
+
 def update_index(results_root: str | Path, suite: str, rebuild: bool = False) -> tuple[pa.Table | None, dict]:
-    """Bring the suite's index up to date; returns (table, stats)."""
+    """Bring the suite's index up to date; returns (table, stats). ``rebuild`` reads every run file again (rows
+    compacted into the index, whose files are gone, are kept)."""
     runs = paths.suite_dir(results_root, suite) / "runs"
     current: dict[str, tuple[int, int]] = {}
     if runs.is_dir():
         with os.scandir(runs) as it:
             for entry in it:
-                if entry.name.endswith(".parquet") and entry.is_file():
+                if entry.name.endswith(".parquet") and not entry.name.startswith(".") and entry.is_file():
                     st = entry.stat()
                     current[entry.name] = (st.st_mtime_ns, st.st_size)
     ipath = index_path(results_root, suite)
-    old = None
-    if ipath.exists() and not rebuild:
-        try:
-            old = pq.read_table(ipath)
-        except Exception:
-            old = None
+    old = _read_index(ipath)
     known: dict[str, tuple[int, int]] = {}
+    compacted: set[str] = set()
     if old is not None and old.num_rows:
-        known = dict(zip(old.column("_shard").to_pylist(),
-                         zip(old.column("_mtime_ns").to_pylist(), old.column("_size").to_pylist())))
-    fresh = [n for n, sig in current.items() if known.get(n) != sig]
-    gone_or_changed = set(known) - set(current) | set(fresh)
+        names = old.column("_shard").to_pylist()
+        known = dict(zip(names, zip(old.column("_mtime_ns").to_pylist(), old.column("_size").to_pylist())))
+        compacted = {n for n, c in zip(names, old.column("_compacted").to_pylist()) if c}
+    if rebuild:
+        fresh = list(current)
+    else:
+        fresh = [n for n, sig in current.items() if known.get(n) != sig]
+    # rows to drop: their file changed (read again) or disappeared without having been compacted
+    gone = (set(known) - set(current)) - compacted
+    gone_or_changed = gone | set(fresh)
     if old is not None and gone_or_changed:
         keep = pc.invert(pc.is_in(old.column("_shard"), value_set=pa.array(sorted(gone_or_changed), pa.string())))
         old = old.filter(keep)
     new = read_shards([str(runs / n) for n in sorted(fresh)])
+    if new is not None:
+        new = new.append_column("_compacted", pa.array([False] * new.num_rows, pa.bool_()))
     parts = [t for t in (old, new) if t is not None and t.num_rows]
     table = pa.concat_tables(parts, promote_options="default").combine_chunks() if parts else None
-    stats = {"shards": len(current), "read": len(fresh), "dropped": len(set(known) - set(current))}
+    stats = {"shards": len(current), "read": len(fresh), "dropped": len(gone),
+             "compacted_rows": len(compacted - set(current) - set(fresh))}
     try:
         if table is not None and (fresh or gone_or_changed or not ipath.exists()):
             atomic_write(ipath, lambda tmp: pq.write_table(table, tmp))
@@ -122,3 +142,87 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False) ->
     except OSError as exc:  # a read-only results folder: the index is an optimisation, reading still works
         stats["index_not_saved"] = f"{type(exc).__name__}: {exc}"
     return table, stats
+
+
+def compact(results_root: str | Path, suite: str) -> dict:
+    """Fold the suite's run files into its index (``index.parquet``) and remove them, so that reading the results
+    costs one file, not one per run.
+
+    Safe against writers: the index is written (atomically) with the rows marked compacted *before* any run file
+    is touched; each run file is then renamed aside and removed only if it is the very file that was read (same
+    mtime and size) — a file rewritten meanwhile (a run redone) is put back and read at the next update. One
+    compaction at a time per suite (a lock); readers never wait."""
+    from bench_harness.locks import file_lock
+
+    suite_dir = paths.suite_dir(results_root, suite)
+    runs = suite_dir / "runs"
+    if not runs.is_dir():
+        return {"compacted": 0}
+    with file_lock(suite_dir / "compact.lock"):
+        table, stats = update_index(results_root, suite)
+        if table is None or "index_not_saved" in stats:
+            return {"compacted": 0, **stats}
+        names = table.column("_shard").to_pylist()
+        sigs = list(zip(table.column("_mtime_ns").to_pylist(), table.column("_size").to_pylist()))
+        present = {}
+        with os.scandir(runs) as it:
+            for entry in it:
+                if entry.name.endswith(".parquet") and entry.is_file():
+                    st = entry.stat()
+                    present[entry.name] = (st.st_mtime_ns, st.st_size)
+        chosen = {n for n, sig in zip(names, sigs) if present.get(n) == sig}
+        if not chosen:
+            return {"compacted": 0, **stats}
+        flags = pa.array([c or n in chosen for n, c in zip(names, table.column("_compacted").to_pylist())],
+                         pa.bool_())
+        table = table.set_column(table.column_names.index("_compacted"), "_compacted", flags)
+        atomic_write(index_path(results_root, suite), lambda tmp: pq.write_table(table, tmp))
+        aside = suite_dir / ".compacting"
+        aside.mkdir(exist_ok=True)
+        expected = dict(zip(names, sigs))
+        put_back = 0
+        for name in chosen:
+            src, tmp = runs / name, aside / name
+            try:
+                os.replace(src, tmp)
+            except FileNotFoundError:
+                continue
+            st = os.stat(tmp)
+            if (st.st_mtime_ns, st.st_size) == expected[name]:
+                os.unlink(tmp)
+            else:  # rewritten after we read it: keep it (unless an even newer file arrived meanwhile)
+                put_back += 1
+                if not (runs / name).exists():
+                    os.replace(tmp, src)
+                else:
+                    os.unlink(tmp)
+        try:
+            aside.rmdir()
+        except OSError:
+            pass
+    return {"compacted": len(chosen) - put_back, "put_back": put_back, **stats}
+
+
+_STATUS_CACHE: dict[str, tuple[int, dict[str, str]]] = {}
+
+
+def compacted_status(results_root: str | Path, suite: str) -> dict[str, str]:
+    """run id -> status of the rows compacted into the index (their run files are gone); cached per index
+    version, so asking for many runs reads the index once."""
+    ipath = index_path(results_root, suite)
+    try:
+        mtime = ipath.stat().st_mtime_ns
+    except OSError:
+        return {}
+    key = str(ipath.resolve())
+    cached = _STATUS_CACHE.get(key)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    try:
+        table = pq.read_table(ipath, columns=["run_id", "status", "_compacted"])
+    except Exception:
+        return {}
+    status = {r: s for r, s, c in zip(table.column("run_id").to_pylist(), table.column("status").to_pylist(),
+                                      table.column("_compacted").to_pylist()) if c}
+    _STATUS_CACHE[key] = (mtime, status)
+    return status

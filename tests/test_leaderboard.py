@@ -117,7 +117,7 @@ def test_shard_index_is_incremental(tmp_path):
     for row in _runs().to_dict("records"):
         _write(tmp_path, row)
     table, stats = update_index(tmp_path, "s")
-    assert stats == {"shards": 14, "read": 14, "dropped": 0} and table.num_rows == 14
+    assert stats == {"shards": 14, "read": 14, "dropped": 0, "compacted_rows": 0} and table.num_rows == 14
     table, stats = update_index(tmp_path, "s")
     assert stats["read"] == 0 and table.num_rows == 14
     _write(tmp_path, _row("grasp", 0.9, 0, 0.7))
@@ -155,3 +155,47 @@ def test_leaderboard_files_are_read_by_pandas_polars_and_duckdb(tmp_path):
     assert len(pd.read_parquet(path)) == 5
     assert pl.read_parquet(path).height == 5
     assert duckdb.sql(f"select count(*) from read_parquet('{path}') where method = 'px'").fetchall()[0][0] == 1
+
+
+def test_compaction_loses_and_duplicates_nothing(tmp_path):
+    from bench_harness.results import load_results, shard_status
+    from bench_harness.shard_index import compact
+
+    rows = _runs().to_dict("records")
+    for row in rows:
+        _write(tmp_path, row)
+    before = load_results(tmp_path, ["s"]).sort_values("run_id").reset_index(drop=True)
+    assert compact(tmp_path, "s")["compacted"] == 14
+    assert not list((tmp_path / "s" / "runs").glob("*.parquet"))  # the run files are gone...
+    after = load_results(tmp_path, ["s"]).sort_values("run_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after[before.columns])  # ...and every row is still there, once
+    assert shard_status(tmp_path, "s", rows[0]["run_id"]) == "ok"
+    assert shard_status(tmp_path, "s", rows[-2]["run_id"]) == "failed"
+    # a run redone after compaction: its new row wins, still one row per run
+    redone = dict(rows[0], top1=0.99, finished_at=rows[0]["finished_at"] + dt.timedelta(hours=1))
+    _write(tmp_path, redone)
+    df = load_results(tmp_path, ["s"])
+    assert len(df) == 14 and df.set_index("run_id").loc[rows[0]["run_id"], "top1"] == 0.99
+    compact(tmp_path, "s")
+    df = load_results(tmp_path, ["s"])
+    assert len(df) == 14 and df.set_index("run_id").loc[rows[0]["run_id"], "top1"] == 0.99
+    # a rebuild keeps the compacted rows
+    table, _ = update_index(tmp_path, "s", rebuild=True)
+    assert table.num_rows == 14
+    # merging a compacted results folder into another copies every row
+    assert merge_results([tmp_path], tmp_path / "copy")["copied"] == 14
+
+
+def test_compacted_results_are_read_by_pandas_polars_and_duckdb(tmp_path):
+    from bench_harness.shard_index import compact
+
+    for row in _runs().to_dict("records"):
+        _write(tmp_path, row)
+    compact(tmp_path, "s")
+    path = tmp_path / "s" / "index.parquet"
+    import duckdb
+    import polars as pl
+
+    assert len(pd.read_parquet(path)) == 14
+    assert pl.read_parquet(path).filter(pl.col("status") == "ok").height == 13
+    assert duckdb.sql(f"select count(distinct run_id) from read_parquet('{path}')").fetchall()[0][0] == 14
