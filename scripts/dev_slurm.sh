@@ -7,7 +7,8 @@
 #
 # Settings: DEV_SLURM_DIR (default /tmp/bench-slurm-$USER), DEV_SLURM_PORT (default 7817 as root, 17817
 # otherwise), DEV_SLURM_MAX_ARRAY_SIZE (default 1001; the tests use a small one to exercise array splitting).
-# Partitions: debug (default), low (preemptable, requeue) and high (preempts low).
+# Partitions: debug (default), low (preemptable, requeue) and high (preempts low). Associations, limits and QOS
+# are enforced (AccountingStorageEnforce), so submit limits set with sacctmgr apply as on a real cluster.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ME=$(id -un)
@@ -43,7 +44,11 @@ start() {
     mkdir -p /run/munge && chown munge:munge /run/munge
     [ -s /etc/munge/munge.key ] || { /usr/sbin/mungekey --create --keyfile=/etc/munge/munge.key
       chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key; }
-    running /run/munge/munged.pid munged || runuser -u munge -- /usr/sbin/munged
+    # the system munged: started (and later stopped) by this script only when it was not running already
+    if ! running /run/munge/munged.pid munged; then
+      runuser -u munge -- /usr/sbin/munged
+      echo /run/munge/munged.pid > "$DIR/run/munged.started"
+    fi
   else
     MUNGE_SOCKET=$DIR/munge/munge.socket
     [ -s "$DIR/munge/munge.key" ] || { /usr/sbin/mungekey --create --keyfile="$DIR/munge/munge.key"; chmod 600 "$DIR/munge/munge.key"; }
@@ -83,11 +88,15 @@ start() {
   running "$DIR/run/slurmdbd.pid" slurmdbd || /usr/sbin/slurmdbd
   wait_until 60 sacctmgr -n list cluster
   sacctmgr -n list cluster format=cluster | grep -qw benchdev || sacctmgr -i add cluster benchdev >/dev/null
+  # associations are enforced: the user needs one (root has one in account root from the start)
+  sacctmgr -nP show assoc where user="$ME" format=user | grep -q . \
+    || sacctmgr -i add user "$ME" account=root >/dev/null
 
+  # a changed slurm.conf restarts the daemons (some settings, e.g. AccountingStorageEnforce, need a restart)
+  if [ "$changed" = 1 ]; then stop_pid "$DIR/run/slurmd.pid"; stop_pid "$DIR/run/slurmctld.pid"; fi
   running "$DIR/run/slurmctld.pid" slurmctld || /usr/sbin/slurmctld
   wait_until 30 sh -c "scontrol ping | grep -q UP"
   running "$DIR/run/slurmd.pid" slurmd || /usr/sbin/slurmd
-  if [ "$changed" = 1 ]; then scontrol reconfigure || true; fi
   wait_until 60 sh -c "sinfo -h -n $host -o %T | grep -Eq '^(idle|mixed|allocated)'" || {
     scontrol update nodename="$host" state=resume || true
     wait_until 30 sh -c "sinfo -h -n $host -o %T | grep -Eq '^(idle|mixed|allocated)'"; }
@@ -97,7 +106,12 @@ start() {
 stop() {
   stop_pid "$DIR/run/slurmd.pid"; stop_pid "$DIR/run/slurmctld.pid"; stop_pid "$DIR/run/slurmdbd.pid"
   stop_pid "$DIR/run/mysqld.pid"
-  [ "$(id -u)" = 0 ] || stop_pid "$DIR/munge/munged.pid"
+  if [ "$(id -u)" = 0 ]; then
+    # the system munged only if this script started it (never one that ran before)
+    if [ -s "$DIR/run/munged.started" ]; then stop_pid "$(cat "$DIR/run/munged.started")"; rm -f "$DIR/run/munged.started"; fi
+  else
+    stop_pid "$DIR/munge/munged.pid"
+  fi
 }
 
 case "${1:-}" in

@@ -12,6 +12,8 @@ from bench_harness.atomic import atomic_write
 FAILED = {"FAILED", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "BOOT_FAIL", "DEADLINE",
           "REVOKED", "SPECIAL_EXIT"}
 
+UNSUBMITTED = "UNSUBMITTED"  # left out by a submit limit (job_id empty): submitted later by --wait or resubmit
+
 
 @dataclass
 class Entry:

@@ -14,6 +14,9 @@
       runs_per_task: 1        # pack several short runs into one array task
       runs_per_gpu: 1         # worker processes sharing a GPU inside a task (tiny models)
       signal_delay_s: 120     # USR2 this long before the time limit: checkpoint and requeue
+      max_requeues: 100       # time-limit requeues of a task before it fails (preemptions never count)
+      python: ~/venvs/bench/bin/python   # the interpreter jobs run (default: the submitting one)
+      additional: {exclude: "node[07-09]"}  # any other sbatch option, verbatim
       pruners: {imp: {time_min: 2880}, snip: {time_min: 60}}
       models: {resnet56: {mem_gb: 64}}
 
@@ -23,6 +26,7 @@ profile go into the same job arrays.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +49,8 @@ class Resources:
     runs_per_task: int = 1
     runs_per_gpu: int = 1
     signal_delay_s: int = 90
+    max_requeues: int = 100
+    python: str | None = None  # None: the interpreter that submits
     additional: tuple[tuple[str, str], ...] = ()  # extra sbatch options, e.g. {"gres": "gpu:a100:1"}
 
     def submitit_parameters(self) -> dict[str, Any]:
@@ -81,9 +87,21 @@ def _resources(path: str, key: str, values: Any, base: Resources) -> Resources:
             v = tuple(v if isinstance(v, list) else [v])
         elif k == "additional":
             v = tuple(sorted((str(a), str(b)) for a, b in dict(v).items()))
-        elif k in ("gpus", "cpus", "time_min", "array_parallelism", "runs_per_task", "runs_per_gpu", "signal_delay_s"):
+        elif k in ("gpus", "cpus", "time_min", "array_parallelism", "runs_per_task", "runs_per_gpu", "signal_delay_s",
+                   "max_requeues"):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise SuiteError(path, f"{key}.{k}", f"expected a non-negative integer, got {v!r}")
+        elif k == "python":
+            if not isinstance(v, str) or not v.strip():
+                raise SuiteError(path, f"{key}.{k}", f"expected the path (or command name) of a Python interpreter, "
+                                 f"got {v!r}")
+            v = os.path.expanduser(v.strip()) if v.strip().startswith("~/") else v.strip()
+        elif k == "mem_gb":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise SuiteError(path, f"{key}.{k}", f"expected a positive number of GB, got {v!r}")
+        elif k in ("partition", "account", "qos", "constraint"):
+            if not isinstance(v, str) or not v:
+                raise SuiteError(path, f"{key}.{k}", f"expected a name, got {v!r}")
         changes[k] = v
     return dataclasses.replace(base, **changes)
 
@@ -104,6 +122,15 @@ class SlurmPlan:
         if run.pruner.name in self.raw_pruners:
             res = _resources(self.path, f"slurm.pruners.{run.pruner.name}", self.raw_pruners[run.pruner.name], res)
         return res
+
+    def origin(self, run: RunSpec, key: str) -> str:
+        """The suite key a run's setting comes from: ``slurm.pruners.imp.time_min``, ``slurm.models.m.mem_gb``
+        or ``slurm.time_min`` (also when the setting is a default)."""
+        if key in (self.raw_pruners.get(run.pruner.name) or {}):
+            return f"slurm.pruners.{run.pruner.name}.{key}"
+        if key in (self.raw_models.get(run.model.name) or {}):
+            return f"slurm.models.{run.model.name}.{key}"
+        return f"slurm.{key}"
 
 
 def slurm_plan(suite: Suite) -> SlurmPlan:
