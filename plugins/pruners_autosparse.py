@@ -231,7 +231,7 @@ def produce_predictor(config: dict[str, Any], ctx) -> dict[str, Any]:
     return {"state_dict": {k: v.detach().cpu() for k, v in predictor.state_dict().items()},
             "architecture": config["architecture"], "losses": list(fit.losses), "seconds": time.perf_counter() - t0,
             "examples": int(labels.numel()), "teacher_seconds": float(teacher["seconds"]),
-            "teacher_epochs": int(teacher["epochs_trained"])}
+            "teacher_epochs": int(teacher["epochs_trained"]), "teacher_level_densities": teacher["level_densities"]}
 
 
 # -- the pruner ----------------------------------------------------------------------------------------------
@@ -269,8 +269,9 @@ class AutoSparse(Pruner):
         p = self.params
         teacher_cfg = teacher_config(p, ctx.run) if ctx.run is not None else _api_teacher_config(p, ctx)
         teacher_stage, predictor_stage = _stages(p, teacher_cfg)
-        teacher = ctx.stage(teacher_stage)
-        trained = ctx.stage(predictor_stage)
+        trained = ctx.stage(predictor_stage)  # produces the teacher first when the predictor is missing
+        if TEACHER not in ctx.artifacts.used:  # the row records the teacher too (and its checksum is verified)
+            ctx.stage(teacher_stage)
         with torch.random.fork_rng(devices=[]):
             predictor = build_predictor(trained["architecture"])
         predictor.load_state_dict(trained["state_dict"])
@@ -282,8 +283,8 @@ class AutoSparse(Pruner):
         masks, _ = autosparse_masks(predictor, theta, grad, 1.0 - sparsity, p.chunk_size, ctx.device)
         masks = {n: m.to(ctx.prunable[n].device) for n, m in masks.items()}
         info = {"teacher_key": ctx.artifacts.used[TEACHER].key, "predictor_key": ctx.artifacts.used[PREDICTOR].key,
-                "teacher_seconds": float(teacher["seconds"]), "teacher_epochs": int(teacher["epochs_trained"]),
-                "teacher_level_densities": list(teacher["level_densities"]),
+                "teacher_seconds": trained["teacher_seconds"], "teacher_epochs": trained["teacher_epochs"],
+                "teacher_level_densities": list(trained["teacher_level_densities"]),
                 "predictor_seconds": float(trained["seconds"]),
                 "predictor_final_loss": float(trained["losses"][-1]) if trained["losses"] else None}
         return PruneResult(masks, info=info)
