@@ -30,7 +30,7 @@ How the search runs (as the official code computes it):
   (default) sets the conv/linear biases to 0, frozen (a zero bias is no bias); ``keep`` leaves them as drawn.
 
 The final mask is that of the final scores: exactly ``int(N·s)`` weights pruned (ties at τ, which the
-threshold would leave unresolved, are broken in model order), every -1 entry pruned, every +1 entry kept.
+threshold would leave unresolved, keep the earlier entry: the harness's tie rule), every -1 entry pruned, every +1 entry kept.
 
 Storage format (``storage_bits``, the row's ``model_bits``): the weights, biases, BatchNorm constants and frozen
 states regenerate from the run's seed (one 64-bit seed: every draw comes, in a fixed order, from a generator
@@ -148,8 +148,9 @@ class _Search:
         self._versions = versions
 
     def final_masks(self) -> list[torch.Tensor]:
-        """Exactly int(N·s) pruned (per layer for the layer-wise scope): the lowest ranked values, ties in model
-        order; equals the threshold mask whenever no two scores tie at the threshold."""
+        """Exactly int(N·s) pruned (per layer for the layer-wise scope): the lowest ranked values; among equal
+        values the earlier one (model order, then row-major) is kept, the harness's tie rule. Equals the threshold
+        mask whenever no two scores tie at the threshold."""
         if self.scope == "global":
             groups = [list(range(len(self.scores)))]
         else:
@@ -158,8 +159,8 @@ class _Search:
         for group in groups:
             values = torch.cat([self.ranked(i).double().cpu() for i in group])
             k = int(values.numel() * self.sparsity)
-            keep = torch.ones(values.numel(), dtype=torch.bool)
-            keep[torch.sort(values, stable=True).indices[:k]] = False
+            keep = torch.zeros(values.numel(), dtype=torch.bool)
+            keep[torch.sort(values, descending=True, stable=True).indices[:values.numel() - k]] = True
             start = 0
             for i in group:
                 n = self.scores[i].numel()
@@ -244,12 +245,15 @@ class SltFrozen(Pruner):
         rule = getattr(P, "locking_rule", "sparsity_distribution")
         counts = (slt_allocation.frozen_counts(allocation, shapes, p, r, rule) if p or r
                   else [(0, 0)] * len(shapes))
+        k = int(total * sparsity)
+        counts = self.adjust_counts(counts, k)
         n_pruned = sum(c[0] for c in counts)
         n_kept = sum(c[1] for c in counts)
-        k = int(total * sparsity)
         if self.scope == "global" and not n_pruned <= k <= total - n_kept:
-            raise ValueError(f"{self.name}: {n_pruned} weights frozen pruned and {n_kept} frozen kept of {total}; "
-                             f"sparsity {sparsity} prunes {k}: the frozen counts leave no valid mask")
+            raise ValueError(f"{self.name}: the {allocation} allocation freezes {n_pruned} weights as pruned and "
+                             f"{n_kept} as kept of {total} (per-layer counts truncated as the official code does), "
+                             f"while sparsity {sparsity} prunes int(N·s) = {k}: no mask satisfies both; lower "
+                             f"pruning_ratio or locking_ratio slightly")
         gen = ctx.generator
         # draws in a fixed order: weights, scores, frozen states (the seed regenerates all of them)
         drawn = [_draw(s, P.weight_init, gen) for s in shapes] if P.weight_init != "keep" else None
@@ -289,6 +293,9 @@ class SltFrozen(Pruner):
             search.refresh()
             info["threshold"] = search.threshold
         return PruneResult(masks, weights_frozen=True, weights_changed=True, info=info, storage_bits=storage)
+
+    def adjust_counts(self, counts: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+        return counts
 
     def storage(self, free: int, ctx) -> int | None:
         if self.params.weight_init == "keep" and ctx.pretrained:
@@ -342,6 +349,17 @@ class SltRandomMask(SltFrozen):
 
     def ratios(self, sparsity):
         return float(sparsity), 0.0
+
+    def adjust_counts(self, counts, k):
+        """The rule's counts at density 1 - s may exceed int(N·s) by truncation (EPL): take the excess back
+        from the layers with the most frozen-pruned weights, one weight at a time."""
+        pruned = [c[0] for c in counts]
+        excess = sum(pruned) - k
+        while excess > 0:
+            i = max(range(len(pruned)), key=lambda j: pruned[j])
+            pruned[i] -= 1
+            excess -= 1
+        return [(n, c[1]) for n, c in zip(pruned, counts)]
 
     def storage(self, free, ctx):
         if self.params.weight_init == "keep" and ctx.pretrained:
