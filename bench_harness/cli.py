@@ -96,10 +96,10 @@ def cmd_run(args) -> int:
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress)
     elapsed = time.perf_counter() - t0
     if report.ok or report.failed:
-        from bench_harness.shard_index import compact
+        from bench_harness.shard_index import maybe_compact
 
         for root in sorted({r.results_root for r in suite.runs}):
-            compact(root, suite.name)
+            maybe_compact(root, suite.name)
     if report.interrupted:
         print(f"\ninterrupted: {len(report.ok) + len(report.failed)} runs of this sweep are saved; run the same "
               f"command again to continue with the rest", file=sys.stderr)
@@ -295,13 +295,15 @@ def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[st
 def cmd_aggregate(args) -> int:
     from bench_harness.aggregate import aggregate, leaderboard_path
 
-    from bench_harness.shard_index import compact
+    from bench_harness.shard_index import maybe_compact
 
     suites, root = _resolve_suites(args.suites, args.results_root)
     t0 = time.perf_counter()
     for suite in suites:
         try:
-            compact(root, suite)
+            done = maybe_compact(root, suite, force=args.compact)
+            if done:
+                print(f"{suite}: {done['compacted']} run files compacted into index.parquet", file=sys.stderr)
         except OSError as exc:  # a read-only results folder: aggregate without compacting
             print(f"note: {suite}: run files not compacted ({exc.strerror or exc})", file=sys.stderr)
     result = aggregate(root, suites, rebuild=args.rebuild)
@@ -491,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("aggregate", help="build Parquet leaderboards (per suite and across suites)")
     p.add_argument("suites", nargs="+", help="suite files or names")
     p.add_argument("--results-root")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the shard index from scratch")
+    p.add_argument("--rebuild", action="store_true", help="read every run file again")
+    p.add_argument("--compact", action="store_true", help="fold the run files into index.parquet now (automatic "
+                   "from 1,000 run files)")
     p.set_defaults(func=cmd_aggregate)
     p = sub.add_parser("leaderboard", help="export a leaderboard table")
     p.add_argument("suites", nargs="+", help="suite files or names (several: the cross-suite leaderboard)")

@@ -48,6 +48,46 @@ def execute_claimed(run: RunSpec, **kwargs) -> dict | None:
         return execute_run(run, **kwargs)
 
 
+def pack_groups(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
+    """Runs that may train together (same model, data set, recipe, device), in chunks of ``size``; the final
+    check happens after pruning (bench_harness.packing.packable_key)."""
+    from bench_harness.identity import config_hash
+
+    groups: dict = {}
+    for run in runs:
+        key = (run.model.name, config_hash(run.model.params), run.dataset.name, config_hash(run.dataset.params),
+               repr(run.recipe), run.device, run.results_root)
+        groups.setdefault(key, []).append(run)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def execute_packed_claimed(group: list[RunSpec], force: bool = False) -> list[tuple[str, str, str | None]]:
+    """Claim the runs of a group (skipping those another runner holds or finished), run them packed."""
+    from bench_harness import paths
+    from bench_harness.locks import Claim
+    from bench_harness.runner import execute_packed
+
+    claims, mine, out = [], [], []
+    try:
+        for run in group:
+            claim = Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock")
+            if not claim.acquired:
+                out.append((run.run_id, "busy", None))
+                continue
+            claims.append(claim)
+            if not force and results.shard_status(run.results_root, run.suite, run.run_id) == "ok":
+                out.append((run.run_id, "skipped", None))
+                continue
+            mine.append(run)
+        if mine:
+            rows = execute_packed(mine)
+            out += [(r["run_id"], r["status"], r.get("error")) for r in rows]
+    finally:
+        for claim in claims:
+            claim.release()
+    return out
+
+
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
     """Cores divided between workers (at least one thread each)."""
     if cores is None:
@@ -112,7 +152,13 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
         bar.set_postfix(ok=len(report.ok), failed=len(report.failed))
 
     try:
-        if workers <= 1:
+        packing = max((r.packing for r in todo), default=1)
+        if packing > 1 and workers <= 1:
+            for group in pack_groups(todo, packing):
+                bar.set_description(f"{suite.name} packed x{len(group)}")
+                for run_id, status, error in execute_packed_claimed(group, force):
+                    record(run_id, status, error)
+        elif workers <= 1:
             for run in todo:
                 bar.set_description(f"{suite.name} {run.pruner.name} s={run.sparsity:g}")
                 state = {"phase": None, "bar": None}

@@ -2,13 +2,14 @@
 
 One shard per run: ``results/<suite>/runs/<run_id>.parquet``, one row, written atomically (temporary file in
 the same folder, then ``os.replace``). A failed run is a row too (status ``failed``, with error and
-traceback); a later successful attempt replaces it. ``bench aggregate`` (and the end of ``bench run``) compact
-the run files into the suite's ``index.parquet`` and remove them (see ``shard_index.compact``): a suite's
-rows are then ``index.parquet`` plus the run files written since — one file to read, not one per run.
+traceback); a later successful attempt replaces it. From 1,000 run files (or with ``bench aggregate
+--compact``), ``bench aggregate`` and the end of ``bench run`` compact the run files into the suite's
+``index.parquet`` and remove them (see ``shard_index.compact``): a suite's rows are then ``index.parquet`` plus
+the run files written since — one file to read, not one per run.
 
 Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
-``model_bits``, ``compression_ratio``, ``num_classes``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
+``model_bits``, ``compression_ratio``, ``num_classes``, ``packed_runs``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
 Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, renamed or changes meaning.
 """
 from __future__ import annotations
@@ -86,7 +87,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("flops_dense", pa.float64(), "FLOPs of one forward pass of one example, dense (torch flop counter)"),
     ("flops_effective", pa.float64(), "FLOPs of one example with pruned weights skipped"),
     ("prune_seconds", pa.float64(), "wall seconds of pruning (including any training it does)"),
-    ("train_seconds", pa.float64(), "wall seconds of training after pruning"),
+    ("train_seconds", pa.float64(), "wall seconds of training after pruning (packed: its share)"),
+    ("packed_runs", pa.int64(), "number of runs trained together as one batched computation (null: alone)"),
     ("pretrain_seconds", pa.float64(), "wall seconds of pretraining (0 when cached or not needed)"),
     ("peak_memory_bytes", pa.int64(), "peak GPU memory (CUDA) or peak process RSS (CPU)"),
     ("pruner_info", pa.string(), "free-form information returned by the pruner, JSON"),

@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -231,14 +232,7 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     resumed (the SLURM executor uses this).
     """
     registry = registry or get_registry()
-    started = _now()
-    row: dict[str, Any] = {
-        "run_id": run.run_id, "suite": run.suite, "pruner": run.pruner.name,
-        "pruner_params": results.to_json(run.identity().get("pruner_params", {})), "ablation": run.ablation,
-        "model": run.model.name, "model_params": results.to_json(run.model.params), "dataset": run.dataset.name,
-        "seed": run.seed, "target_sparsity": run.sparsity, "config": results.to_json(run.identity()),
-        "started_at": started,
-    }
+    row = _start_row(run)
     device = torch.device("cpu")
     registry.call_lifecycle("bench_run_started", run=run)
     with warnings.catch_warnings(record=True) as caught, time_limit(run.timeout_min):
@@ -252,7 +246,22 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
         if text not in seen:
             seen.append(text)
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    row["warnings"] = results.to_json(seen) if seen else None
+    return _write_row(run, row, device, resume, registry, seen)
+
+
+def _start_row(run: RunSpec) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id, "suite": run.suite, "pruner": run.pruner.name,
+        "pruner_params": results.to_json(run.identity().get("pruner_params", {})), "ablation": run.ablation,
+        "model": run.model.name, "model_params": results.to_json(run.model.params), "dataset": run.dataset.name,
+        "seed": run.seed, "target_sparsity": run.sparsity, "config": results.to_json(run.identity()),
+        "started_at": _now(),
+    }
+
+
+def _write_row(run: RunSpec, row: dict[str, Any], device: torch.device, resume: bool, registry: Registry,
+               seen_warnings: list[str]) -> dict[str, Any]:
+    row["warnings"] = results.to_json(seen_warnings) if seen_warnings else None
     row["peak_memory_bytes"] = peak_memory_bytes(device)
     row.update(provenance(device))
     row["finished_at"] = _now()
@@ -294,81 +303,161 @@ def sparse_storage_bits(params_total: int, params_nonzero: int, params_prunable:
     return 32 * params_total if dense else 32 * params_nonzero + params_prunable
 
 
+@dataclass
+class PreparedRun:
+    """A run pruned and ready to train (or resumed from its pruned checkpoint)."""
+
+    run: RunSpec
+    registry: Registry
+    pruner_cls: Any
+    device: torch.device
+    data: RunData
+    model: torch.nn.Module
+    masks: dict
+    end: int  # train schedule epochs [start, end)
+    start: int
+    row: dict[str, Any]
+    resume: bool
+
+
+def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, resume: bool) -> PreparedRun:
+    """Data, model, pretrained weights, pruning (or the pruned checkpoint of an earlier attempt)."""
+    entry = registry.entry("pruner", run.pruner.name)
+    pruner_cls = entry.obj
+    row.update(pruner_version=str(pruner_cls.version), regime=pruner_cls.regime.value,
+               pruner_distribution=f"{entry.distribution} {entry.version}".strip(),
+               sparsity_kind=pruner_cls.sparsity_kind.value)
+    device = resolve_device(run.device)
+    row["_device"] = device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    dspec, data, model, store = _data_and_model(run, registry, device)
+    row["num_classes"] = dspec.num_classes
+    pruned_path = checkpoint.pruned_path(run.results_root, run.suite, run.run_id)
+    resumed = checkpoint.load(pruned_path) if resume else None
+    if resumed is not None and resumed.get("run_id") != run.run_id:
+        resumed = None
+    if resumed is None:
+        masks, end, start = _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume)
+        if resume and end > start:
+            checkpoint.save(pruned_path, {
+                "run_id": run.run_id, "end": end, "start": start,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "masks": {n: m.cpu() for n, m in masks.items()},
+                "row": {k: row[k] for k in BEFORE_TRAINING_KEYS if k in row},
+                "rng": checkpoint.rng_state(data.train.generator)})
+            Trainer(data.train, run.recipe, device, checkpoint.work_dir(
+                run.results_root, run.suite, run.run_id)).clear_checkpoints()
+    else:
+        model.load_state_dict(resumed["model"])
+        masks = {n: m.to(device) for n, m in resumed["masks"].items()}
+        row.update(resumed["row"])
+        end, start = resumed["end"], resumed["start"]
+        checkpoint.restore_rng(resumed["rng"], data.train.generator)
+        row["resumed_from_epoch"] = start
+    return PreparedRun(run, registry, pruner_cls, device, data, model, masks, end, start, row, resume)
+
+
+def _train(p: PreparedRun, on_epoch) -> None:
+    row = p.row
+    if p.end > p.start:
+        trainer = Trainer(p.data.train, p.run.recipe, p.device,
+                          checkpoint_dir=checkpoint.work_dir(p.run.results_root, p.run.suite, p.run.run_id)
+                          if p.resume else None, on_epoch=on_epoch)
+        fit = trainer.fit(p.model, masks=p.masks, epochs=p.end, start_epoch=p.start, key="train", phase="train")
+        if fit.resumed_from_epoch is not None:
+            row["resumed_from_epoch"] = fit.resumed_from_epoch
+        row["train_seconds"] = fit.seconds
+    else:
+        row["train_seconds"] = 0.0
+
+
+def _finish(p: PreparedRun) -> None:
+    """Evaluate, account sparsity and cost, metrics: the row becomes status ok."""
+    run, row, model, masks, data, device = p.run, p.row, p.model, p.masks, p.data, p.device
+    row["epochs_trained"] = p.end - p.start
+    after = evaluate(model, data.test, device)
+    row.update(top1=after.top1, top5=after.top5, loss=after.loss)
+    summary = mask_summary(model, masks)
+    row["sparsity_bin"] = masking.sparsity_bin(run.sparsity, summary["achieved_sparsity"],
+                                               p.pruner_cls.sparsity_kind.value)
+    row.update(
+        achieved_sparsity=summary["achieved_sparsity"], achieved_sparsity_all=summary["achieved_sparsity_all"],
+        layer_density=json.dumps(summary["layer_density"]),  # model order, not sorted
+        layer_collapse=bool(summary["collapsed_layers"]),
+        collapsed_layers=results.to_json(summary["collapsed_layers"]),
+        params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
+        params_prunable=sum(m.numel() for m in masks.values()),
+    )
+    own_bits = row.pop("storage_bits", None)
+    row["model_bits"] = int(own_bits) if own_bits is not None else sparse_storage_bits(
+        summary["params_total"], summary["params_nonzero"], row["params_prunable"], p.pruner_cls.ignores_sparsity)
+    row["compression_ratio"] = 32.0 * summary["params_total"] / max(row["model_bits"], 1)
+    row["flops_dense"], row["flops_effective"] = flops_per_example(model, data.input_shape, masks, device)
+    for name, metric in p.registry.entries["metric"].items():
+        row[f"metric_{name}"] = float(metric.obj.compute(model, masks, data.test, device))
+    row["status"] = "ok"
+
+
+def _fail(row: dict[str, Any], exc: BaseException) -> None:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise exc
+    row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    device = row.get("_device")
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _execute(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, resume: bool,
              device: torch.device) -> torch.device:
     """The body of a run: fills ``row``; a failure becomes status=failed. Returns the device used."""
     try:
-        entry = registry.entry("pruner", run.pruner.name)
-        pruner_cls = entry.obj
-        row.update(pruner_version=str(pruner_cls.version), regime=pruner_cls.regime.value,
-                   pruner_distribution=f"{entry.distribution} {entry.version}".strip(),
-                   sparsity_kind=pruner_cls.sparsity_kind.value)
-        device = resolve_device(run.device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        dspec, data, model, store = _data_and_model(run, registry, device)
-        row["num_classes"] = dspec.num_classes
-        pruned_path = checkpoint.pruned_path(run.results_root, run.suite, run.run_id)
-        resumed = checkpoint.load(pruned_path) if resume else None
-        if resumed is not None and resumed.get("run_id") != run.run_id:
-            resumed = None
-        if resumed is None:
-            masks, end, start = _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume)
-            if resume and end > start:
-                checkpoint.save(pruned_path, {
-                    "run_id": run.run_id, "end": end, "start": start,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "masks": {n: m.cpu() for n, m in masks.items()},
-                    "row": {k: row[k] for k in BEFORE_TRAINING_KEYS if k in row},
-                    "rng": checkpoint.rng_state(data.train.generator)})
-                Trainer(data.train, run.recipe, device, checkpoint.work_dir(
-                    run.results_root, run.suite, run.run_id)).clear_checkpoints()
-        else:
-            model.load_state_dict(resumed["model"])
-            masks = {n: m.to(device) for n, m in resumed["masks"].items()}
-            row.update(resumed["row"])
-            end, start = resumed["end"], resumed["start"]
-            checkpoint.restore_rng(resumed["rng"], data.train.generator)
-            row["resumed_from_epoch"] = start
-        if end > start:
-            trainer = Trainer(data.train, run.recipe, device,
-                              checkpoint_dir=checkpoint.work_dir(run.results_root, run.suite, run.run_id)
-                              if resume else None, on_epoch=on_epoch)
-            fit = trainer.fit(model, masks=masks, epochs=end, start_epoch=start, key="train", phase="train")
-            if fit.resumed_from_epoch is not None:
-                row["resumed_from_epoch"] = fit.resumed_from_epoch
-            row["train_seconds"] = fit.seconds
-        else:
-            row["train_seconds"] = 0.0
-        row["epochs_trained"] = end - start
-        after = evaluate(model, data.test, device)
-        row.update(top1=after.top1, top5=after.top5, loss=after.loss)
-
-        summary = mask_summary(model, masks)
-        row["sparsity_bin"] = masking.sparsity_bin(run.sparsity, summary["achieved_sparsity"],
-                                                   pruner_cls.sparsity_kind.value)
-        row.update(
-            achieved_sparsity=summary["achieved_sparsity"], achieved_sparsity_all=summary["achieved_sparsity_all"],
-            layer_density=json.dumps(summary["layer_density"]),  # model order, not sorted
-            layer_collapse=bool(summary["collapsed_layers"]),
-            collapsed_layers=results.to_json(summary["collapsed_layers"]),
-            params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
-            params_prunable=sum(m.numel() for m in masks.values()),
-        )
-        own_bits = row.pop("storage_bits", None)
-        row["model_bits"] = int(own_bits) if own_bits is not None else sparse_storage_bits(
-            summary["params_total"], summary["params_nonzero"], row["params_prunable"], pruner_cls.ignores_sparsity)
-        row["compression_ratio"] = 32.0 * summary["params_total"] / max(row["model_bits"], 1)
-        row["flops_dense"], row["flops_effective"] = flops_per_example(model, data.input_shape, masks, device)
-        for name, metric in registry.entries["metric"].items():
-            row[f"metric_{name}"] = float(metric.obj.compute(model, masks, data.test, device))
-        row["status"] = "ok"
-    except KeyboardInterrupt:
-        raise
+        prepared = _prepare(run, registry, row, on_epoch, resume)
+        _train(prepared, on_epoch)
+        _finish(prepared)
     except BaseException as exc:  # a failed run is a result row, never the end of the sweep
-        if isinstance(exc, SystemExit):
-            raise
-        row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return device
+        _fail(row, exc)
+    return row.pop("_device", device)
+
+
+def execute_packed(runs: list[RunSpec], registry: Registry | None = None,
+                   on_epoch: Callable[[str, int, int, float], None] | None = None) -> list[dict[str, Any]]:
+    """Execute runs that share a model architecture, data set and recipe with their training packed into one
+    batched computation (see bench_harness.packing); each run still prunes alone and gets its own row. Runs
+    that cannot be packed (another schedule span, a failure while pruning) are trained or recorded alone."""
+    from bench_harness.packing import packable_key, train_packed
+
+    registry = registry or get_registry()
+    rows, prepared = [], []
+    for run in runs:
+        row = _start_row(run)
+        registry.call_lifecycle("bench_run_started", run=run)
+        try:
+            with time_limit(run.timeout_min):
+                prepared.append(_prepare(run, registry, row, None, False))
+        except BaseException as exc:
+            _fail(row, exc)
+        rows.append(row)
+    groups: dict[Any, list[PreparedRun]] = {}
+    for p in prepared:
+        groups.setdefault(packable_key(p), []).append(p)
+    for key, group in groups.items():
+        try:
+            if key is None or len(group) == 1:
+                for p in group:
+                    _train(p, on_epoch)
+            else:
+                train_packed(group, on_epoch)
+        except BaseException as exc:
+            for p in group:
+                _fail(p.row, exc)
+    for p in prepared:
+        if p.row.get("status") == "failed":
+            continue
+        try:
+            _finish(p)
+        except BaseException as exc:
+            _fail(p.row, exc)
+    for run, row in zip(runs, rows):
+        _write_row(run, row, row.pop("_device", torch.device("cpu")), False, registry, [])
+    return rows

@@ -144,6 +144,24 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False) ->
     return table, stats
 
 
+COMPACT_AT = 1000  # run files in runs/ from which `bench run` and `bench aggregate` compact automatically
+
+
+def run_files(results_root: str | Path, suite: str) -> int:
+    runs = paths.suite_dir(results_root, suite) / "runs"
+    if not runs.is_dir():
+        return 0
+    with os.scandir(runs) as it:
+        return sum(1 for e in it if e.name.endswith(".parquet") and not e.name.startswith("."))
+
+
+def maybe_compact(results_root: str | Path, suite: str, force: bool = False) -> dict | None:
+    """Compact when forced or when the suite has COMPACT_AT run files or more; None when not compacted."""
+    if not force and run_files(results_root, suite) < COMPACT_AT:
+        return None
+    return compact(results_root, suite)
+
+
 def compact(results_root: str | Path, suite: str) -> dict:
     """Fold the suite's run files into its index (``index.parquet``) and remove them, so that reading the results
     costs one file, not one per run.

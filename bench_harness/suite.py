@@ -129,6 +129,7 @@ class RunSpec:
     download: bool = False
     results_root: str = "results"
     timeout_min: float | None = None  # per-run wall-time limit (not part of the run's identity)
+    packing: int = 1  # local executor: train up to this many compatible runs together (not part of the identity)
     # Filled by validation: the pruner parameters that differ from the Params dataclass defaults, the pruner's
     # version, and whether the pruner needs a pretrained model.
     pruner_defaults: dict[str, Any] | None = None
@@ -186,7 +187,7 @@ class Suite:
 
 
 TOP_KEYS = {"name", "description", "grid", "recipe", "scoring", "prunable", "pretrain", "device", "data_root",
-            "download", "results_root", "ablations", "slurm", "timeout_min"}
+            "download", "results_root", "ablations", "slurm", "timeout_min", "packing"}
 GRID_KEYS = {"models", "datasets", "sparsities", "seeds", "pruners"}
 
 
@@ -341,8 +342,12 @@ def parse_suite(data: Any, path: str) -> Suite:
     timeout = data.get("timeout_min")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SuiteError(path, "timeout_min", f"expected a positive number of minutes, got {timeout!r}")
+    packing = data.get("packing", 1)
+    if isinstance(packing, bool) or not isinstance(packing, int) or packing < 1:
+        raise SuiteError(path, "packing", f"expected a number of runs >= 1 to train together, got {packing!r}")
     settings = dict(
         timeout_min=float(timeout) if timeout is not None else None,
+        packing=packing,
         device=str(data.get("device", "auto")),
         data_root=str(data.get("data_root", "data")),
         download=bool(data.get("download", False)),
@@ -469,7 +474,7 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
         "suite", __config__=forbid, name=(str, ...), description=(str, ""), grid=(grid, ...),
         recipe=(Recipe, Recipe()), scoring=(Scoring, Scoring()), prunable=(PrunableSet, PrunableSet()),
         pretrain=(Union[Recipe, None], None), device=(str, "auto"), data_root=(str, "data"), download=(bool, False),
-        results_root=(str, "results"), timeout_min=(Union[Annotated[float, Field(gt=0)], None], None),
+        results_root=(str, "results"), packing=(Annotated[int, Field(ge=1)], 1), timeout_min=(Union[Annotated[float, Field(gt=0)], None], None),
         ablations=(list[Union[Literal["shuffle", "reinit", "invert"], None]], [None]),
         slurm=(dict[str, Any], {}))
     return model.model_json_schema()
