@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -135,7 +136,16 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
         return report
     for root in sorted({r.results_root for r in todo}):
         results.ensure_writable(Path(root) / suite.name)
-    bar = tqdm(total=len(todo), desc=f"{suite.name}", unit="run", disable=not progress, file=sys.stderr)
+    # progress: bars on a terminal; plain log lines otherwise (a SLURM log, a CI log, a pipe)
+    tty = progress and sys.stderr.isatty()
+    lines = progress and not tty
+    bar = tqdm(total=len(todo), desc=f"{suite.name}", unit="run", disable=not tty, file=sys.stderr)
+    started = time.perf_counter()
+
+    def log(text: str) -> None:
+        if lines:
+            elapsed = time.perf_counter() - started
+            print(f"[{time.strftime('%H:%M:%S')} +{elapsed:6.0f}s] {text}", file=sys.stderr, flush=True)
 
     def record(run_id: str, status: str, error: str | None) -> None:
         if status == "busy":
@@ -150,6 +160,11 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
             tqdm.write(f"run {run_id} failed: {error}", file=sys.stderr)
         bar.update(1)
         bar.set_postfix(ok=len(report.ok), failed=len(report.failed))
+        finished = len(report.ok) + len(report.failed) + len(report.busy)
+        if lines and finished:
+            rate = (time.perf_counter() - started) / finished
+            log(f"{finished}/{len(todo)} runs ({len(report.ok)} ok, {len(report.failed)} failed); "
+                f"{rate:.1f} s/run, about {rate * (len(todo) - finished) / 60:.1f} min left")
 
     try:
         packing = max((r.packing for r in todo), default=1)
@@ -163,7 +178,13 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
                 bar.set_description(f"{suite.name} {run.pruner.name} s={run.sparsity:g}")
                 state = {"phase": None, "bar": None}
 
+                log(f"run {run.run_id}: {run.model.name} {run.dataset.name} {run.pruner.name} "
+                    f"sparsity {run.sparsity:g} seed {run.seed}")
+
                 def on_epoch(phase, epoch, total, loss, state=state):
+                    if lines:
+                        log(f"  {phase} epoch {epoch}/{total}: loss {loss:.4f}")
+                        return
                     if state["phase"] != phase:
                         if state["bar"] is not None:
                             state["bar"].close()
