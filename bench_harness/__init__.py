@@ -8,6 +8,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from bench_harness.hookspecs import hookimpl  # noqa: E402
+from bench_harness.numerics import DegenerateScoresWarning  # noqa: E402,F401 (warned by score pruners)
 
 # name -> module that defines it; imported on first use so that `import bench_harness` stays light
 _PUBLIC = {

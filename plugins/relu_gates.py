@@ -67,6 +67,9 @@ class _GateMode(TorchFunctionMode):
         name = _base_name(func)
         if name in GATED:
             x = args[0]
+            if self.action == "observe":  # only note which gated functions run
+                self.gates.append(name)
+                return func(*args, **kwargs)
             if self.action == "record":
                 self.gates.append(x.detach() > 0)
                 return func(*args, **kwargs)
@@ -96,11 +99,12 @@ class _NoTracker:
 @contextmanager
 def relu_gates(model: nn.Module, action: str, gates: list[torch.Tensor], track: bool = True) -> Iterator[_GateMode]:
     """Within the block, forward passes of ``model`` record gates into ``gates`` (action "record"), multiply by
-    the recorded gates in call order ("apply"), or drop ReLUs ("identity").
+    the recorded gates in call order ("apply"), drop ReLUs ("identity"), or run unchanged while appending the
+    name of each gated function called ("observe").
 
     ``track`` keeps the name of the running module for error messages; a caller that already ran the same
     network once with tracking may switch it off (it costs two hooks per module per forward pass)."""
-    if action not in ("record", "apply", "identity"):
+    if action not in ("record", "apply", "identity", "observe"):
         raise ValueError(action)
     tracker = _ModuleTracker(model) if track else _NoTracker()
     mode = _GateMode(action, gates, tracker)
