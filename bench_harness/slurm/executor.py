@@ -83,7 +83,12 @@ def _sbatch(submit, folder: Path, origin):
     before = set(base.iterdir()) if base.is_dir() else set()
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's stderr too
-            return submit()
+            result = submit()
+        # submitit leaves a symlink to each job's submission script in the log folder: the job folder has it
+        for f in (set(base.iterdir()) - before) if base.is_dir() else ():
+            if f.is_symlink() and f.name.startswith(".submission_file_"):
+                f.unlink(missing_ok=True)
+        return result
     except FailedJobError as exc:
         if base.is_dir():
             for f in set(base.iterdir()) - before:
@@ -324,12 +329,11 @@ def failure_report(run: RunSpec, entry: ledger.Entry | None, row: dict, lines: i
     if tb and "Traceback" in tb:
         last = tb.splitlines()[-lines:]
         parts.append("traceback (last lines):\n" + "\n".join("  " + x for x in last))
-    if entry is not None and entry.stderr:
-        tail = _tail(entry.stderr, lines)
-        if tail and tail not in tb:
-            parts.append(f"log {entry.stderr} (last lines):\n" + "\n".join("  " + x for x in tail.splitlines()))
-    elif error and not parts:
-        parts.append(error)
+    tail = _tail(entry.stderr, lines) if entry is not None and entry.stderr else ""
+    if tail:
+        parts.append(f"log {entry.stderr} (last lines):\n" + "\n".join("  " + x for x in tail.splitlines()))
+    elif tb and not parts:
+        parts.append("\n".join(tb.splitlines()[-lines:]))
     return "\n".join(parts)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import re
+import sys
 from dataclasses import dataclass
 
 from bench_harness.errors import BenchError
@@ -73,8 +74,10 @@ def _check_one(req: Request, info: ClusterInfo) -> list[str]:
             return [f"{key('partition')}: the cluster has no default partition; set one "
                     f"(partitions: {', '.join(sorted(info.partitions))})"]
     where = f"partition {part.name!r}"
-    if part.state not in ("UP",):
-        out.append(f"{key('partition')}: {where} is {part.state} (jobs would not start)")
+    if part.state in ("DRAIN", "INACTIVE"):
+        out.append(f"{key('partition')}: {where} is {part.state} and accepts no jobs")
+    elif part.state != "UP":
+        print(f"warning: {where} is {part.state}: jobs wait until it is up", file=sys.stderr)
 
     # account and QOS: the user's associations (when enforced) and the partition's allow lists
     assocs = info.associations

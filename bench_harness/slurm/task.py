@@ -100,6 +100,17 @@ def _init_worker(slots, devices: list, threads: int) -> None:
 
 # ---- requeue accounting -------------------------------------------------------------------------------------------
 
+def _process_start() -> float | None:
+    """When this process started (before Python's imports), from /proc; None where that is not available."""
+    try:
+        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return time.time() - (uptime - int(fields[19]) / ticks)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class _Requeueable(submitit.helpers.Checkpointable):
     """Counts time-limit requeues itself (see the module docstring); subclasses define ``_run`` and ``_again``."""
 
@@ -109,7 +120,7 @@ class _Requeueable(submitit.helpers.Checkpointable):
     timeouts: int = 0
 
     def __call__(self):
-        self._started = time.time()
+        self._started = _process_start() or time.time()
         attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) + 1
         if attempt > 1:
             log(f"attempt {attempt} (time-limit requeues so far: {self.timeouts})")
