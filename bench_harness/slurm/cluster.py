@@ -323,11 +323,12 @@ def _submit_limits(account: str | None, qos: str | None, partition: str | None) 
         per_account = int(row[2]) if row and len(row) > 2 and row[2].isdigit() else None
         body = rec["_text"]
         if per_user is not None:
-            m = re.search(rf"User Limits.*?^\s*(?:\S+\()?{uid}\)?\s*$.*?MaxSubmitJobsPU=\w+\((\d+)\)", body, re.S | re.M)
+            m = re.search(rf"User Limits.*?^\s*(?:\S+\()?{uid}\)?\s*$.*?MaxSubmitJobsPU=\w+\((\d+)\)", body,
+                          re.S | re.M)
             limits.append(SubmitLimit(f"MaxSubmitJobsPerUser of QOS {name!r}", per_user, int(m.group(1)) if m else 0))
         if per_account is not None:
-            m = re.search(rf"Account Limits.*?^\s*{re.escape(account)}(?:\(\d+\))?\s*$.*?MaxSubmitJobsPA=\w+\((\d+)\)", body,
-                          re.S | re.M)
+            m = re.search(rf"Account Limits.*?^\s*{re.escape(account)}(?:\(\d+\))?\s*$.*?"
+                          rf"MaxSubmitJobsPA=\w+\((\d+)\)", body, re.S | re.M)
             limits.append(SubmitLimit(f"MaxSubmitJobsPerAccount of QOS {name!r}", per_account,
                                       int(m.group(1)) if m else 0))
     return limits

@@ -325,7 +325,6 @@ def failure_report(run: RunSpec, entry: ledger.Entry | None, row: dict, lines: i
     """What `bench status` shows under a failed run: the exception, the traceback's last lines, the log's end."""
     parts = []
     tb = str(row.get("traceback") or "").rstrip()
-    error = str(row.get("error") or "")
     if tb and "Traceback" in tb:
         last = tb.splitlines()[-lines:]
         parts.append("traceback (last lines):\n" + "\n".join("  " + x for x in last))

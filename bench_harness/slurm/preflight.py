@@ -111,7 +111,8 @@ def _check_one(req: Request, info: ClusterInfo) -> list[str]:
         excluded = set(cluster.expand_hostlist(extra["exclude"]))
         nodes_left = [n for n in nodes if n.name not in excluded]
         if nodes and not nodes_left:
-            out.append(f"{key('additional')}.exclude: excludes every node of {where} ({', '.join(n.name for n in nodes)})")
+            out.append(f"{key('additional')}.exclude: excludes every node of {where} "
+                       f"({', '.join(n.name for n in nodes)})")
         nodes = nodes_left
     if extra.get("nodelist"):
         wanted = set(cluster.expand_hostlist(extra["nodelist"]))
