@@ -402,7 +402,7 @@ class Snows(Pruner):
                         if size * len(starts) <= budget:
                             cache[i] = dense_outs
                     loss = objective(xb, dense_outs)
-                    current = float(loss)
+                    current = float(loss.detach())
                     if rnd == 0:
                         history.append(current)  # the official records the first pass's losses twice
                     history.append(current)
