@@ -34,6 +34,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench_harness import Pruner, PruneResult, Regime, Requirements, hookimpl, param
 from bench_harness_plugins import snows_network as net
@@ -345,7 +346,9 @@ class Snows(Pruner):
                 w0 = weight.detach().clone()
             _set(weight, w0 * mask)
             k = p.k_step if p.k_step >= 0 else default_k(walk.kind, model, lay)
-            report["layers"][lay.name] = self.newton(walk, lay, weight, mask, xp, k, watched_names)
+            # exact HVPs need double backward: the math attention kernel has it, the fused ones do not
+            with sdpa_kernel(SDPBackend.MATH):
+                report["layers"][lay.name] = self.newton(walk, lay, weight, mask, xp, k, watched_names)
 
         for q in model.parameters():
             q.requires_grad_(False)

@@ -147,9 +147,22 @@ def masked_least_squares(xtx: torch.Tensor, xty: torch.Tensor, mask: torch.Tenso
         v = valid[start:start + step].double()
         system = a[idx.unsqueeze(2), idx.unsqueeze(1)] * (v.unsqueeze(2) * v.unsqueeze(1)) + torch.diag_embed(1.0 - v) * eye
         rhs = (torch.gather(b[start:start + step], 1, idx) * v).unsqueeze(2)
-        sol = torch.linalg.solve(system, rhs)  # batched LU: much faster than batched Cholesky on CPU
+        sol = _solve(system, rhs)
         result[start:start + step].scatter_(1, idx, sol.squeeze(2) * v)
     return result
+
+
+def _solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Batched LU solve (much faster than batched Cholesky on CPU). On CPU it runs single-threaded: the batched
+    LAPACK call was seen to hang with 2 intra-op threads under pytest (torch 2.14.1, OpenBLAS/OpenMP)."""
+    if system.device.type != "cpu":
+        return torch.linalg.solve(system, rhs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.solve(system, rhs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- the Newton solver ----------------------------------------------------------------------------------------------
