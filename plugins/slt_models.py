@@ -13,22 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-
-class _Block(nn.Module):
-    def __init__(self, f_in: int, f_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(f_out)
-        self.conv2 = nn.Conv2d(f_out, f_out, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(f_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or f_in != f_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+from bench_harness_plugins.archs.cifar_resnet import BasicBlock
 
 
 class CifarResNet18(nn.Module):
@@ -39,7 +24,7 @@ class CifarResNet18(nn.Module):
         stages, f_in = [], width
         for i, f_out in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(_Block(f_in, f_out, stride), _Block(f_out, f_out, 1)))
+            stages.append(nn.Sequential(BasicBlock(f_in, f_out, stride), BasicBlock(f_out, f_out, 1)))
             f_in = f_out
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(f_in, num_classes, bias=False)
