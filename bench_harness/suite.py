@@ -445,6 +445,7 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
     from pydantic import BaseModel, create_model
 
     from bench_harness.plugins import get_registry
+    from bench_harness.slurm.resources import slurm_section_model
 
     registry = registry or get_registry()
     forbid = ConfigDict(extra="forbid")
@@ -476,5 +477,5 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
         pretrain=(Union[Recipe, None], None), device=(str, "auto"), data_root=(str, "data"), download=(bool, False),
         results_root=(str, "results"), packing=(Annotated[int, Field(ge=1)], 1), timeout_min=(Union[Annotated[float, Field(gt=0)], None], None),
         ablations=(list[Union[Literal["shuffle", "reinit", "invert"], None]], [None]),
-        slurm=(dict[str, Any], {}))
+        slurm=(Union[slurm_section_model(), None], None))
     return model.model_json_schema()

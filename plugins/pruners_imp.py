@@ -43,7 +43,7 @@ class ImpParams:
     rate: float = param(0.2, "fraction of the remaining weights removed per level (open_lth: 0.2)")
     rewind_epoch: int = param(0, "rewind survivors to their values after this many epochs (0: initialization)")
     epochs: int = param(0, "training epochs per level; 0 = the suite recipe's epochs")
-    scope: str = param("global", "global (open_lth sparse_global) or layerwise")
+    scope: Literal["global", "layerwise"] = param("global", "global (open_lth sparse_global) or layerwise")
     schedule: Literal["geometric", "linear_count"] = param(
         "geometric", "geometric: keep 1-rate per level (open_lth); linear_count: remove the same number of weights "
         "per level (AutoSparse's IRP)")

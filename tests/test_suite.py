@@ -49,6 +49,8 @@ def test_expansion_collapses_the_sparsity_axis_of_dense(tmp_path):
     (GOOD.replace("[0.5, 0.9]", "[0.5, 90]"), "grid.sparsities[1]", "fraction of weights REMOVED"),
     (GOOD.replace("grid:", "gird:"), "gird", "Did you mean 'grid'"),
     (GOOD.replace("{scope: layerwise}", "{scop: layerwise}"), "grid.pruners[magnitude].params", "scope"),
+    (GOOD.replace("{scope: layerwise}", "{scope: layer}"), "grid.pruners[magnitude].params",
+     "use 'global' or 'layerwise'. Did you mean 'layerwise'"),
 ])
 def test_errors_name_the_file_the_key_and_the_fix(tmp_path, text, key, fragment):
     path = _write(tmp_path, text)
@@ -92,3 +94,23 @@ def test_the_json_schema_lists_sections_allowed_values_and_pruner_parameters():
     imp = next(v for k, v in defs.items() if k == "pruner_imp")
     assert imp["properties"]["name"]["const"] == "imp"
     assert set(schema["required"]) == {"name", "grid"}
+    assert {"time_min", "max_requeues", "python", "models", "pruners"} <= set(defs["slurm"]["properties"])
+    assert defs["Resources"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("slurm, key, fragment", [
+    ("{cpus: two}", "slurm.cpus", "valid integer"),
+    ("{partiton: gpu}", "slurm.partiton", "Did you mean 'partition'"),
+    ("{mem_gb: 0}", "slurm.mem_gb", "greater than 0"),
+    ("{pruners: {random: {time_min: -3}}}", "slurm.pruners.random.time_min", "greater than or equal to 0"),
+    ("{python: '  '}", "slurm.python", "Python interpreter"),
+])
+def test_validate_checks_the_slurm_section_with_the_same_schema(tmp_path, slurm, key, fragment):
+    from tests.conftest import bench
+
+    good = _write(tmp_path, GOOD + "slurm: {cpus: 2, setup: 'module load cuda', additional: {exclude: n1}}\n")
+    assert bench("validate", good).returncode == 0
+    bad = _write(tmp_path, GOOD + f"slurm: {slurm}\n")
+    out = bench("validate", bad, check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert key in out.stderr and fragment in out.stderr, out.stderr

@@ -30,28 +30,59 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
+from typing_extensions import Annotated
+
 from bench_harness.errors import SuiteError, did_you_mean
-from bench_harness.suite import RunSpec, Suite
+from bench_harness.suite import Count, RunSpec, Suite, validation_problems
+
+
+def _setup_lines(value: Any) -> Any:
+    return (value,) if isinstance(value, str) else value
+
+
+def _option_pairs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+    return value
+
+
+def _interpreter(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("expected the path (or command name) of a Python interpreter")
+    return os.path.expanduser(value) if value.startswith("~/") else value
+
+
+Name = Annotated[str, Strict(), Field(min_length=1)]
+SetupLines = Annotated[tuple[str, ...], BeforeValidator(_setup_lines),
+                       WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})]
+SbatchOptions = Annotated[tuple[tuple[str, str], ...], BeforeValidator(_option_pairs),
+                          WithJsonSchema({"type": "object", "additionalProperties": {"type": ["string", "number"]}})]
 
 
 @dataclass(frozen=True)
 class Resources:
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    gpus: int = 0
-    cpus: int = 1
-    mem_gb: float | None = None
-    time_min: int = 60
-    setup: tuple[str, ...] = ()
-    array_parallelism: int = 256
-    runs_per_task: int = 1
-    runs_per_gpu: int = 1
-    signal_delay_s: int = 90
-    max_requeues: int = 100
-    python: str | None = None  # None: the interpreter that submits
-    additional: tuple[tuple[str, str], ...] = ()  # extra sbatch options, e.g. {"gres": "gpu:a100:1"}
+    """One run's SLURM request; validated by pydantic like every suite section (``slurm_json_schema``)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    partition: Name | None = None
+    account: Name | None = None
+    qos: Name | None = None
+    constraint: Name | None = None
+    gpus: Count = 0
+    cpus: Count = 1
+    mem_gb: Annotated[float, Field(gt=0)] | None = None
+    time_min: Count = 60
+    setup: SetupLines = ()
+    array_parallelism: Count = 256
+    runs_per_task: Count = 1
+    runs_per_gpu: Count = 1
+    signal_delay_s: Count = 90
+    max_requeues: Count = 100
+    python: Annotated[str, Strict(), AfterValidator(_interpreter)] | None = None  # None: the submitting one
+    additional: SbatchOptions = ()  # extra sbatch options, e.g. {"gres": "gpu:a100:1"}
 
     def submitit_parameters(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -73,37 +104,31 @@ class Resources:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Resources)}
+_ADAPTER = TypeAdapter(Resources)
 
 
 def _resources(path: str, key: str, values: Any, base: Resources) -> Resources:
     if not isinstance(values, dict):
         raise SuiteError(path, key, f"expected a mapping of SLURM settings, got {values!r}")
-    changes = {}
-    for k, v in values.items():
-        if k not in FIELDS:
-            raise SuiteError(path, f"{key}.{k}", f"unknown SLURM setting.{did_you_mean(str(k), FIELDS)} "
-                             f"Known: {', '.join(FIELDS)}.")
-        if k == "setup":
-            v = tuple(v if isinstance(v, list) else [v])
-        elif k == "additional":
-            v = tuple(sorted((str(a), str(b)) for a, b in dict(v).items()))
-        elif k in ("gpus", "cpus", "time_min", "array_parallelism", "runs_per_task", "runs_per_gpu", "signal_delay_s",
-                   "max_requeues"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise SuiteError(path, f"{key}.{k}", f"expected a non-negative integer, got {v!r}")
-        elif k == "python":
-            if not isinstance(v, str) or not v.strip():
-                raise SuiteError(path, f"{key}.{k}", f"expected the path (or command name) of a Python interpreter, "
-                                 f"got {v!r}")
-            v = os.path.expanduser(v.strip()) if v.strip().startswith("~/") else v.strip()
-        elif k == "mem_gb":
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise SuiteError(path, f"{key}.{k}", f"expected a positive number of GB, got {v!r}")
-        elif k in ("partition", "account", "qos", "constraint"):
-            if not isinstance(v, str) or not v:
-                raise SuiteError(path, f"{key}.{k}", f"expected a name, got {v!r}")
-        changes[k] = v
-    return dataclasses.replace(base, **changes)
+    try:
+        given = _ADAPTER.validate_python(values)
+    except ValidationError as exc:
+        where, message = validation_problems(exc, list(FIELDS))[0]
+        raise SuiteError(path, f"{key}.{where}", message) from None
+    return dataclasses.replace(base, **{k: getattr(given, k) for k in values})
+
+
+def slurm_section_model() -> Any:
+    """The ``slurm:`` section as a pydantic model (for the suite's JSON Schema): the settings, plus
+    ``models:``/``pruners:`` overrides by name."""
+    import typing
+
+    from pydantic import create_model
+
+    hints = typing.get_type_hints(Resources, include_extras=True)
+    settings = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(Resources)}
+    return create_model("slurm", __config__=ConfigDict(extra="forbid"), **settings,
+                        models=(dict[str, Resources], {}), pruners=(dict[str, Resources], {}))
 
 
 @dataclass
