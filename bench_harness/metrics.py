@@ -20,6 +20,9 @@ class Metric:
     description: str = ""
 
 
+_TORCH_BEFORE_2_4 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4)
+
+
 def flops_per_example(model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor],
                       device: torch.device) -> tuple[float, float]:
     """(dense, effective) FLOPs of one example, counted by torch's own flop counter.
@@ -30,7 +33,8 @@ def flops_per_example(model: nn.Module, input_shape: tuple[int, ...], masks: Map
     was_training = model.training
     model.eval()
     x = torch.zeros((1, *input_shape), device=device)
-    counter = FlopCounterMode(display=False)
+    # torch < 2.4 tracks modules only when given the model (later versions track every module and deprecate it)
+    counter = FlopCounterMode(model, display=False) if _TORCH_BEFORE_2_4 else FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x)
     model.train(was_training)

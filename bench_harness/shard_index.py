@@ -44,7 +44,9 @@ def _read_chunk(files: list[str]) -> tuple[pa.Table | None, list[tuple[str, str]
         except Exception as exc:
             bad.append((f, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
             continue
-        by_schema.setdefault(table.schema, []).append((table, os.path.basename(f), st.st_mtime_ns, st.st_size))
+        # keyed by the schema's text: pyarrow < 15 cannot hash a schema that carries metadata
+        key = table.schema.to_string(show_field_metadata=False, show_schema_metadata=False)
+        by_schema.setdefault(key, []).append((table, os.path.basename(f), st.st_mtime_ns, st.st_size))
     if not by_schema:
         return None, bad
     parts, names, mtimes, sizes = [], [], [], []
