@@ -7,21 +7,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from bench_harness.hookspecs import hookimpl  # noqa: E402
-from bench_harness.numerics import DegenerateScoresWarning  # noqa: E402,F401 (warned by score pruners)
+from bench_harness.contract.hookspecs import hookimpl  # noqa: E402
+from bench_harness.contract.numerics import DegenerateScoresWarning  # noqa: E402,F401 (warned by score pruners)
 
 # name -> module that defines it; imported on first use so that `import bench_harness` stays light
 _PUBLIC = {
-    "Pruner": "bench_harness.pruner", "PruneResult": "bench_harness.pruner", "PruneContext": "bench_harness.pruner",
-    "Regime": "bench_harness.pruner", "Requirements": "bench_harness.pruner", "SparsityKind": "bench_harness.pruner",
-    "Granularity": "bench_harness.pruner", "Stage": "bench_harness.pruner", "NoParams": "bench_harness.pruner",
-    "param": "bench_harness.pruner",
-    "ScorePruner": "bench_harness.score_pruner", "ScoreParams": "bench_harness.score_pruner",
-    "Trainer": "bench_harness.trainer", "FitResult": "bench_harness.trainer",
-    "ArtifactStore": "bench_harness.artifacts",
-    "ModelSpec": "bench_harness.models", "DatasetSpec": "bench_harness.datasets",
-    "DatasetNotFound": "bench_harness.datasets", "Metric": "bench_harness.metrics",
-    "masking": "bench_harness.masking",
+    "Pruner": "bench_harness.contract.pruner", "PruneResult": "bench_harness.contract.pruner", "PruneContext": "bench_harness.contract.pruner",
+    "Regime": "bench_harness.contract.pruner", "Requirements": "bench_harness.contract.pruner", "SparsityKind": "bench_harness.contract.pruner",
+    "Granularity": "bench_harness.contract.pruner", "Stage": "bench_harness.contract.pruner", "NoParams": "bench_harness.contract.pruner",
+    "param": "bench_harness.contract.pruner",
+    "ScorePruner": "bench_harness.contract.score_pruner", "ScoreParams": "bench_harness.contract.score_pruner",
+    "Trainer": "bench_harness.running.trainer", "FitResult": "bench_harness.running.trainer",
+    "ArtifactStore": "bench_harness.contract.artifacts",
+    "ModelSpec": "bench_harness.running.models", "DatasetSpec": "bench_harness.running.datasets",
+    "DatasetNotFound": "bench_harness.running.datasets", "Metric": "bench_harness.running.metrics",
+    "masking": "bench_harness.contract.masking",
 }
 
 __all__ = ["__version__", "hookimpl", "prune", *_PUBLIC]

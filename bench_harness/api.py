@@ -7,11 +7,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bench_harness import masking
-from bench_harness.artifacts import ArtifactStore, MemoryArtifactStore
-from bench_harness.plugins import get_registry
-from bench_harness.pruner import Pruner, PruneResult, iter_batches
-from bench_harness.pruning import call_pruner, make_context
+from bench_harness.contract import masking
+from bench_harness.contract.artifacts import ArtifactStore, MemoryArtifactStore
+from bench_harness.contract.plugins import get_registry
+from bench_harness.contract.pruner import Pruner, PruneResult, iter_batches
+from bench_harness.contract.pruning import call_pruner, make_context
 
 
 def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: Any = None, *,
@@ -31,7 +31,7 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
       fine-tuning): a DataLoader (or iterable of ``(inputs, labels)``) and a dict of recipe fields (``epochs``,
       ``lr``, ``optimizer``, ``schedule``, ... as in a suite's ``recipe:``), from which the training service is
       built.
-    - ``return_result``: return the :class:`~bench_harness.pruner.PruneResult` (masks, info, achieved sparsity,
+    - ``return_result``: return the :class:`~bench_harness.contract.pruner.PruneResult` (masks, info, achieved sparsity,
       the training the pruner asks for afterwards) instead of the masks.
     - ``artifacts``: a folder for stage artifacts (default: kept in memory for this call).
     - ``input_shape``: ``(C, H, W)`` of one example, for data-free pruners (SynFlow) when no data is given.
@@ -57,7 +57,7 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
         raise ValueError(f"pruner {cls.name!r} needs data: pass data=(inputs, labels) or a DataLoader")
     trainer = None
     if train_data is not None:
-        from bench_harness.trainer import Trainer
+        from bench_harness.running.trainer import Trainer
 
         trainer = Trainer(train_data, make_recipe(recipe), device)
         if input_shape is None:

@@ -12,7 +12,7 @@ from bench_harness.errors import BenchError
 
 
 def _registry():
-    from bench_harness.plugins import get_registry
+    from bench_harness.contract.plugins import get_registry
 
     return get_registry()
 
@@ -37,7 +37,7 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_check_plugin(args) -> int:
-    from bench_harness.conformance import check_pruner
+    from bench_harness.contract.conformance import check_pruner
 
     cls = _registry().get("pruner", args.name)
     params = cls.make_params(json.loads(args.params) if args.params else {})
@@ -69,7 +69,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from bench_harness.executor import pending_runs, run_local
+    from bench_harness.running.executor import pending_runs, run_local
     from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
         raise BenchError(f"unknown executor {args.executor!r}: use 'local' or 'slurm'")
     print(f"suite {suite.name}: {len(suite.runs)} runs, {len(done)} already finished, {len(todo)} to run "
           f"-> {suite.results_dir}", file=sys.stderr)
-    from bench_harness.results import ensure_writable, save_suite_file
+    from bench_harness.results.store import ensure_writable, save_suite_file
 
     if todo:
         ensure_writable(suite.results_dir)
@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress)
     elapsed = time.perf_counter() - t0
     if report.ok or report.failed:
-        from bench_harness.shard_index import maybe_compact
+        from bench_harness.results.shard_index import maybe_compact
 
         for root in sorted({r.results_root for r in suite.runs}):
             maybe_compact(root, suite.name)
@@ -165,7 +165,7 @@ def cmd_status(args) -> int:
         f"{counts[k]} {k}" for k in ("done", "running", "pending", "failed", "missing") if counts[k]))
     for s in states:
         if s.state == "failed":
-            from bench_harness.results import read_shard
+            from bench_harness.results.store import read_shard
             from bench_harness.paths import shard_path
 
             shard = shard_path(s.run.results_root, s.run.suite, s.run.run_id)
@@ -200,7 +200,7 @@ def cmd_cancel(args) -> int:
 def print_results(suite_name: str, results_root: str, where: list[str] | None = None,
                   failed_only: bool = False) -> int:
     """Print a suite's runs (one line per run, failures with their error); returns the number printed."""
-    from bench_harness.results import load_results
+    from bench_harness.results.store import load_results
 
     df = load_results(results_root, [suite_name])
     if df.empty:
@@ -251,7 +251,7 @@ def cmd_verify(args) -> int:
     from collections import Counter
 
     from bench_harness import paths
-    from bench_harness.results import shard_health
+    from bench_harness.results.store import shard_health
     from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -294,9 +294,9 @@ def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[st
 
 
 def cmd_aggregate(args) -> int:
-    from bench_harness.aggregate import aggregate, leaderboard_path
+    from bench_harness.results.aggregate import aggregate, leaderboard_path
 
-    from bench_harness.shard_index import maybe_compact
+    from bench_harness.results.shard_index import maybe_compact
 
     suites, root = _resolve_suites(args.suites, args.results_root)
     t0 = time.perf_counter()
@@ -319,8 +319,8 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from bench_harness.aggregate import aggregate
-    from bench_harness.leaderboard import display_table, to_latex, to_markdown
+    from bench_harness.results.aggregate import aggregate
+    from bench_harness.results.leaderboard import display_table, to_latex, to_markdown
 
     suites, root = _resolve_suites(args.suites, args.results_root)
     result = aggregate(root, suites)
@@ -344,8 +344,8 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from bench_harness.aggregate import aggregate
-    from bench_harness.plots import make_plots
+    from bench_harness.results.aggregate import aggregate
+    from bench_harness.results.plots import make_plots
 
     suites, root = _resolve_suites(args.suites, args.results_root)
     result = aggregate(root, suites)
@@ -357,15 +357,15 @@ def cmd_plot(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from bench_harness.aggregate import aggregate
-    from bench_harness.plots import make_plots
-    from bench_harness.publish import publish_index, publish_suite
+    from bench_harness.results.aggregate import aggregate
+    from bench_harness.results.plots import make_plots
+    from bench_harness.results.publish import publish_index, publish_suite
 
     suites, root = _resolve_suites(args.suites, args.results_root)
     result = aggregate(root, suites)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from bench_harness.publish import suite_card
+    from bench_harness.results.publish import suite_card
 
     cards = {suite: suite_card(root, suite) for suite in suites}
     for suite in suites:
@@ -379,9 +379,9 @@ def cmd_publish(args) -> int:
 def cmd_artifacts(args) -> int:
     """Stage artifacts of a suite: stored ones with their users, planned ones still missing; checksums verified."""
     from bench_harness import paths
-    from bench_harness.artifacts import ArtifactStore, list_artifacts
-    from bench_harness.results import load_results
-    from bench_harness.runner import pretrain_key
+    from bench_harness.contract.artifacts import ArtifactStore, list_artifacts
+    from bench_harness.results.store import load_results
+    from bench_harness.running.runner import pretrain_key
     from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -431,7 +431,7 @@ def cmd_artifacts(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from bench_harness.aggregate import merge_results
+    from bench_harness.results.aggregate import merge_results
 
     stats = merge_results(args.sources, args.into)
     print(f"merged into {args.into}: {stats['copied']} new, {stats['replaced']} replaced by newer, "

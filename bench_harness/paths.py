@@ -18,7 +18,7 @@ def run_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
 
 
 def artifacts_dir(results_root: str | Path) -> Path:
-    """Stage artifacts shared by every suite of a results root (see bench_harness.artifacts)."""
+    """Stage artifacts shared by every suite of a results root (see bench_harness.contract.artifacts)."""
     return Path(results_root) / "artifacts"
 
 

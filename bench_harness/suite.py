@@ -377,20 +377,20 @@ def load_suite(path: str | os.PathLike, registry=None) -> Suite:
 
 
 def _is_score_pruner(cls: type) -> bool:
-    from bench_harness.score_pruner import ScorePruner
+    from bench_harness.contract.score_pruner import ScorePruner
 
     return issubclass(cls, ScorePruner)
 
 
 def needs_pretrained(pruner_cls: type) -> bool:
-    from bench_harness.pruner import Regime
+    from bench_harness.contract.pruner import Regime
 
     return bool(pruner_cls.requires.pretrained or pruner_cls.regime == Regime.POST_TRAINING)
 
 
 def validate_suite(suite: Suite, registry=None) -> None:
     """Check names and parameters against the registry; collapse the sparsity axis of dense pruners."""
-    from bench_harness.plugins import get_registry
+    from bench_harness.contract.plugins import get_registry
 
     registry = registry or get_registry()
     checked: set = set()
@@ -421,7 +421,7 @@ def validate_suite(suite: Suite, registry=None) -> None:
         if pruner_cls.ignores_sparsity:
             run.sparsity = 0.0
         if run.ablation is not None:
-            from bench_harness.ablations import ABLATIONS
+            from bench_harness.running.ablations import ABLATIONS
 
             if run.ablation not in ABLATIONS:
                 raise SuiteError(suite.path, "ablations", f"unknown ablation {run.ablation!r}."
@@ -444,7 +444,7 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
 
     from pydantic import BaseModel, create_model
 
-    from bench_harness.plugins import get_registry
+    from bench_harness.contract.plugins import get_registry
     from bench_harness.slurm.resources import slurm_section_model
 
     registry = registry or get_registry()

@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench_harness.leaderboard import build_leaderboard
-from bench_harness.results import write_shard
-from bench_harness.shard_index import compact, update_index
+from bench_harness.results.leaderboard import build_leaderboard
+from bench_harness.results.store import write_shard
+from bench_harness.results.shard_index import compact, update_index
 
 MODELS = ["resnet20", "resnet32", "vgg16_bn", "conv4", "lenet5"]
 DATASETS = ["cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"]
@@ -82,7 +82,7 @@ def main() -> None:
     compaction = time.perf_counter() - t0
     # a fresh process reads the compacted results and builds the leaderboard: what `bench aggregate` costs now
     probe = ("import time, resource; t0 = time.perf_counter();"
-             "from bench_harness.aggregate import aggregate;"
+             "from bench_harness.results.aggregate import aggregate;"
              f"r = aggregate({str(root)!r}, ['big']);"
              "print(time.perf_counter() - t0, len(r.boards['big']),"
              " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")

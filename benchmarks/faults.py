@@ -39,7 +39,7 @@ COMPARED = ["top1", "top5", "loss", "top1_before_training", "achieved_sparsity",
 
 
 def _rows(root: Path) -> pd.DataFrame:
-    from bench_harness.results import load_results
+    from bench_harness.results.store import load_results
 
     return load_results(root, ["faults"]).set_index("run_id").sort_index()
 

@@ -14,7 +14,7 @@ import time
 
 import yaml
 
-from bench_harness.runner import execute_packed, execute_run
+from bench_harness.running.runner import execute_packed, execute_run
 from bench_harness.suite import parse_suite, validate_suite
 
 SUITE = """

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_harness.results import load_results
+from bench_harness.results.store import load_results
 from bench_harness.slurm import ledger
 from bench_harness.slurm.cluster import sacct_states
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from bench_harness import hookimpl, masking
-from bench_harness.pruner import Regime, Pruner
-from bench_harness.score_pruner import ScorePruner
+from bench_harness.contract.pruner import Regime, Pruner
+from bench_harness.contract.score_pruner import ScorePruner
 
 
 class Dense(Pruner):

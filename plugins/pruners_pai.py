@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench_harness import hookimpl
-from bench_harness.pruner import Requirements, param
-from bench_harness.score_pruner import ScoreParams, ScorePruner
+from bench_harness.contract.pruner import Requirements, param
+from bench_harness.contract.score_pruner import ScoreParams, ScorePruner
 
 
 def _batches(ctx, limit: int):

@@ -313,7 +313,7 @@ class Snows(Pruner):
         p = self.params
         if p.mask_from == "mp":
             return mp_masks(model, sparsity, dict(ctx.prunable), p)
-        from bench_harness.plugins import get_registry
+        from bench_harness.contract.plugins import get_registry
 
         cls = get_registry().get("pruner", p.mask_from)
         prunable_total = sum(w.numel() for w in ctx.prunable.values())

@@ -35,7 +35,7 @@ def example_plugin_installed():
     for d in src.glob("*.egg-info"):
         shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(src / "build", ignore_errors=True)
-    from bench_harness.plugins import get_registry
+    from bench_harness.contract.plugins import get_registry
 
     get_registry(refresh=True)
     yield

@@ -12,11 +12,11 @@ import yaml
 from torch import nn
 
 import bench_harness
-from bench_harness import masking
-from bench_harness.artifacts import ArtifactWarning
-from bench_harness.plugins import get_registry
-from bench_harness.pruning import make_context
-from bench_harness.runner import execute_run
+from bench_harness.contract import masking
+from bench_harness.contract.artifacts import ArtifactWarning
+from bench_harness.contract.plugins import get_registry
+from bench_harness.contract.pruning import make_context
+from bench_harness.running.runner import execute_run
 from bench_harness.suite import parse_suite, validate_suite
 from bench_harness_plugins import pruners_autosparse as aus
 from bench_harness_plugins.autosparse_predictor import build_predictor, predict
@@ -266,7 +266,7 @@ def test_a_second_run_reuses_the_artifacts(tmp_path):
     # the self-teacher's θ₀ is the run's own initialization
     folder = next((tmp_path / "artifacts" / aus.TEACHER).glob("*/artifact.pt"))
     teacher = torch.load(folder, weights_only=True)
-    from bench_harness.runner import _data_and_model
+    from bench_harness.running.runner import _data_and_model
 
     _, _, init, _ = _data_and_model(first.runs[0], get_registry(), torch.device("cpu"))
     for n, p in masking.prunable_parameters(init).items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_harness.results import SCHEMA, load_results, read_shard
+from bench_harness.results.store import SCHEMA, load_results, read_shard
 from tests.conftest import BENCH, bench
 
 

@@ -13,19 +13,19 @@ import yaml
 from torch import nn
 
 import bench_harness
-from bench_harness import masking
+from bench_harness.contract import masking
 from bench_harness.api import make_recipe
-from bench_harness.artifacts import ArtifactError, ArtifactStore, file_lock
-from bench_harness.conformance import check_pruner
+from bench_harness.contract.artifacts import ArtifactError, ArtifactStore, file_lock
+from bench_harness.contract.conformance import check_pruner
 from bench_harness.errors import RunFailure, SuiteError
-from bench_harness.leaderboard import build_leaderboard, prepare_runs
-from bench_harness.plugins import Registry, get_registry
-from bench_harness.pruner import PruneResult, Regime, training_plan
-from bench_harness.pruning import call_pruner, make_context
-from bench_harness.runner import execute_run
+from bench_harness.results.leaderboard import build_leaderboard, prepare_runs
+from bench_harness.contract.plugins import Registry, get_registry
+from bench_harness.contract.pruner import PruneResult, Regime, training_plan
+from bench_harness.contract.pruning import call_pruner, make_context
+from bench_harness.running.runner import execute_run
 from bench_harness.suite import parse_suite, validate_suite
-from bench_harness.trainer import Trainer
-from bench_harness.weights import WeightsNotFound, load_pretrained
+from bench_harness.running.trainer import Trainer
+from bench_harness.running.weights import WeightsNotFound, load_pretrained
 from tests import contract_plugins
 
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 128, test_size: 64}}"
@@ -214,7 +214,7 @@ pretrain: {{epochs: 2, batch_size: 32, lr: 0.05}}
 
 
 def test_weights_from_a_file_are_loaded_and_hashed(tmp_path, registry):
-    from bench_harness.artifacts import file_sha256
+    from bench_harness.contract.artifacts import file_sha256
     from bench_harness_plugins.archs.small import MLP
 
     model = MLP(4, 3, 8, (300, 100))
@@ -255,7 +255,7 @@ def test_missing_torchvision_and_timm_weights_name_where_they_were_looked_for(tm
 
 def test_timm_pretrained_tags_are_model_names():
     spec = get_registry().get("model", "timm")
-    from bench_harness.models import build_model
+    from bench_harness.running.models import build_model
 
     model = build_model(spec, "timm:resnet18.a1_in1k", 10, 3, 32)
     assert model.fc.out_features == 10
@@ -413,7 +413,7 @@ def test_artifact_store_produces_once_and_verifies(tmp_path):
     with open(folder / "artifact.pt", "r+b") as fh:  # damage it
         fh.seek(-3, 2)
         fh.write(b"xyz")
-    from bench_harness.artifacts import ArtifactWarning, list_artifacts
+    from bench_harness.contract.artifacts import ArtifactWarning, list_artifacts
 
     state = {a["key"]: a["ok"] for a in list_artifacts(tmp_path)}
     assert state[folder.name] is False and sum(state.values()) == 1  # bench artifacts reports it
@@ -482,7 +482,7 @@ recipe: {{epochs: 1, batch_size: 32, lr: 0.05}}
     records = [json.loads(r["artifacts"])["test-teacher"] for r in rows]
     assert [r["produced"] for r in records] == [True, False, False, False]
     assert len({r["sha256"] for r in records}) == 1
-    from bench_harness.runner import missing_stages
+    from bench_harness.running.runner import missing_stages
     from bench_harness import paths
 
     assert missing_stages(first.runs[0], registry) == []
@@ -537,7 +537,7 @@ def test_contract_v2_pruners_pass_the_conformance_kit(name, registry):
 
 
 def test_the_conformance_kit_catches_a_pruner_that_does_not_resume(registry):
-    from bench_harness.pruner import Pruner
+    from bench_harness.contract.pruner import Pruner
 
     class Forgetful(Pruner):
         name = "forgetful"
@@ -596,7 +596,8 @@ recipe: {{epochs: 1, batch_size: 64}}
 
 
 def test_bench_artifacts_lists_users_and_verifies_checksums(tmp_path, registry, monkeypatch, capsys):
-    from bench_harness import cli, plugins
+    from bench_harness import cli
+    from bench_harness.contract import plugins
 
     monkeypatch.setattr(plugins, "_REGISTRY", registry)
     suite_file = tmp_path / "stage_cli.yaml"

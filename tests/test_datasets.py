@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench_harness.datasets import DatasetNotFound, concrete_spec, first_per_class
-from bench_harness.plugins import get_registry
+from bench_harness.running.datasets import DatasetNotFound, concrete_spec, first_per_class
+from bench_harness.contract.plugins import get_registry
 
 
 def _spec(name):

@@ -5,11 +5,11 @@ import math
 import pandas as pd
 import pytest
 
-from bench_harness.aggregate import aggregate, merge_results
-from bench_harness.leaderboard import build_leaderboard, display_table, to_latex, to_markdown
-from bench_harness.results import read_shard, write_shard
-from bench_harness.shard_index import update_index
-from bench_harness.stats import mean_std_ci, paired_difference, t975
+from bench_harness.results.aggregate import aggregate, merge_results
+from bench_harness.results.leaderboard import build_leaderboard, display_table, to_latex, to_markdown
+from bench_harness.results.store import read_shard, write_shard
+from bench_harness.results.shard_index import update_index
+from bench_harness.results.stats import mean_std_ci, paired_difference, t975
 
 
 def test_t_quantiles_and_intervals_by_hand():
@@ -158,8 +158,8 @@ def test_leaderboard_files_are_read_by_pandas_polars_and_duckdb(tmp_path):
 
 
 def test_compaction_loses_and_duplicates_nothing(tmp_path):
-    from bench_harness.results import load_results, shard_status
-    from bench_harness.shard_index import compact
+    from bench_harness.results.store import load_results, shard_status
+    from bench_harness.results.shard_index import compact
 
     rows = _runs().to_dict("records")
     for row in rows:
@@ -187,7 +187,7 @@ def test_compaction_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_compacted_results_are_read_by_pandas_polars_and_duckdb(tmp_path):
-    from bench_harness.shard_index import compact
+    from bench_harness.results.shard_index import compact
 
     for row in _runs().to_dict("records"):
         _write(tmp_path, row)

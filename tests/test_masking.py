@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench_harness import masking
+from bench_harness.contract import masking
 
 
 def test_global_topk_keeps_highest_scores_across_layers():

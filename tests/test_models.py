@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from bench_harness.masking import prunable_parameters
-from bench_harness.models import build_model
-from bench_harness.plugins import get_registry
+from bench_harness.contract.masking import prunable_parameters
+from bench_harness.running.models import build_model
+from bench_harness.contract.plugins import get_registry
 
 
 def _build(name, classes=10, channels=3, size=32, **params):

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from bench_harness.runner import execute_packed, execute_run
+from bench_harness.running.runner import execute_packed, execute_run
 from bench_harness.suite import parse_suite, validate_suite
 
 SUITE = """
@@ -49,7 +49,7 @@ def test_the_local_executor_packs_a_suite(tmp_path):
     path.write_text(SUITE.format(model="mlp", size=8) + f"results_root: {tmp_path / 'results'}\n")
     out = bench("run", path, "--no-progress")
     assert "4 ok, 0 failed" in out.stderr
-    from bench_harness.results import load_results
+    from bench_harness.results.store import load_results
 
     df = load_results(tmp_path / "results", ["packed"])
     assert (df.packed_runs == 4).all() and (df.status == "ok").all()

@@ -3,7 +3,7 @@ from importlib import metadata
 import pytest
 
 from bench_harness.errors import PluginConflictError, UnknownNameError
-from bench_harness.plugins import PluginWarning, Registry
+from bench_harness.contract.plugins import PluginWarning, Registry
 from tests.conftest import bench
 
 
@@ -39,7 +39,7 @@ def _module_registering(pruner_name):
     import types
 
     from bench_harness import hookimpl
-    from bench_harness.score_pruner import ScorePruner
+    from bench_harness.contract.score_pruner import ScorePruner
 
     cls = type("P", (ScorePruner,), {"name": pruner_name, "score": lambda self, m, c: {}})
     mod = types.ModuleType(f"mod_{pruner_name}")
@@ -130,7 +130,7 @@ results_root: {tmp_path / 'results'}
 """)
     out = bench("run", suite, "--no-progress").stdout
     assert "inverse_magnitude" in out
-    from bench_harness.results import load_results
+    from bench_harness.results.store import load_results
 
     df = load_results(tmp_path / "results", ["third"])
     row = df[df.pruner == "inverse_magnitude"].iloc[0]

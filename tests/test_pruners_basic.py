@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 import bench_harness
-from bench_harness.conformance import check_pruner
-from bench_harness.plugins import get_registry
-from bench_harness.pruning import make_context
+from bench_harness.contract.conformance import check_pruner
+from bench_harness.contract.plugins import get_registry
+from bench_harness.contract.pruning import make_context
 
 BUILTIN = ["dense", "random", "magnitude"]
 
@@ -18,7 +18,7 @@ def test_builtin_pruners_pass_the_conformance_kit(name):
 
 
 def test_conformance_kit_catches_a_bad_pruner():
-    from bench_harness.pruner import Pruner
+    from bench_harness.contract.pruner import Pruner
 
     class Sloppy(Pruner):
         name = "sloppy"

@@ -14,11 +14,11 @@ from torch import nn
 
 import bench_harness
 from bench_harness import hookimpl
-from bench_harness.plugins import Registry, get_registry
-from bench_harness.pruner import Pruner
-from bench_harness.results import load_results, write_shard
-from bench_harness.runner import execute_run
-from bench_harness.shard_index import CorruptShardWarning
+from bench_harness.contract.plugins import Registry, get_registry
+from bench_harness.contract.pruner import Pruner
+from bench_harness.results.store import load_results, write_shard
+from bench_harness.running.runner import execute_run
+from bench_harness.results.shard_index import CorruptShardWarning
 from bench_harness.suite import parse_suite, validate_suite
 from tests.conftest import bench
 
@@ -180,12 +180,12 @@ def test_tied_weights_with_imp():
 def test_attention_projections_are_prunable():
     mha = nn.MultiheadAttention(8, 2)
     model = nn.ModuleDict({"attn": mha, "head": nn.Linear(8, 2)})
-    names = list(bench_harness.masking.prunable_parameters(model))
+    names = list(bench_harness.contract.masking.prunable_parameters(model))
     assert names == ["attn.in_proj_weight", "attn.out_proj.weight", "head.weight"]
 
 
 def test_torchvision_vit_at_cifar_size_and_model_params_pass_through():
-    from bench_harness.models import build_model
+    from bench_harness.running.models import build_model
 
     spec = get_registry().get("model", "torchvision")
     model = build_model(spec, "torchvision:vit_b_16", 10, 3, 32, {"image_size": 32, "dropout": 0.1})

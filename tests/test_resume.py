@@ -1,10 +1,10 @@
 """A run interrupted mid-training and resumed from its checkpoint ends exactly as an uninterrupted run."""
 import pytest
 
-from bench_harness import checkpoint
-from bench_harness.results import read_shard
+from bench_harness.running import checkpoint
+from bench_harness.results.store import read_shard
 from bench_harness.paths import shard_path
-from bench_harness.runner import execute_run
+from bench_harness.running.runner import execute_run
 from bench_harness.suite import parse_suite, validate_suite
 
 SUITE = """

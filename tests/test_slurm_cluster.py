@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench_harness.errors import BenchError
-from bench_harness.results import load_results
+from bench_harness.results.store import load_results
 from bench_harness.slurm import ledger
 from bench_harness.slurm.cluster import ClusterLimits, SubmitLimit, _limit_used, gres_gpus, parse_time_min
 from bench_harness.slurm.preflight import explain_sbatch_error

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bench_harness.results import load_results
+from bench_harness.results.store import load_results
 from tests.conftest import bench
 
 pytestmark = pytest.mark.slow

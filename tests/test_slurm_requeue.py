@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_harness.results import load_results
+from bench_harness.results.store import load_results
 from bench_harness.slurm import ledger
 from bench_harness.slurm.cluster import read_nodes
 from tests.conftest import bench

@@ -6,9 +6,9 @@ import yaml
 from torch import nn
 
 import bench_harness
-from bench_harness.conformance import check_pruner
-from bench_harness.plugins import get_registry
-from bench_harness.runner import execute_run
+from bench_harness.contract.conformance import check_pruner
+from bench_harness.contract.plugins import get_registry
+from bench_harness.running.runner import execute_run
 from bench_harness.suite import parse_suite, validate_suite
 from bench_harness_plugins import snows_network as net
 from bench_harness_plugins import snows_solver as solver

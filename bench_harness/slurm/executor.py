@@ -15,7 +15,9 @@ from pathlib import Path
 import submitit
 from submitit.core.utils import FailedJobError
 
-from bench_harness import paths, results
+from bench_harness import paths
+
+from bench_harness.results import store as results
 from bench_harness.errors import BenchError
 from bench_harness.slurm import ledger, preflight
 from bench_harness.slurm.cluster import (ClusterLimits, cancel, expand_array_states, is_submit_limit_error,
@@ -154,7 +156,7 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
     # Stage jobs: one pretraining job per distinct pretrained model that is not stored yet, then one job per
     # distinct set of missing pruner stage artifacts (after the pretraining it needs, if any).
     from bench_harness.identity import config_hash
-    from bench_harness.runner import missing_stages, pretrain_key, pretrained_cached
+    from bench_harness.running.runner import missing_stages, pretrain_key, pretrained_cached
 
     stage_of: dict[str, list[str]] = defaultdict(list)
     blocked: set[str] = set()  # runs whose stage job could not be submitted

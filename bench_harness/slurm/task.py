@@ -19,7 +19,9 @@ import time
 
 import submitit
 
-from bench_harness import paths, results
+from bench_harness import paths
+
+from bench_harness.results import store as results
 from bench_harness.suite import RunSpec
 
 
@@ -44,7 +46,7 @@ def execute_once(run: RunSpec) -> str:
             return "busy"
         if results.shard_status(run.results_root, run.suite, run.run_id) == "ok":
             return "skipped"
-        from bench_harness.runner import execute_run
+        from bench_harness.running.runner import execute_run
 
         short = run.run_id[:12]
 
@@ -197,7 +199,7 @@ class PretrainTask(_Requeueable):
         self._limits_from(resources)
 
     def _run(self) -> str:
-        from bench_harness.runner import pretrain_only
+        from bench_harness.running.runner import pretrain_only
 
         log(f"pretraining for {self.run.describe()}")
         return pretrain_only(self.run)
@@ -216,7 +218,7 @@ class StageTask(_Requeueable):
         self._limits_from(resources)
 
     def _run(self) -> list[str]:
-        from bench_harness.runner import produce_stages
+        from bench_harness.running.runner import produce_stages
 
         log(f"stage artifacts for {self.run.describe()}")
         return produce_stages(self.run)

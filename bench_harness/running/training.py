@@ -1,7 +1,7 @@
 """Recipe-driven training and evaluation, with masks enforced after every optimizer step.
 
 :func:`train` is the one training loop of the harness: the run's training after pruning, the harness's own
-pretraining and every training a pruner asks for through the training service (:mod:`bench_harness.trainer`).
+pretraining and every training a pruner asks for through the training service (:mod:`bench_harness.running.trainer`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bench_harness.errors import RunFailure
-from bench_harness.masking import MaskEnforcer
+from bench_harness.contract.masking import MaskEnforcer
 
 
 @dataclass

@@ -4,7 +4,7 @@ masking is the shared top-k code, optionally over R rounds of the exponential sc
 ``check_numerics`` (every score pruner; on by default for PX): on round 1 the scores are computed once more in
 float64 on a copy of the model and data, and the weights kept at the target density are compared; when they
 differ (IoU < 0.9) or a score is not finite, a :class:`bench_harness.DegenerateScoresWarning` names the pruner and
-the layers whose scores are rounding residue (criteria in :mod:`bench_harness.numerics`). The float64 pass runs
+the layers whose scores are rounding residue (criteria in :mod:`bench_harness.contract.numerics`). The float64 pass runs
 on copies with the random number generators forked, so the pruner's masks are the same with the check on or off.
 Later rounds are checked for non-finite scores only (free).
 """
@@ -20,8 +20,8 @@ from typing import Iterator, Literal, Mapping
 import torch
 from torch import nn
 
-from bench_harness import masking, numerics
-from bench_harness.pruner import PruneContext, Pruner, param
+from bench_harness.contract import masking, numerics
+from bench_harness.contract.pruner import PruneContext, Pruner, param
 
 
 @dataclass

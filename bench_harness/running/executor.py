@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bench_harness import results
+from bench_harness.results import store as results
 from bench_harness.suite import RunSpec, Suite
 
 
@@ -37,8 +37,8 @@ class SweepReport:
 def execute_claimed(run: RunSpec, **kwargs) -> dict | None:
     """Run unless another runner holds the run's claim or has finished it meanwhile; None when skipped."""
     from bench_harness import paths
-    from bench_harness.locks import Claim
-    from bench_harness.runner import execute_run
+    from bench_harness.running.locks import Claim
+    from bench_harness.running.runner import execute_run
 
     with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
         if not claim.acquired:
@@ -51,7 +51,7 @@ def execute_claimed(run: RunSpec, **kwargs) -> dict | None:
 
 def pack_groups(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
     """Runs that may train together (same model, data set, recipe, device), in chunks of ``size``; the final
-    check happens after pruning (bench_harness.packing.packable_key)."""
+    check happens after pruning (bench_harness.running.packing.packable_key)."""
     from bench_harness.identity import config_hash
 
     groups: dict = {}
@@ -65,8 +65,8 @@ def pack_groups(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
 def execute_packed_claimed(group: list[RunSpec], force: bool = False) -> list[tuple[str, str, str | None]]:
     """Claim the runs of a group (skipping those another runner holds or finished), run them packed."""
     from bench_harness import paths
-    from bench_harness.locks import Claim
-    from bench_harness.runner import execute_packed
+    from bench_harness.running.locks import Claim
+    from bench_harness.running.runner import execute_packed
 
     claims, mine, out = [], [], []
     try:

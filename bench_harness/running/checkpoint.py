@@ -5,7 +5,7 @@ Saved atomically in the run's work folder (``<results>/<suite>/work/<run_id>/``)
 - ``pruned.pt`` after pruning: the pruned model, masks, the part of the result row computed before training
   and the training plan, so a resumed run never prunes again;
 - ``train.pt`` at every epoch end of the training after pruning, and ``fit-NNN.pt`` for every training a
-  pruner does through the training service (see :mod:`bench_harness.trainer`): model and optimizer state,
+  pruner does through the training service (see :mod:`bench_harness.running.trainer`): model and optimizer state,
   every RNG state (torch, CUDA, Python, NumPy) and the training loader's generator,
 
 so that a resumed run computes exactly what an uninterrupted one would (bit for bit on a deterministic CPU run).

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench_harness.artifacts import file_sha256
+from bench_harness.contract.artifacts import file_sha256
 from bench_harness.errors import BenchError
 
 
@@ -185,7 +185,7 @@ def state_sha256(state: dict[str, Any]) -> str:
     """SHA-256 of a state dict's tensors (names, dtypes, shapes, bytes), for weights the harness trained."""
     import hashlib
 
-    from bench_harness.trainer import _digest_tensor
+    from bench_harness.running.trainer import _digest_tensor
 
     digest = hashlib.sha256()
     for name in sorted(state):

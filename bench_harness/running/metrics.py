@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench_harness import masking
+from bench_harness.contract import masking
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ def compact(results_root: str | Path, suite: str) -> dict:
     is touched; each run file is then renamed aside and removed only if it is the very file that was read (same
     mtime and size) — a file rewritten meanwhile (a run redone) is put back and read at the next update. One
     compaction at a time per suite (a lock); readers never wait."""
-    from bench_harness.locks import file_lock
+    from bench_harness.running.locks import file_lock
 
     suite_dir = paths.suite_dir(results_root, suite)
     runs = suite_dir / "runs"

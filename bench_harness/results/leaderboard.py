@@ -17,7 +17,7 @@ Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sp
 - ``method`` str: pruner, non-default parameters and ablation, e.g. ``magnitude(scope=layerwise)+shuffle``;
   ``pruner``, ``pruner_params`` (JSON), ``ablation`` (null: none)
 - ``seeds`` int (successful runs), ``failed`` int (failed runs)
-- ``top1_mean``, ``top1_std``, ``top1_ci95`` (half-width, Student t; see bench_harness.stats for the interval
+- ``top1_mean``, ``top1_std``, ``top1_ci95`` (half-width, Student t; see bench_harness.results.stats for the interval
   and the paired test), ``top5_mean``, ``loss_mean``
 - ``top1_before_training_mean``
 - ``achieved_sparsity_mean``, ``achieved_sparsity_all_mean``
@@ -45,7 +45,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench_harness.stats import ci95_halfwidth, paired_t_pvalue
+from bench_harness.results.stats import ci95_halfwidth, paired_t_pvalue
 
 
 LEADERBOARD_VERSION = 2

@@ -28,7 +28,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from bench_harness.errors import RunFailure
 from bench_harness.identity import config_hash
-from bench_harness.training import lr_factor, make_optimizer
+from bench_harness.running.training import lr_factor, make_optimizer
 
 
 def packable_key(prepared) -> Any:

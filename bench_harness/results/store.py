@@ -151,7 +151,7 @@ def shard_status(results_root: str | Path, suite: str, run_id: str) -> str | Non
             return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
         except Exception:  # a damaged shard is as good as none
             return None
-    from bench_harness.shard_index import compacted_status
+    from bench_harness.results.shard_index import compacted_status
 
     return compacted_status(results_root, suite).get(run_id)
 
@@ -161,7 +161,7 @@ def finished_run_ids(results_root: str | Path, suite: str) -> set[str]:
     not finished)."""
     import warnings
 
-    from bench_harness.shard_index import update_index
+    from bench_harness.results.shard_index import update_index
 
     if not (paths.suite_dir(results_root, suite) / "runs").is_dir():
         return set()
@@ -221,7 +221,7 @@ def ensure_writable(folder: str | Path) -> None:
 
 def load_results(results_root: str | Path, suites: Iterable[str]) -> pd.DataFrame:
     """All runs of the given suites as one DataFrame (one row per run), through the incremental shard index."""
-    from bench_harness.shard_index import update_index
+    from bench_harness.results.shard_index import update_index
 
     tables = [t for t in (update_index(results_root, suite)[0] for suite in suites) if t is not None]
     if not tables:

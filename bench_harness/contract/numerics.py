@@ -1,7 +1,7 @@
 """Numerical health of pruning scores: are the float32 scores a function of the network, or rounding residue?
 
 A score pruner's round-1 scores are computed a second time in float64 on a copy of the model (see
-``check_numerics`` in :mod:`bench_harness.score_pruner`); the functions here compare the two, without touching
+``check_numerics`` in :mod:`bench_harness.contract.score_pruner`); the functions here compare the two, without touching
 any model. Scores are residue when a quantity is analytically zero (or cancels) and float32 returns its rounding
 error instead: float64 then returns a value many orders of magnitude smaller, and the weights kept at the target
 density are a different set. Example: PX's current-code view on a network whose train-mode BatchNorm reaches the
@@ -101,7 +101,7 @@ def nonfinite_layers(scores: Mapping[str, "torch.Tensor"]) -> list[str]:
 
 def kept_sets(scores: Mapping[str, "torch.Tensor"], density: float, scope: str = "global") -> dict[str, "torch.Tensor"]:
     """The weights kept at ``density``: exactly ``round(d·N)`` (per layer with scope layerwise), NaN lowest."""
-    from bench_harness import masking
+    from bench_harness.contract import masking
 
     return masking.topk_masks(scores, density, scope, "exact")
 

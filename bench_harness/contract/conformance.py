@@ -27,11 +27,11 @@ from torch import nn
 import tempfile
 from pathlib import Path
 
-from bench_harness import masking
-from bench_harness.artifacts import ArtifactStore
-from bench_harness.pruner import Pruner, SparsityKind
-from bench_harness.pruning import make_context, nonfinite_parameters
-from bench_harness.trainer import Trainer
+from bench_harness.contract import masking
+from bench_harness.contract.artifacts import ArtifactStore
+from bench_harness.contract.pruner import Pruner, SparsityKind
+from bench_harness.contract.pruning import make_context, nonfinite_parameters
+from bench_harness.running.trainer import Trainer
 
 
 class _MLP(nn.Module):
@@ -144,7 +144,7 @@ def check_pruner(cls: type[Pruner], params: Any = None, sparsities: tuple[float,
 
 def _check_case(cls: type[Pruner], params: Any, model_name: str, sparsity: float, workdir: Path,
                 checks: list[Check]) -> None:
-    from bench_harness.pruner import PruneResult
+    from bench_harness.contract.pruner import PruneResult
 
     add = lambda name, ok, detail="": checks.append(Check(model_name, sparsity, name, bool(ok), detail))  # noqa: E731
     try:
@@ -200,7 +200,7 @@ def _check_case(cls: type[Pruner], params: Any, model_name: str, sparsity: float
 
 def _check_resume(cls, params, model_name, sparsity, workdir, masks, epochs_seen, add) -> None:
     """Interrupt the pruner's training half-way, run again on the same checkpoints: the same masks."""
-    from bench_harness.pruner import PruneResult
+    from bench_harness.contract.pruner import PruneResult
 
     checkpoints = workdir / "checkpoints"
     name = "resumes after an interruption with the same masks"

@@ -16,20 +16,26 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Subset
 
-from bench_harness import ablations, checkpoint, masking, paths, results
-from bench_harness.artifacts import ArtifactStore
-from bench_harness.datasets import concrete_spec, first_per_class, head, make_loader, tensor_batches
+from bench_harness import paths
+
+from bench_harness.running import ablations, checkpoint
+
+from bench_harness.contract import masking
+
+from bench_harness.results import store as results
+from bench_harness.contract.artifacts import ArtifactStore
+from bench_harness.running.datasets import concrete_spec, first_per_class, head, make_loader, tensor_batches
 from bench_harness.errors import BenchError
-from bench_harness.metrics import flops_per_example, peak_memory_bytes
-from bench_harness.models import build_model
-from bench_harness.plugins import Registry, get_registry
-from bench_harness.provenance import provenance, resolve_device
-from bench_harness.pruner import Regime, training_plan
-from bench_harness.pruning import call_pruner, make_context, mask_summary
+from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
+from bench_harness.running.models import build_model
+from bench_harness.contract.plugins import Registry, get_registry
+from bench_harness.running.provenance import provenance, resolve_device
+from bench_harness.contract.pruner import Regime, training_plan
+from bench_harness.contract.pruning import call_pruner, make_context, mask_summary
 from bench_harness.suite import RunSpec
-from bench_harness.trainer import Trainer
-from bench_harness.training import evaluate, train
-from bench_harness.weights import load_pretrained
+from bench_harness.running.trainer import Trainer
+from bench_harness.running.training import evaluate, train
+from bench_harness.running.weights import load_pretrained
 
 
 def seed_everything(seed: int) -> None:
@@ -423,9 +429,9 @@ def _execute(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
 def execute_packed(runs: list[RunSpec], registry: Registry | None = None,
                    on_epoch: Callable[[str, int, int, float], None] | None = None) -> list[dict[str, Any]]:
     """Execute runs that share a model architecture, data set and recipe with their training packed into one
-    batched computation (see bench_harness.packing); each run still prunes alone and gets its own row. Runs
+    batched computation (see bench_harness.running.packing); each run still prunes alone and gets its own row. Runs
     that cannot be packed (another schedule span, a failure while pruning) are trained or recorded alone."""
-    from bench_harness.packing import packable_key, train_packed
+    from bench_harness.running.packing import packable_key, train_packed
 
     registry = registry or get_registry()
     rows, prepared = [], []

@@ -22,9 +22,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def bench_register_pruners():
     """Called once, when the registry is built (first use of ``bench`` or of the Python API).
 
-    Returns a list of :class:`bench_harness.pruner.Pruner` subclasses. Each class declares its ``name``,
+    Returns a list of :class:`bench_harness.contract.pruner.Pruner` subclasses. Each class declares its ``name``,
     ``regime``, ``requires``, ``granularity``, ``Params`` dataclass and implements ``prune``; see the
-    contract in :mod:`bench_harness.pruner`.
+    contract in :mod:`bench_harness.contract.pruner`.
     """
 
 
@@ -32,7 +32,7 @@ def bench_register_pruners():
 def bench_register_models():
     """Called once, when the registry is built.
 
-    Returns a list of :class:`bench_harness.models.ModelSpec`: a name, a builder
+    Returns a list of :class:`bench_harness.running.models.ModelSpec`: a name, a builder
     ``build(num_classes, in_channels, image_size, **params) -> torch.nn.Module`` and help text. A spec may
     set ``prefix=True``: it then serves every name ``"<spec.name>:<anything>"`` (e.g. ``torchvision:resnet18``)
     and its builder receives the part after the colon as ``arch``.
@@ -43,10 +43,10 @@ def bench_register_models():
 def bench_register_datasets():
     """Called once, when the registry is built.
 
-    Returns a list of :class:`bench_harness.datasets.DatasetSpec`: name, number of classes, input
+    Returns a list of :class:`bench_harness.running.datasets.DatasetSpec`: name, number of classes, input
     channels, image size, normalization and a loader ``load(root, split, augment, download, **params)``
     returning a ``torch.utils.data.Dataset`` of ``(image_tensor, label)``. A missing data set must raise
-    :class:`bench_harness.datasets.DatasetNotFound` saying where the files are expected and how to get them.
+    :class:`bench_harness.running.datasets.DatasetNotFound` saying where the files are expected and how to get them.
     """
 
 
@@ -54,7 +54,7 @@ def bench_register_datasets():
 def bench_register_metrics():
     """Called once, when the registry is built.
 
-    Returns a list of :class:`bench_harness.metrics.Metric`: a name and a function
+    Returns a list of :class:`bench_harness.running.metrics.Metric`: a name and a function
     ``compute(model, masks, test_loader, device) -> float`` evaluated after training. Each metric becomes a
     column ``metric_<name>`` of the results.
     """
@@ -74,5 +74,5 @@ def bench_run_finished(run, row):
     """Called after a run's result row is written (also for failed runs).
 
     ``run`` is the :class:`bench_harness.suite.RunSpec`, ``row`` the result row as a dict (see
-    :mod:`bench_harness.results` for its columns). Return value ignored; exceptions become warnings.
+    :mod:`bench_harness.results.store` for its columns). Return value ignored; exceptions become warnings.
     """

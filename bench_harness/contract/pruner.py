@@ -21,9 +21,9 @@ What a pruner declares (class attributes):
 
 What a pruner receives: the model (on the run's device; pretrained when required), the target sparsity and a
 :class:`PruneContext`: the prunable weights, a seeded generator, scoring/calibration batches (``ctx.data()``),
-the training loader, the training service ``ctx.trainer`` (see :mod:`bench_harness.trainer`: the suite's recipe,
+the training loader, the training service ``ctx.trainer`` (see :mod:`bench_harness.running.trainer`: the suite's recipe,
 parameter groups, a loss override, progress, NaN detection, per-epoch checkpoints resumed after preemption),
-the stage artifact store ``ctx.artifacts`` (see :mod:`bench_harness.artifacts`) and a per-run folder
+the stage artifact store ``ctx.artifacts`` (see :mod:`bench_harness.contract.artifacts`) and a per-run folder
 ``ctx.run_dir`` for files of its own.
 
 What it returns: a dict ``{parameter name: bool tensor}`` covering exactly ``ctx.prunable`` (``True`` =
@@ -42,7 +42,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from bench_harness.artifacts import ArtifactStore, MemoryArtifactStore
+from bench_harness.contract.artifacts import ArtifactStore, MemoryArtifactStore
 
 
 class Regime(str, enum.Enum):
@@ -146,7 +146,7 @@ class PruneContext:
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None  # scoring/calibration data
     num_classes: int | None = None
     input_shape: tuple[int, ...] | None = None  # (C, H, W) of one example
-    # The training service (bench_harness.trainer.Trainer): the suite's recipe, checkpoints, progress. None when
+    # The training service (bench_harness.running.trainer.Trainer): the suite's recipe, checkpoints, progress. None when
     # the pruner runs without training data (Python API without train_data=).
     trainer: Any = None
     train_loader: Any = None  # the run's (shuffled, augmented as the recipe says) training loader

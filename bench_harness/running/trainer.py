@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench_harness import checkpoint
+from bench_harness.running import checkpoint
 from bench_harness.errors import RunFailure
-from bench_harness.training import evaluate, train
+from bench_harness.running.training import evaluate, train
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Trainer:
                 return result
             start_epoch = saved["epoch"]
             result.resumed_from_epoch = start_epoch
-            from bench_harness.training import make_optimizer
+            from bench_harness.running.training import make_optimizer
 
             optimizer = make_optimizer(model, run_recipe, params)
             optimizer.load_state_dict(saved["optimizer"])

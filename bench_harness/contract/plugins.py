@@ -20,7 +20,7 @@ from typing import Any
 
 import pluggy
 
-from bench_harness import hookspecs
+from bench_harness.contract import hookspecs
 from bench_harness.errors import PluginConflictError, UnknownNameError
 
 OWN_DISTRIBUTION = "bench-harness"
@@ -149,11 +149,11 @@ class Registry:
                           f"{obj!r}; skipped", PluginWarning, stacklevel=2)
             return
         if kind == "pruner":
-            from bench_harness.pruner import Pruner
+            from bench_harness.contract.pruner import Pruner
 
             if not (isinstance(obj, type) and issubclass(obj, Pruner)):
                 warnings.warn(f"plugin {info.name!r} ({info.distribution}) registered pruner {name!r} that is not "
-                              f"a bench_harness.pruner.Pruner subclass; skipped", PluginWarning, stacklevel=2)
+                              f"a bench_harness.contract.pruner.Pruner subclass; skipped", PluginWarning, stacklevel=2)
                 return
         existing = self.entries[kind].get(name)
         if existing is not None:

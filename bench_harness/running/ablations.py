@@ -42,7 +42,7 @@ def reinitialize(model: nn.Module, seed: int) -> None:
 def prepare_pruner(ablation: str | None, pruner) -> None:
     """Ablations that change how the pruner scores act before pruning."""
     if ablation == "invert":
-        from bench_harness.score_pruner import ScorePruner
+        from bench_harness.contract.score_pruner import ScorePruner
 
         if not isinstance(pruner, ScorePruner):
             raise BenchError(f"the 'invert' ablation needs a score-based pruner; {pruner.name!r} does not expose "

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench_harness.leaderboard import display_table
-from bench_harness.plots import method_colour
+from bench_harness.results.leaderboard import display_table
+from bench_harness.results.plots import method_colour
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1320px;color:#222;padding:0 1rem}

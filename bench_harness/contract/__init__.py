@@ -1,0 +1,1 @@
+"""The pruner contract: hook specs, the Pruner/ScorePruner API, masks, artifacts, plugin loading."""

@@ -1,0 +1,1 @@
+"""Results: per-run shards and their index, aggregation, leaderboards, statistics, plots, the site."""

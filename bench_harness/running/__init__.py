@@ -1,0 +1,1 @@
+"""Running a run: preparation, training, pruning calls, checkpoints, local executor, data and models."""
