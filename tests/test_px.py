@@ -262,9 +262,25 @@ FIDELITY_CASES = {
 }
 
 
+def cpu_model() -> str:
+    """The processor (vendor, family, model): oneDNN/MKL pick kernels per processor, not only per instruction set,
+    so two AVX512 machines of different vendors round differently."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("vendor_id", "cpu family", "model", "model name") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+    except OSError:
+        import platform
+        return platform.processor() or platform.machine()
+    return " / ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model", "model name"))
+
+
 def arithmetic() -> dict:
-    """What decides float rounding here: the torch version and the CPU kernels' instruction set."""
-    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """What decides float rounding here: the torch version, the CPU kernels' instruction set and the processor."""
+    return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": cpu_model()}
 
 
 OFFICIAL_ARCH = {"resnet20": "resnet20", "vgg16_bn": "vgg16_bn", "vgg11": "vgg11", "vgg16": "vgg16"}
