@@ -5,7 +5,9 @@ parameters removed from the 18 block convs (cap 0.8), warm start, K-step Newton-
     .venv/bin/python benchmarks/snows_speed.py --official /tmp/snows-official/CNN_pruning [--examples 256 --k 4 --cg 20]
 
 The official code is imported from the path given (never copied into this tree); it needs ``detectors`` at import
-time only, which is stubbed. Its per-block test evaluations run on 8 images, so they cost nothing. Figures are
+time only, which is stubbed, and ``joblib`` (``pip install --target /tmp/pydeps joblib``, then
+``PYTHONPATH=/tmp/pydeps``). At its HEAD (750497f) ``prune/SNOWS.py`` does not compile: ``prune_and_update`` has its
+whole body commented out; add a ``pass`` line under its ``def`` in the /tmp checkout (the function is dead code). Its per-block test evaluations run on 8 images, so they cost nothing. Figures are
 printed, never asserted (docs/measurements.md has the measured ones).
 """
 from __future__ import annotations
@@ -55,13 +57,19 @@ def run_ours(model, x, args) -> float:
     return time.perf_counter() - start
 
 
-def run_official(model, x, args) -> float:
+def import_official(path: str):
+    """The official ResNet-20 and LayerPruner (``prune/`` first: its ``helpers`` shadows the top-level one)."""
     sys.modules.setdefault("detectors", types.ModuleType("detectors"))
-    sys.path[:0] = [args.official, f"{args.official}/prune"]
-    from torch.utils.data import DataLoader, TensorDataset
-
+    sys.path[:0] = [f"{path}/prune", path]
     from model.resnet_cifar10_manual import resnet20  # noqa: E402 (from --official)
     from prune.Layer_pruner_new import LayerPruner  # noqa: E402
+    return resnet20, LayerPruner
+
+
+def run_official(model, x, args) -> float:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    resnet20, LayerPruner = import_official(args.official)
 
     official = resnet20()
     official.load_state_dict(official_state(model))
@@ -97,6 +105,8 @@ def main() -> None:
     torch.manual_seed(1)
     x = torch.randn(args.examples, 3, 32, 32)
     model = harness_model(0)
+    if args.official:
+        import_official(args.official)  # fail before the long run, not after it
     ours = run_ours(harness_model(0), x, args)
     print(f"harness snows: {ours:.1f} s  ({args.examples} images, K={args.k}, CG<={args.cg}, batch {args.batch_size})")
     if args.official:
