@@ -72,6 +72,10 @@ class SnowsParams(LsParams):
     stall_threshold: float = param(0.995, "a pass ends when the last 5 loss ratios all exceed this")
     warm_start: bool = param(True, "start from the layer-wise least squares (False: from the masked weights)")
     mask_from: str = param("mp", "the pruner whose mask SNOWS optimizes over (any registered pruner name)")
+    target_input: Literal["pruned", "dense"] = param(
+        "pruned", "what the dense sub-network's targets are computed from: pruned (the official code: the pruned "
+                  "network's block input, so the objective is local and upstream error is not corrected) or dense "
+                  "(the dense network's block input, the targets the warm start fits: upstream error is corrected)")
 
 
 @dataclass
@@ -348,7 +352,8 @@ class Snows(Pruner):
             k = p.k_step if p.k_step >= 0 else default_k(walk.kind, model, lay)
             # exact HVPs need double backward: the math attention kernel has it, the fused ones do not
             with sdpa_kernel(SDPBackend.MATH):
-                report["layers"][lay.name] = self.newton(walk, lay, weight, mask, xp, k, watched_names)
+                report["layers"][lay.name] = self.newton(walk, lay, weight, mask, xp, k, watched_names,
+                                                         xd if p.target_input == "dense" else xp)
 
         for q in model.parameters():
             q.requires_grad_(False)
@@ -363,8 +368,10 @@ class Snows(Pruner):
         return _result(masks, p, True, report)
 
     def newton(self, walk: Walk, lay: Layer, weight: torch.Tensor, mask: torch.Tensor, xp: torch.Tensor, k: int,
-               watched_names: list[str]) -> dict[str, Any]:
-        """Minimize the K-step objective over the support of ``mask`` (the official solve_for_W_given_Z)."""
+               watched_names: list[str], xt: torch.Tensor | None = None) -> dict[str, Any]:
+        """Minimize the K-step objective over the support of ``mask`` (the official solve_for_W_given_Z): the
+        pruned sub-network runs on ``xp``, the dense one on ``xt`` (default ``xp``, as the official code)."""
+        xt = xp if xt is None else xt
         p = self.params
         names = list(dict.fromkeys(watched_names + [lay.module_name]))
         mods = [walk.model.get_submodule(n) for n in names]
@@ -389,7 +396,7 @@ class Snows(Pruner):
         cache: dict[int, list[torch.Tensor]] = {}
         budget = 1 << 30
         last_x = xp[walk.n - walk.bs:]  # the official Armijo batch: the last batch_size examples
-        last_dense = dense_outputs(last_x)
+        last_dense = dense_outputs(xt[walk.n - walk.bs:])
         weight.requires_grad_(True)
         history: list[float] = []
         base = None
@@ -400,7 +407,7 @@ class Snows(Pruner):
                     xb = xp[i:i + walk.bs]
                     dense_outs = cache.get(i)
                     if dense_outs is None:
-                        dense_outs = dense_outputs(xb)
+                        dense_outs = dense_outputs(xt[i:i + walk.bs])
                         size = sum(o.numel() * o.element_size() for o in dense_outs)
                         if size * len(starts) <= budget:
                             cache[i] = dense_outs

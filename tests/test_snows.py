@@ -201,6 +201,26 @@ def test_snows_keeps_the_mask_fixed_and_lowers_the_k_step_loss():
     assert err["snows"] < 0.5 * err["mp"] and err["mp_ls"] < 0.5 * err["mp"], err
 
 
+def test_target_input_dense_changes_the_targets_only_after_upstream_pruning():
+    # target_input="dense": the dense sub-network runs on the dense network's block input. In the first residual
+    # block both networks' inputs are the same image batch, so both options give the same weights; after it the
+    # pruned network's input carries upstream error and the targets, hence the weights, differ
+    x, y = _data()
+    weights = {}
+    for target in ("pruned", "dense"):
+        model = _resnet()
+        result = bench_harness.prune(model, "snows", 0.6, data=(x, y), prunable=BLOCK_CONVS, return_result=True,
+                                     target_input=target, **FAST)
+        weights[target] = {n: model.get_parameter(n).detach().clone() for n in result.masks}
+    first = [n for n in weights["pruned"] if n.startswith("layers.0.")]
+    later = [n for n in weights["pruned"] if not n.startswith("layers.0.")]
+    assert first and later
+    for n in first:
+        assert torch.equal(weights["pruned"][n], weights["dense"][n]), n
+    for n in later:
+        assert not torch.allclose(weights["pruned"][n], weights["dense"][n]), n
+
+
 def test_the_k_step_window_watches_the_official_modules():
     model = _resnet()
     x, _ = _data(2)
