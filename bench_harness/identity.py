@@ -11,34 +11,72 @@ import json
 from typing import Any
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def _canonical(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return non_default_fields(value)
+    if type(value) in _PLAIN:  # the common case first: suites expand to 10^5-10^6 runs, each hashed
+        return value
+    if isinstance(value, float):
+        # 0.1 and 0.1000000001 from YAML/float math must not give two ids; 12 significant digits.
+        return float(f"{value:.12g}")
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
-    if isinstance(value, float):
-        # 0.1 and 0.1000000001 from YAML/float math must not give two ids; 12 significant digits.
-        return float(f"{value:.12g}")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return non_default_fields(value)
     if hasattr(value, "value") and isinstance(getattr(value, "value"), (str, int)):  # enums
         return value.value
     return value
 
 
+_MISSING = dataclasses.MISSING
+_DEFAULTS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def _canonical_defaults(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(field name, canonical default or MISSING) of a dataclass type, computed once per type."""
+    cached = _DEFAULTS.get(cls)
+    if cached is None:
+        out = []
+        for f in dataclasses.fields(cls):
+            if f.default is not _MISSING:
+                out.append((f.name, _canonical(f.default)))
+            elif f.default_factory is not _MISSING:
+                out.append((f.name, _canonical(f.default_factory())))
+            else:
+                out.append((f.name, _MISSING))
+        cached = _DEFAULTS[cls] = tuple(out)
+    return cached
+
+
+_FROZEN_CACHE: dict[Any, dict[str, Any]] = {}
+
+
 def non_default_fields(obj: Any) -> dict[str, Any]:
-    """The fields of a dataclass instance that differ from their defaults, canonicalised."""
+    """The fields of a dataclass instance that differ from their defaults, canonicalised. Results for frozen,
+    hashable instances (a suite's recipe, scoring and prunable set, shared by all its runs) are cached by value."""
+    params = getattr(type(obj), "__dataclass_params__", None)
+    if params is not None and params.frozen:
+        try:
+            cached = _FROZEN_CACHE.get(obj)
+        except TypeError:  # a frozen dataclass holding a list or dict: not hashable
+            return _non_default_fields(obj)
+        if cached is None:
+            if len(_FROZEN_CACHE) > 10_000:
+                _FROZEN_CACHE.clear()
+            cached = _FROZEN_CACHE[obj] = _non_default_fields(obj)
+        return dict(cached)
+    return _non_default_fields(obj)
+
+
+def _non_default_fields(obj: Any) -> dict[str, Any]:
     out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
-        if default is dataclasses.MISSING or _canonical(value) != _canonical(default):
-            out[f.name] = _canonical(value)
+    for name, default in _canonical_defaults(type(obj)):
+        value = _canonical(getattr(obj, name))
+        if default is _MISSING or value != default:
+            out[name] = value
     return out
 
 

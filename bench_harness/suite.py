@@ -108,7 +108,16 @@ class Component:
     scoring: dict[str, Any] | None = None  # pruners: overrides of the suite's scoring section
 
     def __hash__(self) -> int:
-        return hash((self.name, config_hash(self.params), self.weights, config_hash(self.scoring or {})))
+        h = self.__dict__.get("_hash")
+        if h is None:  # frozen: computed once (suites look components up once per run)
+            h = hash((self.name, config_hash(self.params), self.weights, config_hash(self.scoring or {})))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict[str, Any]:  # str hashes differ between processes: never pickle the cache
+        state = dict(self.__dict__)
+        state.pop("_hash", None)
+        return state
 
 
 @dataclass
@@ -158,9 +167,19 @@ class RunSpec:
         }
         return {k: v for k, v in config.items() if v not in (None, {}, [])}
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if "_run_id" in self.__dict__:  # any assignment may change the identity
+            del self.__dict__["_run_id"]
+
     @property
     def run_id(self) -> str:
-        return config_hash(self.identity())
+        """The hash of :meth:`identity`, cached until a field is assigned (the components, recipe, scoring and
+        prunable set are frozen; replace them, never mutate their dicts in place)."""
+        rid = self.__dict__.get("_run_id")
+        if rid is None:
+            rid = self.__dict__["_run_id"] = config_hash(self.identity())
+        return rid
 
     def describe(self) -> str:
         params = ",".join(f"{k}={v}" for k, v in sorted(self.pruner.params.items()))
@@ -396,6 +415,7 @@ def validate_suite(suite: Suite, registry=None) -> None:
     checked: set = set()
     kept = []
     seen_ids = set()
+    pruner_defaults: dict[int, tuple] = {}  # id(component) -> (component, its non-default parameters)
     for run in suite.runs:
         for kind, comp, key in (("model", run.model, "grid.models"), ("dataset", run.dataset, "grid.datasets"),
                                 ("pruner", run.pruner, "grid.pruners")):
@@ -407,11 +427,14 @@ def validate_suite(suite: Suite, registry=None) -> None:
                 raise SuiteError(suite.path, key, str(exc)) from None
             checked.add((kind, comp.name))
         pruner_cls = registry.get("pruner", run.pruner.name)
-        try:
-            params = pruner_cls.make_params(run.pruner.params)
-        except (TypeError, ValueError) as exc:
-            raise SuiteError(suite.path, f"grid.pruners[{run.pruner.name}].params", str(exc)) from None
-        run.pruner_defaults = non_default_fields(params)
+        defaults = pruner_defaults.get(id(run.pruner))  # one Component per grid entry, shared by its runs
+        if defaults is None:
+            try:
+                params = pruner_cls.make_params(run.pruner.params)
+            except (TypeError, ValueError) as exc:
+                raise SuiteError(suite.path, f"grid.pruners[{run.pruner.name}].params", str(exc)) from None
+            defaults = pruner_defaults[id(run.pruner)] = (run.pruner, non_default_fields(params))
+        run.pruner_defaults = dict(defaults[1])
         run.pruner_version = str(pruner_cls.version)
         run.needs_pretrained = needs_pretrained(pruner_cls)
         if run.needs_pretrained and run.pretrain is None and not run.model.weights:
@@ -430,9 +453,10 @@ def validate_suite(suite: Suite, registry=None) -> None:
                 continue  # the dense reference has nothing to ablate
             if run.ablation == "invert" and not _is_score_pruner(pruner_cls):
                 continue  # only score-based pruners have scores to invert
-        if run.run_id in seen_ids:  # dense runs collapse over sparsities
+        run_id = run.run_id
+        if run_id in seen_ids:  # dense runs collapse over sparsities
             continue
-        seen_ids.add(run.run_id)
+        seen_ids.add(run_id)
         kept.append(run)
     suite.runs = kept
 
