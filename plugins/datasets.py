@@ -4,8 +4,10 @@ a synthetic set. Files are read from ``<data_root>``; nothing is downloaded unle
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
+import struct
 from functools import partial
 from pathlib import Path
 
@@ -108,28 +110,77 @@ def _gunzip_debian_fashion(raw: Path) -> bool:
     return True
 
 
-def _mnist_like(kind: str, root, split, augment, download=False):
-    """MNIST-format IDX files read by torchvision, kept as normalised tensors (fast on CPU; no augmentation)."""
-    from torchvision.datasets import MNIST, FashionMNIST
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (the MNIST format: 0x00 0x00 0x08 ndim, big-endian int32 sizes, data), plain
+    or .gz, as a uint8 tensor of those sizes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = bytearray(f.read())
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic {bytes(data[:4]).hex()})")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}i", bytes(data[4:4 + 4 * ndim]))
+    body = 4 + 4 * ndim
+    if len(data) - body != math.prod(shape):
+        raise ValueError(f"{path}: truncated IDX file ({len(data) - body} bytes of data for shape {shape}); "
+                         f"delete it and fetch the data set again")
+    return torch.frombuffer(data, dtype=torch.uint8, offset=body).reshape(shape)
 
-    cls, folder, mean, std = ((MNIST, "MNIST", MNIST_MEAN, MNIST_STD) if kind == "mnist"
-                              else (FashionMNIST, "FashionMNIST", FASHION_MEAN, FASHION_STD))
+
+class NormalizedImages(Dataset):
+    """Grey-scale images kept as uint8 (a quarter of float32's memory), normalised per image when read:
+    ``(x / 255 - mean) / std``, the same float32 operations as normalising the whole tensor at once."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean: float, std: float) -> None:
+        self.images, self.targets, self.mean, self.std = images, targets.long(), mean, std
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i].float().div_(255.0).sub_(self.mean).div_(self.std)
+        return x.unsqueeze(0), self.targets[i]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A whole batch in four tensor operations (the DataLoader calls this instead of one call per image)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        x = self.images[index].float().div_(255.0).sub_(self.mean).div_(self.std).unsqueeze(1)
+        return list(zip(x, self.targets[index]))
+
+
+def _idx_file(raw: Path, name: str) -> Path | None:
+    for candidate in (raw / name, raw / f"{name}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _mnist_like(kind: str, root, split, augment, download=False):
+    """MNIST-format IDX files (read directly; torchvision only downloads them), kept as uint8 tensors and
+    normalised per image (no augmentation)."""
+    folder, mean, std = ("MNIST", MNIST_MEAN, MNIST_STD) if kind == "mnist" else ("FashionMNIST", FASHION_MEAN,
+                                                                                    FASHION_STD)
     raw = Path(root) / folder / "raw"
     prefix = "train" if split == "train" else "t10k"
-    have = any(raw.glob(f"{prefix}-images-idx3-ubyte*"))
+    names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    have = all(_idx_file(raw, n) for n in names)
     if not have and kind == "fashion_mnist":
         have = _gunzip_debian_fashion(raw)
-    if not have and not download:
+    if not have and download:
+        from torchvision.datasets import MNIST, FashionMNIST
+
+        (MNIST if kind == "mnist" else FashionMNIST)(str(root), train=split == "train", download=True)
+        have = all(_idx_file(raw, n) for n in names)
+    if not have:
         how = ("On Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (found automatically in "
                f"{DEBIAN_FASHION_MNIST}), or set `download: true` in the suite" if kind == "fashion_mnist"
                else "Put the four IDX files (train-images-idx3-ubyte, ...) there, or set `download: true`")
         raise _missing(kind, raw, how)
-    ds = cls(str(root), train=split == "train", download=download)
-    x = ds.data.float().div_(255.0).unsqueeze(1)
-    x = (x - mean[0]) / std[0]
-    out = TensorDataset(x, ds.targets.long())
-    out.targets = ds.targets.long()
-    return out
+    images, labels = (read_idx(_idx_file(raw, n)) for n in names)
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise ValueError(f"{raw}: {names[0]} {tuple(images.shape)} and {names[1]} {tuple(labels.shape)} do not "
+                         f"form an image data set; delete them and fetch the data set again")
+    return NormalizedImages(images, labels, mean[0], std[0])
 
 
 # -- Tiny-ImageNet, ImageNet, ImageFolder ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Small files in each real on-disk format, read through the real loaders."""
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -148,3 +149,41 @@ def test_first_per_class_takes_the_first_k_grouped_by_class():
     # classes in order of first appearance (2, 0, 1), each with its first k examples in data set order
     assert first_per_class(ds, 2, 3).indices == [0, 4, 1, 2, 3, 5]
     assert first_per_class(ds, 1, 3).indices == [0, 1, 3]
+
+
+def test_mnist_format_values_batches_and_bad_files(tmp_path, monkeypatch):
+    import bench_harness_plugins.datasets as ds
+
+    monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    raw = tmp_path / "FashionMNIST" / "raw"
+    _write_idx(raw, "train", 30, gz=True)  # gzipped files are read as they are
+    _write_idx(raw, "t10k", 10)
+    train = _spec("fashion_mnist").load(root=tmp_path, split="train", augment=False)
+    x, _ = train[2]
+    pixel = (2 * 784 + 5) * 7 % 256  # image 2, row 0, column 5
+    expected = (torch.tensor(pixel, dtype=torch.float32) / 255.0 - ds.FASHION_MEAN[0]) / ds.FASHION_STD[0]
+    assert torch.equal(x[0, 0, 5], expected)
+    batch = train.__getitems__([4, 2, 29])  # what the DataLoader asks for: a whole batch at once
+    for (bx, by), i in zip(batch, [4, 2, 29]):
+        ix, iy = train[i]
+        assert torch.equal(bx, ix) and int(by) == int(iy) == i % 10
+    (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated IDX file"):
+        _spec("fashion_mnist").load(root=tmp_path, split="test", augment=False)
+
+
+def test_a_process_loads_each_data_set_once(tmp_path, monkeypatch):
+    from bench_harness.running import datasets as core
+
+    calls = []
+    spec = _spec("synthetic")
+    counting = dataclasses.replace(spec, load=lambda **kw: calls.append(kw) or spec.load(**kw))
+    monkeypatch.setattr(core, "_LOADED", type(core._LOADED)())
+    a = core.load_split(counting, "train", False, root=str(tmp_path), num_classes=3)
+    b = core.load_split(counting, "train", False, root=str(tmp_path), num_classes=3)
+    c = core.load_split(counting, "test", False, root=str(tmp_path), num_classes=3)
+    assert a is b and c is not a and len(calls) == 2
+    for i in range(core.LOADED_KEEP):  # older data sets are dropped beyond LOADED_KEEP
+        core.load_split(counting, "train", False, root=str(tmp_path), num_classes=4 + i)
+    core.load_split(counting, "train", False, root=str(tmp_path), num_classes=3)
+    assert len(calls) == 2 + core.LOADED_KEEP + 1

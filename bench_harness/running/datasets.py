@@ -1,6 +1,7 @@
 """The data set provider contract and the data helpers the core uses (loaders, scoring subsets)."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +28,28 @@ class DatasetSpec:
     # For data sets whose shape depends on parameters (a folder, the synthetic set): resolve(root=, **params)
     # returns the concrete spec; its ``load`` then receives the same parameters.
     resolve: Callable[..., "DatasetSpec"] | None = None
+
+
+_LOADED: "OrderedDict[tuple, Dataset]" = OrderedDict()
+LOADED_KEEP = 3  # data sets (name, split, augmentation, parameters) a process keeps for its next runs
+
+
+def load_split(spec: DatasetSpec, split: str, augment: bool, **kw: Any) -> Dataset:
+    """``spec.load(...)``, loaded once per process: the runs of a sweep that a worker executes one after another
+    share their data (a run's training and scoring sets are then one object, too). The last ``LOADED_KEEP``
+    distinct data sets are kept. Data sets are never modified by the harness (subsets wrap them)."""
+    import json
+
+    key = (spec.name, split, bool(augment), json.dumps(kw, sort_keys=True, default=repr))
+    dataset = _LOADED.get(key)
+    if dataset is None:
+        dataset = spec.load(split=split, augment=augment, **kw)
+        _LOADED[key] = dataset
+        while len(_LOADED) > LOADED_KEEP:
+            _LOADED.popitem(last=False)
+    else:
+        _LOADED.move_to_end(key)
+    return dataset
 
 
 def concrete_spec(spec: DatasetSpec, root: str, params: dict[str, Any]) -> DatasetSpec:

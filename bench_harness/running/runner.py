@@ -24,7 +24,8 @@ from bench_harness.contract import masking
 
 from bench_harness.results import store as results
 from bench_harness.contract.artifacts import ArtifactStore
-from bench_harness.running.datasets import concrete_spec, first_per_class, head, make_loader, tensor_batches
+from bench_harness.running.datasets import (concrete_spec, first_per_class, head, load_split, make_loader,
+                                            tensor_batches)
 from bench_harness.errors import BenchError
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.running.models import build_model
@@ -59,9 +60,9 @@ class RunData:
     def __init__(self, run: RunSpec, spec, device: torch.device) -> None:
         recipe, scoring = run.recipe, run.scoring
         kw = dict(root=run.data_root, download=run.download, **run.dataset.params)
-        train_set = head(spec.load(split="train", augment=recipe.augment, **kw), recipe.train_subset)
-        test_set = head(spec.load(split="test", augment=False, **kw), recipe.test_subset)
-        score_set = head(spec.load(split="train", augment=scoring.augment, **kw), recipe.train_subset)
+        train_set = head(load_split(spec, "train", recipe.augment, **kw), recipe.train_subset)
+        test_set = head(load_split(spec, "test", False, **kw), recipe.test_subset)
+        score_set = head(load_split(spec, "train", scoring.augment, **kw), recipe.train_subset)
         self.scoring_source = score_set
         if scoring.examples_per_class is not None:
             score_set = first_per_class(score_set, scoring.examples_per_class, spec.num_classes)
