@@ -14,6 +14,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 import bench_harness
 from bench_harness.contract.masking import layer_densities
@@ -30,8 +31,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     registry = get_registry()
     train = registry.get("dataset", "fashion_mnist").load(root="data", split="train", augment=False)
-    x = F.pad(train.tensors[0][:2000], (2, 2, 2, 2)).repeat(1, 3, 1, 1)
-    y = train.tensors[1][:2000]
+    x, y = default_collate([train[i] for i in range(2000)])
+    x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
     timings, masks = {}, {}
     for reuse in (False, True):
         torch.manual_seed(0)
