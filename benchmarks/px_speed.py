@@ -18,6 +18,7 @@ from torch.utils.data import default_collate
 
 import bench_harness
 from bench_harness.contract.masking import layer_densities
+from bench_harness.running.datasets import first_per_class
 from bench_harness.running.models import build_model
 from bench_harness.contract.plugins import get_registry
 
@@ -31,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     registry = get_registry()
     train = registry.get("dataset", "fashion_mnist").load(root="data", split="train", augment=False)
-    x, y = default_collate([train[i] for i in range(2000)])
+    x, y = default_collate(list(first_per_class(train, 2, 10)))  # 20 images, grouped by class
     x = F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
     timings, masks = {}, {}
     for reuse in (False, True):
@@ -39,7 +40,7 @@ def main() -> None:
         model = build_model(registry.get("model", "resnet20"), "resnet20", 10, 3, 32)
         t0 = time.perf_counter()
         masks[reuse] = bench_harness.prune(model, "px", 1 - args.density, data=(x, y), rounds=args.rounds,
-                                           examples_per_class=2, reuse_views=reuse)
+                                           reuse_views=reuse)
         timings[reuse] = time.perf_counter() - t0
     same = all(torch.equal(masks[True][n], masks[False][n]) for n in masks[True])
     print(f"PX on ResNet-20, density {args.density}, {args.rounds} rounds, 20 images, {args.threads} threads")
