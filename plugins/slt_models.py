@@ -7,6 +7,10 @@ layout of kuangliu/pytorch-cifar — a 3x3 stem of 64 filters without max-pool, 
 The weights (conv, linear) are listed in the same order as the official code's layers, so per-layer frozen
 counts compare position by position. BatchNorms are affine here (as every harness model); ``slt_frozen``
 fixes them at weight 1 / bias 0, which computes exactly what a non-affine BatchNorm computes.
+
+Not the same model as ``resnet18_cifar`` (AutoSparse's, in autosparse_predictor.py), though both follow the same
+layout: that one has a classifier bias, fan-out Kaiming init and its blocks in one ``layers`` sequence, as its own
+official code; each reproduces its paper's network, so they stay two registered models.
 """
 from __future__ import annotations
 
