@@ -51,24 +51,26 @@ def _canonical_defaults(cls: type) -> tuple[tuple[str, Any], ...]:
     return cached
 
 
-_FROZEN_CACHE: dict[Any, dict[str, Any]] = {}
+_FROZEN_CACHE: dict[int, tuple[Any, dict[str, Any]]] = {}  # id -> (the instance, kept alive; its fields)
 
 
 def non_default_fields(obj: Any) -> dict[str, Any]:
-    """The fields of a dataclass instance that differ from their defaults, canonicalised. Results for frozen,
-    hashable instances (a suite's recipe, scoring and prunable set, shared by all its runs) are cached by value."""
+    """The fields of a dataclass instance that differ from their defaults, canonicalised. Results for frozen
+    instances (a suite's recipe, scoring and prunable set, shared by all its runs) are cached per instance (not
+    by value: 1 and 1.0 are equal but canonicalise differently)."""
     params = getattr(type(obj), "__dataclass_params__", None)
-    if params is not None and params.frozen:
-        try:
-            cached = _FROZEN_CACHE.get(obj)
-        except TypeError:  # a frozen dataclass holding a list or dict: not hashable
-            return _non_default_fields(obj)
-        if cached is None:
-            if len(_FROZEN_CACHE) > 10_000:
-                _FROZEN_CACHE.clear()
-            cached = _FROZEN_CACHE[obj] = _non_default_fields(obj)
-        return dict(cached)
-    return _non_default_fields(obj)
+    if params is None or not params.frozen:
+        return _non_default_fields(obj)
+    try:
+        hash(obj)  # frozen and hashable: nothing inside can change
+    except TypeError:  # a dict or list inside could be modified in place: not cached
+        return _non_default_fields(obj)
+    entry = _FROZEN_CACHE.get(id(obj))
+    if entry is None or entry[0] is not obj:
+        if len(_FROZEN_CACHE) > 10_000:
+            _FROZEN_CACHE.clear()
+        entry = _FROZEN_CACHE[id(obj)] = (obj, _non_default_fields(obj))
+    return dict(entry[1])
 
 
 def _non_default_fields(obj: Any) -> dict[str, Any]:

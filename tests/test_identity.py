@@ -44,3 +44,22 @@ def test_adding_a_defaulted_field_keeps_the_hash():
 def test_float_noise_and_key_order_do_not_change_the_hash():
     assert config_hash({"a": 0.1 + 0.2, "b": 1}) == config_hash({"b": 1, "a": 0.3})
     assert config_hash({"a": 0.3}) != config_hash({"a": 0.31})
+
+
+def test_non_default_fields_of_equal_but_differently_typed_configs_stay_apart():
+    # 1 == 1.0 and they hash alike, but they canonicalise differently; the cache of frozen configs must not mix them
+    import dataclasses
+
+    from bench_harness.identity import non_default_fields
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        lr: object = 0.1
+        milestones: object = ()
+
+    assert non_default_fields(Config(1.0)) == {"lr": 1.0}
+    assert repr(non_default_fields(Config(1))) == "{'lr': 1}"
+    holder = Config(milestones=[1, 2])  # unhashable inside: never cached
+    assert non_default_fields(holder) == {"milestones": [1, 2]}
+    holder.milestones.append(3)
+    assert non_default_fields(holder) == {"milestones": [1, 2, 3]}
