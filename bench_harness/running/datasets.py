@@ -1,6 +1,7 @@
 """The data set provider contract and the data helpers the core uses (loaders, scoring subsets)."""
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,8 +39,6 @@ def load_split(spec: DatasetSpec, split: str, augment: bool, **kw: Any) -> Datas
     """``spec.load(...)``, loaded once per process: the runs of a sweep that a worker executes one after another
     share their data (a run's training and scoring sets are then one object, too). The last ``LOADED_KEEP``
     distinct data sets are kept. Data sets are never modified by the harness (subsets wrap them)."""
-    import json
-
     key = (spec.name, split, bool(augment), json.dumps(kw, sort_keys=True, default=repr))
     dataset = _LOADED.get(key)
     if dataset is None:
