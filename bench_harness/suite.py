@@ -415,7 +415,7 @@ def validate_suite(suite: Suite, registry=None) -> None:
     checked: set = set()
     kept = []
     seen_ids = set()
-    pruner_defaults: dict[int, tuple] = {}  # id(component) -> (component, its non-default parameters)
+    pruner_defaults: dict[Component, dict[str, Any]] = {}
     for run in suite.runs:
         for kind, comp, key in (("model", run.model, "grid.models"), ("dataset", run.dataset, "grid.datasets"),
                                 ("pruner", run.pruner, "grid.pruners")):
@@ -427,14 +427,14 @@ def validate_suite(suite: Suite, registry=None) -> None:
                 raise SuiteError(suite.path, key, str(exc)) from None
             checked.add((kind, comp.name))
         pruner_cls = registry.get("pruner", run.pruner.name)
-        defaults = pruner_defaults.get(id(run.pruner))  # one Component per grid entry, shared by its runs
+        defaults = pruner_defaults.get(run.pruner)  # validated once per grid entry, not once per run
         if defaults is None:
             try:
                 params = pruner_cls.make_params(run.pruner.params)
             except (TypeError, ValueError) as exc:
                 raise SuiteError(suite.path, f"grid.pruners[{run.pruner.name}].params", str(exc)) from None
-            defaults = pruner_defaults[id(run.pruner)] = (run.pruner, non_default_fields(params))
-        run.pruner_defaults = dict(defaults[1])
+            defaults = pruner_defaults[run.pruner] = non_default_fields(params)
+        run.pruner_defaults = dict(defaults)
         run.pruner_version = str(pruner_cls.version)
         run.needs_pretrained = needs_pretrained(pruner_cls)
         if run.needs_pretrained and run.pretrain is None and not run.model.weights:

@@ -157,7 +157,7 @@ def _idx_file(raw: Path, name: str) -> Path | None:
 
 def _mnist_like(kind: str, root, split, augment, download=False):
     """MNIST-format IDX files (read directly; torchvision only downloads them), kept as uint8 tensors and
-    normalised per image (no augmentation)."""
+    normalised as batches are read (no augmentation)."""
     folder, mean, std = ("MNIST", MNIST_MEAN, MNIST_STD) if kind == "mnist" else ("FashionMNIST", FASHION_MEAN,
                                                                                     FASHION_STD)
     raw = Path(root) / folder / "raw"

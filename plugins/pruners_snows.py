@@ -368,10 +368,9 @@ class Snows(Pruner):
         return _result(masks, p, True, report)
 
     def newton(self, walk: Walk, lay: Layer, weight: torch.Tensor, mask: torch.Tensor, xp: torch.Tensor, k: int,
-               watched_names: list[str], xt: torch.Tensor | None = None) -> dict[str, Any]:
+               watched_names: list[str], xt: torch.Tensor) -> dict[str, Any]:
         """Minimize the K-step objective over the support of ``mask`` (the official solve_for_W_given_Z): the
-        pruned sub-network runs on ``xp``, the dense one on ``xt`` (default ``xp``, as the official code)."""
-        xt = xp if xt is None else xt
+        pruned sub-network runs on ``xp``, the dense one on ``xt`` (``xp`` too in the official code)."""
         p = self.params
         names = list(dict.fromkeys(watched_names + [lay.module_name]))
         mods = [walk.model.get_submodule(n) for n in names]
