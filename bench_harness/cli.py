@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress)
     elapsed = time.perf_counter() - t0
     if report.ok or report.failed:
-        from bench_harness.results.shard_index import maybe_compact
+        from bench_harness.results.compaction import maybe_compact
 
         for root in sorted({r.results_root for r in suite.runs}):
             maybe_compact(root, suite.name)
@@ -247,26 +247,30 @@ def cmd_results(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Check every run's shard of a suite: ok, failed, missing or damaged (a damaged one is redone by bench run)."""
+    """Check every run's row of a suite: ok, failed, compacted (its row is in a part), missing or damaged (a
+    damaged one is redone by bench run); and every compacted part."""
     from collections import Counter
 
     from bench_harness import paths
-    from bench_harness.results.store import shard_health
+    from bench_harness.results.store import verify_store
     from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
     counts: Counter = Counter()
-    for run in suite.runs:
-        if args.results_root:
-            run.results_root = args.results_root
-        health = shard_health(paths.shard_path(run.results_root, run.suite, run.run_id), run.run_id)
-        counts[health.split(":")[0]] += 1
-        if health.startswith("damaged"):
-            print(f"DAMAGED {paths.shard_path(run.results_root, run.suite, run.run_id)}: {health[9:]}")
+    damaged = 0
+    for root in sorted({args.results_root or run.results_root for run in suite.runs}):
+        report = verify_store(root, suite.name, [r.run_id for r in suite.runs])
+        counts.update(report.counts)
+        for path, problem in report.damaged:
+            damaged += 1
+            print(f"DAMAGED {path}: {problem}")
+        if report.extra:
+            print(f"{paths.runs_dir(root, suite.name)}: {report.extra} rows of runs that are not in the suite file "
+                  f"(an earlier version of it, or another suite's files): kept, not checked", file=sys.stderr)
     print(f"suite {suite.name}: {len(suite.runs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    if counts["damaged"]:
-        print("damaged shards count as missing: `bench run` runs them again", file=sys.stderr)
-    return 1 if counts["damaged"] else 0
+    if damaged:
+        print("damaged files count as missing: `bench run` runs their runs again", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[str], str]:
@@ -296,7 +300,7 @@ def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[st
 def cmd_aggregate(args) -> int:
     from bench_harness.results.aggregate import aggregate, leaderboard_path
 
-    from bench_harness.results.shard_index import maybe_compact
+    from bench_harness.results.compaction import maybe_compact
 
     suites, root = _resolve_suites(args.suites, args.results_root)
     t0 = time.perf_counter()
@@ -304,7 +308,7 @@ def cmd_aggregate(args) -> int:
         try:
             done = maybe_compact(root, suite, force=args.compact)
             if done:
-                print(f"{suite}: {done['compacted']} run files compacted into index.parquet", file=sys.stderr)
+                print(f"{suite}: {done['compacted']} run files compacted into a part of {suite}/runs/", file=sys.stderr)
         except OSError as exc:  # a read-only results folder: aggregate without compacting
             print(f"note: {suite}: run files not compacted ({exc.strerror or exc})", file=sys.stderr)
     result = aggregate(root, suites, rebuild=args.rebuild)

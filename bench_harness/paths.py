@@ -9,7 +9,7 @@ def suite_dir(results_root: str | Path, suite: str) -> Path:
 
 
 def shard_path(results_root: str | Path, suite: str, run_id: str) -> Path:
-    return suite_dir(results_root, suite) / "runs" / f"{run_id}.parquet"
+    return runs_dir(results_root, suite) / f"{run_id}.parquet"
 
 
 def run_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
@@ -25,3 +25,33 @@ def artifacts_dir(results_root: str | Path) -> Path:
 def run_artifacts_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
     """A run's own files, written by its pruner (``ctx.run_dir``); kept after the run."""
     return run_dir(results_root, suite, run_id) / "files"
+
+
+def runs_dir(results_root: str | Path, suite: str) -> Path:
+    """The suite's rows as a Parquet dataset: run files and compacted parts, nothing else (see results.shard_index)."""
+    return suite_dir(results_root, suite) / "runs"
+
+
+def store_lock(results_root: str | Path, suite: str) -> Path:
+    """The results store's lock: shared by readers, exclusive while the dataset's files are swapped."""
+    return suite_dir(results_root, suite) / "store.lock"
+
+
+def index_cache(results_root: str | Path, suite: str) -> Path:
+    """A cache of the run files' rows (Arrow IPC, not Parquet: a glob over ``*.parquet`` never counts it)."""
+    return suite_dir(results_root, suite) / "index.arrow"
+
+
+def compaction_journal(results_root: str | Path, suite: str) -> Path:
+    """What an unfinished compaction was doing (present only while one runs or after one was killed)."""
+    return suite_dir(results_root, suite) / "compaction.json"
+
+
+def compaction_aside(results_root: str | Path, suite: str) -> Path:
+    """Where compaction moves a run file before checking that it is the very file it folded into a part."""
+    return suite_dir(results_root, suite) / ".compacting"
+
+
+def legacy_index(results_root: str | Path, suite: str) -> Path:
+    """The index of schema-2 stores before the dataset layout (it held compacted rows); migrated on first use."""
+    return suite_dir(results_root, suite) / "index.parquet"

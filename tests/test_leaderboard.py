@@ -117,7 +117,7 @@ def test_shard_index_is_incremental(tmp_path):
     for row in _runs().to_dict("records"):
         _write(tmp_path, row)
     table, stats = update_index(tmp_path, "s")
-    assert stats == {"shards": 14, "read": 14, "dropped": 0, "compacted_rows": 0} and table.num_rows == 14
+    assert stats == {"shards": 14, "read": 14, "dropped": 0, "compacted_rows": 0, "parts": 0} and table.num_rows == 14
     table, stats = update_index(tmp_path, "s")
     assert stats["read"] == 0 and table.num_rows == 14
     _write(tmp_path, _row("grasp", 0.9, 0, 0.7))
@@ -159,14 +159,15 @@ def test_leaderboard_files_are_read_by_pandas_polars_and_duckdb(tmp_path):
 
 def test_compaction_loses_and_duplicates_nothing(tmp_path):
     from bench_harness.results.store import load_results, shard_status
-    from bench_harness.results.shard_index import compact
+    from bench_harness.results.compaction import compact
 
     rows = _runs().to_dict("records")
     for row in rows:
         _write(tmp_path, row)
     before = load_results(tmp_path, ["s"]).sort_values("run_id").reset_index(drop=True)
     assert compact(tmp_path, "s")["compacted"] == 14
-    assert not list((tmp_path / "s" / "runs").glob("*.parquet"))  # the run files are gone...
+    files = sorted(p.name for p in (tmp_path / "s" / "runs").iterdir())
+    assert len(files) == 1 and files[0].startswith("part-")  # the run files are folded into one part...
     after = load_results(tmp_path, ["s"]).sort_values("run_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(before, after[before.columns])  # ...and every row is still there, once
     assert shard_status(tmp_path, "s", rows[0]["run_id"]) == "ok"
@@ -186,16 +187,31 @@ def test_compaction_loses_and_duplicates_nothing(tmp_path):
     assert merge_results([tmp_path], tmp_path / "copy")["copied"] == 14
 
 
-def test_compacted_results_are_read_by_pandas_polars_and_duckdb(tmp_path):
-    from bench_harness.results.shard_index import compact
+@pytest.mark.parametrize("compacted", [False, True])
+def test_every_row_is_read_by_pandas_polars_and_duckdb_before_and_after_compaction(tmp_path, compacted):
+    """The documented way to read results: the dataset folder runs/ (pandas) or its glob (polars, DuckDB) holds
+    exactly one row per run, whether the run files are compacted or not, and no derived file is counted."""
+    from bench_harness.results.compaction import compact
 
-    for row in _runs().to_dict("records"):
+    rows = _runs().to_dict("records")
+    for row in rows:
         _write(tmp_path, row)
-    compact(tmp_path, "s")
-    path = tmp_path / "s" / "index.parquet"
+    aggregate(tmp_path, ["s"])  # derived files (cache, leaderboard) exist beside the rows
+    if compacted:
+        compact(tmp_path, "s")
+        redone = dict(rows[0], top1=0.99, finished_at=rows[0]["finished_at"] + dt.timedelta(hours=1))
+        _write(tmp_path, redone)  # a compacted run redone...
+        from bench_harness.results.compaction import maybe_compact
+
+        assert maybe_compact(tmp_path, "s") is not None  # ...is folded at once (the end of bench run does this)
+    runs = tmp_path / "s" / "runs"
     import duckdb
     import polars as pl
 
-    assert len(pd.read_parquet(path)) == 14
-    assert pl.read_parquet(path).filter(pl.col("status") == "ok").height == 13
-    assert duckdb.sql(f"select count(distinct run_id) from read_parquet('{path}')").fetchall()[0][0] == 14
+    df = pd.read_parquet(runs)
+    assert len(df) == 14 and df["run_id"].is_unique
+    assert pl.read_parquet(f"{runs}/*.parquet").filter(pl.col("status") == "ok").height == 13
+    assert duckdb.sql(f"select count(*), count(distinct run_id) from read_parquet('{runs}/*.parquet', "
+                      f"union_by_name=true) where run_id is not null").fetchall()[0] == (14, 14)
+    if compacted:
+        assert df.set_index("run_id").loc[rows[0]["run_id"], "top1"] == 0.99

@@ -32,7 +32,7 @@ import torch
 from bench_harness.atomic import atomic_write
 from bench_harness.errors import BenchError
 from bench_harness.identity import canonical_json, config_hash
-from bench_harness.running.locks import file_lock
+from bench_harness.locks import file_lock
 
 
 class ArtifactError(BenchError):

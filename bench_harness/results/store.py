@@ -1,11 +1,11 @@
-"""The result schema (versioned, documented here and only here) and Parquet shards.
+"""The result schema (versioned, documented here and only here) and the run files.
 
-One shard per run: ``results/<suite>/runs/<run_id>.parquet``, one row, written atomically (temporary file in
-the same folder, then ``os.replace``). A failed run is a row too (status ``failed``, with error and
-traceback); a later successful attempt replaces it. From 1,000 run files (or with ``bench aggregate
---compact``), ``bench aggregate`` and the end of ``bench run`` compact the run files into the suite's
-``index.parquet`` and remove them (see ``shard_index.compact``): a suite's rows are then ``index.parquet`` plus
-the run files written since — one file to read, not one per run.
+One row per run, in the suite's dataset folder ``results/<suite>/runs/`` (see
+:mod:`bench_harness.results.dataset`): the run writes ``runs/<run_id>.parquet`` atomically (temporary file in
+the same folder, then ``os.replace``). A failed run is a row too (status ``failed``, with error and traceback); a
+later successful attempt replaces it. From 1,000 run files (or with ``bench aggregate --compact``), compaction
+folds the run files into ``runs/part-*.parquet`` files (:mod:`bench_harness.results.compaction`): the folder
+holds exactly the suite's rows before and after, so ``pd.read_parquet("results/<suite>/runs")`` reads them all.
 
 Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
@@ -15,6 +15,9 @@ Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, re
 from __future__ import annotations
 
 import json
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -143,27 +146,20 @@ def read_shard(path: str | Path) -> dict[str, Any]:
 
 
 def shard_status(results_root: str | Path, suite: str, run_id: str) -> str | None:
-    """'ok', 'failed' or None (no row: never run, or its shard is damaged). Looks in the run's file, then in the
-    rows compacted into the suite's index."""
-    path = paths.shard_path(results_root, suite, run_id)
-    if path.exists():
-        try:
-            return pq.read_table(path, columns=["status"]).column("status")[0].as_py()
-        except Exception:  # a damaged shard is as good as none
-            return None
-    from bench_harness.results.shard_index import compacted_status
+    """'ok', 'failed' or None (no row: never run, or its shard is damaged): the run's file, else the row
+    compacted into a part."""
+    from bench_harness.results.shard_index import run_status
 
-    return compacted_status(results_root, suite).get(run_id)
+    return run_status(results_root, suite, run_id)
 
 
 def finished_run_ids(results_root: str | Path, suite: str) -> set[str]:
-    """Run ids of the suite whose shard says ``ok``, through the incremental shard index (damaged shards are
-    not finished)."""
+    """Run ids of the suite whose row says ``ok`` (damaged files are not finished)."""
     import warnings
 
     from bench_harness.results.shard_index import update_index
 
-    if not (paths.suite_dir(results_root, suite) / "runs").is_dir():
+    if not paths.runs_dir(results_root, suite).is_dir():
         return set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # damaged shards: reported by the readers and `bench verify`
@@ -190,6 +186,54 @@ def shard_health(path: str | Path, run_id: str | None = None) -> str:
     if run_id is not None and row["run_id"] != run_id:
         return f"damaged: holds run {row['run_id']!r}, not {run_id!r}"
     return "ok" if row["status"] == "ok" else "failed"
+
+
+@dataclass
+class StoreReport:
+    """What ``bench verify`` found: counts by state, damaged files (path, problem), rows of runs not asked for."""
+    counts: Counter = field(default_factory=Counter)
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    extra: int = 0
+
+
+def verify_store(results_root: str | Path, suite: str, run_ids: list[str]) -> StoreReport:
+    """Check the row of every run in ``run_ids`` (its run file, else its row in a compacted part) and every part."""
+    from bench_harness.results import dataset
+    from bench_harness.results.compaction import reading
+
+    report = StoreReport()
+    runs = paths.runs_dir(results_root, suite)
+    with reading(results_root, suite) if runs.is_dir() else _nothing():
+        listing = dataset.list_store(runs)
+        compacted: dict[str, str] = {}
+        for name in sorted(listing.parts, key=dataset.part_sequence):  # newer parts overwrite older rows
+            try:
+                table = dataset.read_part(runs / name, listing.parts[name])
+            except Exception as exc:
+                report.damaged.append((str(runs / name), f"{type(exc).__name__}: {exc}".splitlines()[0]))
+                continue
+            compacted.update(zip(table.column("run_id").to_pylist(), table.column("status").to_pylist()))
+        wanted = set(run_ids)
+        for run_id in run_ids:
+            name = f"{run_id}.parquet"
+            if name in listing.runs:
+                health = shard_health(runs / name, run_id)
+                if health.startswith("damaged"):
+                    report.damaged.append((str(runs / name), health[len("damaged: "):]))
+                    health = "damaged"
+            elif run_id in compacted:
+                health = f"{compacted[run_id]} (compacted)"
+            else:
+                health = "missing"
+            report.counts[health] += 1
+        others = {n[:-len(".parquet")] for n in listing.runs} | set(compacted)
+        report.extra = len(others - wanted)
+    return report
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def save_suite_file(suite) -> Path | None:

@@ -37,7 +37,7 @@ class SweepReport:
 def execute_claimed(run: RunSpec, **kwargs) -> dict | None:
     """Run unless another runner holds the run's claim or has finished it meanwhile; None when skipped."""
     from bench_harness import paths
-    from bench_harness.running.locks import Claim
+    from bench_harness.locks import Claim
     from bench_harness.running.runner import execute_run
 
     with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
@@ -65,7 +65,7 @@ def pack_groups(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
 def execute_packed_claimed(group: list[RunSpec], force: bool = False) -> list[tuple[str, str, str | None]]:
     """Claim the runs of a group (skipping those another runner holds or finished), run them packed."""
     from bench_harness import paths
-    from bench_harness.running.locks import Claim
+    from bench_harness.locks import Claim
     from bench_harness.running.runner import execute_packed
 
     claims, mine, out = [], [], []

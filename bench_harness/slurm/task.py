@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
-import fcntl
 import multiprocessing as mp
 import os
 import sys
@@ -20,6 +19,7 @@ import time
 import submitit
 
 from bench_harness import paths
+from bench_harness.locks import Claim
 
 from bench_harness.results import store as results
 from bench_harness.suite import RunSpec
@@ -33,16 +33,13 @@ def log(message: str) -> None:
 
 
 def execute_once(run: RunSpec) -> str:
-    """Run unless finished; a lock file makes sure two tasks never work on the same run at the same time."""
+    """Run unless finished; the run's claim (the same lock the local runner takes) makes sure two tasks, or a task
+    and a local runner, never work on the same run at the same time."""
     if results.shard_status(run.results_root, run.suite, run.run_id) == "ok":
         return "skipped"
-    folder = paths.run_dir(run.results_root, run.suite, run.run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"run {run.run_id} is being run by another task; skipped")
+    with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
+        if not claim.acquired:
+            log(f"run {run.run_id} is being run by another task or runner; skipped")
             return "busy"
         if results.shard_status(run.results_root, run.suite, run.run_id) == "ok":
             return "skipped"

@@ -1,0 +1,299 @@
+"""The results store's one writer protocol: the lock, compaction, and the repair of an interrupted compaction.
+
+**The lock** (``results/<suite>/store.lock``, a record lock, see :mod:`bench_harness.locks`): every reader of the
+store (``bench results``, ``aggregate``, ``leaderboard``, ``verify``, the start and end of ``bench run``, a run's
+"already finished?" check) lists and reads ``runs/`` holding it *shared*; compaction holds it *exclusively* for its
+whole life. A reader therefore never lists the folder half-way through a swap of files. Run files are written
+without the lock: each is a new file renamed into place (atomic), and compaction checks every run file it removes
+(see below), so a run finishing during a compaction is never lost.
+
+**Compaction** folds the run files, and any part holding a row that a newer file supersedes, into one new part,
+then removes what it folded. It records what it is about to do before doing it:
+
+1. ``compaction.json`` (the journal): the new part's name, the run files (with their signatures: mtime, size,
+   inode) and the parts it folds — written atomically;
+2. the new part, written atomically: from here on every folded row is in it;
+3. the folded parts are removed; each folded run file is renamed aside into ``.compacting/`` and removed only if
+   it is the very file that was read (same signature) — a file rewritten meanwhile (a run redone) is put back
+   (``link``, which never overwrites a newer file);
+4. the journal is removed.
+
+A kill at any step leaves a state the next command repairs without loss (:func:`recover`, run under the exclusive
+lock by the first command that sees a journal, a non-empty ``.compacting/`` or a legacy index): before step 2
+nothing was removed (the journal is discarded); after it, steps 3–4 are finished from the journal. A row is
+removed from the dataset only by step 3, after the journal recorded the part that holds it — never because a
+file is missing.
+
+**Legacy stores** (before this layout, rows compacted into ``results/<suite>/index.parquet``) are migrated the
+same way: every row of the old index whose run file is gone becomes a part, then the old index is removed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bench_harness import locks, paths
+from bench_harness.atomic import atomic_write
+from bench_harness.results import dataset
+
+COMPACT_AT = 1000  # run files in runs/ from which `bench run` and `bench aggregate` compact automatically
+MAX_PARTS = 64     # more parts than this: a compaction merges them all into one
+
+
+class StoreRepairWarning(UserWarning):
+    """An interrupted compaction or a legacy index was found and repaired (nothing was lost)."""
+
+
+# ---- the lock ----------------------------------------------------------------------------------------------------
+
+def needs_recovery(results_root: str | Path, suite: str) -> bool:
+    aside = paths.compaction_aside(results_root, suite)
+    return (paths.compaction_journal(results_root, suite).exists()
+            or paths.legacy_index(results_root, suite).exists()
+            or (aside.is_dir() and any(aside.iterdir())))
+
+
+@contextmanager
+def reading(results_root: str | Path, suite: str) -> Iterator[None]:
+    """Hold the store's lock shared, after repairing an interrupted compaction if there is one. On a folder this
+    user cannot write, the repair is skipped (with a warning) and the folder is read as it is."""
+    lock = paths.store_lock(results_root, suite)
+    if needs_recovery(results_root, suite) and not _holds(lock):
+        try:
+            with locks.file_lock(lock):
+                recover(results_root, suite)
+        except OSError as exc:
+            warnings.warn(StoreRepairWarning(
+                f"{paths.suite_dir(results_root, suite)}: an interrupted compaction could not be repaired "
+                f"({exc.strerror or exc}); reading the folder as it is (run a bench command with write access to "
+                f"repair it)"), stacklevel=3)
+    with locks.file_lock(lock, shared=True):
+        yield
+
+
+@contextmanager
+def exclusive(results_root: str | Path, suite: str) -> Iterator[None]:
+    """Hold the store's lock exclusively, the store repaired."""
+    with locks.file_lock(paths.store_lock(results_root, suite)):
+        recover(results_root, suite)
+        yield
+
+
+def _holds(lock: Path) -> bool:
+    return os.path.abspath(lock) in locks._held
+
+
+# ---- repair ------------------------------------------------------------------------------------------------------
+
+def recover(results_root: str | Path, suite: str) -> dict:
+    """Finish or discard an interrupted compaction, put back run files left aside, migrate a legacy index. Call
+    with the exclusive lock held. Returns what was done."""
+    done: dict = {}
+    runs = paths.runs_dir(results_root, suite)
+    journal_path = paths.compaction_journal(results_root, suite)
+    if journal_path.exists():
+        journal = _read_journal(journal_path)
+        if journal is not None and (runs / journal["new_part"]).exists():
+            done["finished"] = _finish(results_root, suite, journal)
+            warnings.warn(StoreRepairWarning(
+                f"{paths.suite_dir(results_root, suite)}: finished a compaction that was interrupted (nothing lost: "
+                f"the part {journal['new_part']} holds its rows)"), stacklevel=3)
+        else:
+            done["discarded"] = True  # killed before its part was written: nothing had been removed
+        journal_path.unlink(missing_ok=True)
+    done["put_back"] = _put_back_aside(results_root, suite)
+    if paths.legacy_index(results_root, suite).exists():
+        done["migrated"] = _migrate_legacy_index(results_root, suite)
+    if runs.is_dir():  # temporary files of parts whose writer was killed (only compaction writes parts)
+        for entry in os.scandir(runs):
+            if entry.name.startswith(".part-") and entry.name.endswith(".tmp"):
+                os.unlink(entry.path)
+    return done
+
+
+def _read_journal(path: Path) -> dict | None:
+    try:
+        journal = json.loads(path.read_text())
+        if not (isinstance(journal, dict) and dataset.is_part(journal.get("new_part", ""))
+                and isinstance(journal.get("consumed"), dict) and isinstance(journal.get("replaced"), list)):
+            raise ValueError("not a compaction journal")
+        return journal
+    except (OSError, ValueError) as exc:
+        # written atomically, so only a planted or damaged file gets here: without it nothing can be finished, and
+        # nothing is removed — at worst a row is in two files until the next compaction
+        warnings.warn(StoreRepairWarning(f"{path}: unreadable compaction journal ({exc}); ignored"), stacklevel=4)
+        return None
+
+
+def _finish(results_root: str | Path, suite: str, journal: dict) -> dict:
+    """Steps 3-4 of a compaction whose part is written (idempotent: safe to run again after a kill)."""
+    runs = paths.runs_dir(results_root, suite)
+    for name in journal["replaced"]:
+        if dataset.is_part(name) and name != journal["new_part"]:
+            (runs / name).unlink(missing_ok=True)
+    aside = paths.compaction_aside(results_root, suite)
+    aside.mkdir(exist_ok=True)
+    removed = put_back = 0
+    for name, sig in journal["consumed"].items():
+        if not dataset.is_row_file(name) or dataset.is_part(name) or os.sep in name:
+            continue
+        src, held = runs / name, aside / name
+        if not held.exists():
+            try:
+                os.replace(src, held)
+            except FileNotFoundError:
+                continue
+        if list(dataset.signature(os.stat(held))) == list(sig):
+            os.unlink(held)
+            removed += 1
+        else:  # rewritten after it was read: the newer row stays
+            _link_back(held, src)
+            put_back += 1
+    try:
+        aside.rmdir()
+    except OSError:
+        pass
+    return {"removed": removed, "put_back": put_back}
+
+
+def _link_back(held: Path, dest: Path) -> None:
+    """Put a run file back unless a newer one took its place meanwhile (``link`` never overwrites)."""
+    try:
+        os.link(held, dest)
+    except FileExistsError:
+        pass
+    os.unlink(held)
+
+
+def _put_back_aside(results_root: str | Path, suite: str) -> int:
+    """Run files left in ``.compacting/`` without a journal (a compaction of an earlier version killed): back."""
+    aside = paths.compaction_aside(results_root, suite)
+    if not aside.is_dir():
+        return 0
+    runs = paths.runs_dir(results_root, suite)
+    count = 0
+    for entry in os.scandir(aside):
+        if dataset.is_row_file(entry.name):
+            _link_back(Path(entry.path), runs / entry.name)
+            count += 1
+    try:
+        aside.rmdir()
+    except OSError:
+        pass
+    return count
+
+
+def _migrate_legacy_index(results_root: str | Path, suite: str) -> int:
+    """Rows of a legacy ``index.parquet`` whose run file is gone become a part; then the old index goes."""
+    legacy = paths.legacy_index(results_root, suite)
+    runs = paths.runs_dir(results_root, suite)
+    try:
+        table = pq.read_table(legacy)
+    except Exception as exc:
+        keep = legacy.with_name(legacy.name + ".damaged")
+        os.replace(legacy, keep)
+        warnings.warn(StoreRepairWarning(f"{legacy}: a damaged legacy index ({type(exc).__name__}) kept as {keep}: "
+                                         f"rows compacted into it cannot be read"), stacklevel=4)
+        return 0
+    listing = dataset.list_store(runs)
+    if "run_id" in table.column_names and table.num_rows:
+        rows = dataset.without_ids(table, {n[:-len(".parquet")] for n in listing.runs})
+        if rows.num_rows:
+            runs.mkdir(parents=True, exist_ok=True)
+            dataset.write_part(runs, dataset.new_part_name(list(listing.parts)), rows)
+        migrated = rows.num_rows
+    else:
+        migrated = 0
+    legacy.unlink()
+    return migrated
+
+
+# ---- compaction ---------------------------------------------------------------------------------------------------
+
+def run_files(results_root: str | Path, suite: str) -> int:
+    return len(dataset.list_store(paths.runs_dir(results_root, suite)).runs)
+
+
+def maybe_compact(results_root: str | Path, suite: str, force: bool = False) -> dict | None:
+    """Compact when forced, when the suite has COMPACT_AT run files or more, or when a part holds a row that a
+    newer run file supersedes (a compacted run redone: a glob over ``runs/`` would count it twice); None when
+    there was nothing to do."""
+    runs = paths.runs_dir(results_root, suite)
+    listing = dataset.list_store(runs)
+    if not force and len(listing.runs) < COMPACT_AT and not _superseded(runs, listing):
+        return None
+    return compact(results_root, suite)
+
+
+def _superseded(runs: Path, listing: dataset.Listing) -> bool:
+    if not listing.parts or not listing.runs:
+        return False
+    ids = pa.array([n[:-len(".parquet")] for n in listing.runs], pa.string())
+    parts = dataset.read_parts(runs, listing.parts, warn=False)
+    return any(pc.any(pc.is_in(t.column("run_id"), value_set=ids)).as_py() for t in parts.values())
+
+
+def compact(results_root: str | Path, suite: str) -> dict:
+    """Fold the suite's run files (and parts holding superseded rows) into one new part; see the module
+    docstring for the protocol. Returns counts: compacted (run files removed), put_back, parts_merged, rows."""
+    runs = paths.runs_dir(results_root, suite)
+    if not runs.is_dir():
+        return {"compacted": 0}
+    with exclusive(results_root, suite):
+        listing = dataset.list_store(runs)
+        run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)])
+        parts = dataset.read_parts(runs, listing.parts)
+        newer_ids = set(run_rows.column("run_id").to_pylist()) if run_rows is not None else set()
+        kept_from_parts, folded = [], []
+        merge_all = len(parts) >= MAX_PARTS
+        for name, table in dataset.newest_parts_first(parts):
+            ids = table.column("run_id").to_pylist()
+            if merge_all or newer_ids.intersection(ids) or len(set(ids)) != len(ids):
+                folded.append(name)
+                kept_from_parts.append(_unique(dataset.without_ids(table, newer_ids)))
+            newer_ids.update(ids)
+        if run_rows is None and not folded:
+            return {"compacted": 0, "put_back": 0, "parts_merged": 0, "rows": 0}
+        tables = ([run_rows.drop_columns([c for c in run_rows.column_names if c.startswith("_")])]
+                  if run_rows is not None else []) + [t for t in kept_from_parts if t.num_rows]
+        new_part = dataset.new_part_name(list(listing.parts))
+        consumed = {}
+        if run_rows is not None:
+            for name, *sig in zip(run_rows.column("_shard").to_pylist(), run_rows.column("_mtime_ns").to_pylist(),
+                                  run_rows.column("_size").to_pylist(), run_rows.column("_ino").to_pylist()):
+                consumed[name] = sig
+        journal = {"version": 1, "new_part": new_part, "consumed": consumed, "replaced": folded,
+                   "started": dt.datetime.now(dt.timezone.utc).isoformat(), "host": socket.gethostname(),
+                   "pid": os.getpid()}
+        journal_path = paths.compaction_journal(results_root, suite)
+        atomic_write(journal_path, lambda tmp: Path(tmp).write_text(json.dumps(journal, indent=1)))
+        rows = dataset.concat(tables) if tables else None
+        if rows is not None and rows.num_rows:
+            dataset.write_part(runs, new_part, rows)
+        # (no rows left: the folded parts held only superseded rows; without a new part, a kill from here on
+        # discards the journal and leaves those parts, which lose nothing)
+        done = _finish(results_root, suite, journal)
+        journal_path.unlink(missing_ok=True)
+        dataset.forget_parts(runs, set(dataset.list_store(runs).parts))
+    return {"compacted": done["removed"], "put_back": done["put_back"], "parts_merged": len(folded),
+            "rows": rows.num_rows if rows is not None else 0}
+
+
+def _unique(table: pa.Table) -> pa.Table:
+    """One row per run id (a part never holds two, but a planted or merged one might): the last wins."""
+    ids = table.column("run_id").to_pylist()
+    if len(set(ids)) == len(ids):
+        return table
+    last = {rid: i for i, rid in enumerate(ids)}
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
+

@@ -1,0 +1,247 @@
+"""A suite's rows as one Parquet dataset folder, ``results/<suite>/runs/``, holding rows and nothing else:
+
+- ``<run_id>.parquet``: one row, written atomically by the run that produced it (or redid it);
+- ``part-NNNNNNNN-xxxxxxxx.parquet``: many rows, run files folded together by compaction
+  (:mod:`bench_harness.results.compaction`); written once under a fresh name, never modified, removed only by a
+  later compaction that folded its rows into a newer part.
+
+So pandas (``pd.read_parquet("results/s/runs")``), polars and DuckDB (``results/s/runs/*.parquet``) read every row
+of the suite, before and after compaction. A run id is in at most one file, except briefly: a run redone after its
+row was compacted has a new run file while the part still holds its old row — the run file is the newer one and
+wins, and the next compaction (automatic at the end of ``bench run``) removes the old row. Temporary files are
+hidden (``.name.tmp``), which every reader skips.
+
+This module lists and reads those files; it takes no lock (see compaction.py for the lock protocol).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import re
+import secrets
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bench_harness.atomic import atomic_write
+
+PART = re.compile(r"^part-(\d{8})-[0-9a-f]{8}\.parquet$")
+
+Signature = tuple[int, int, int]  # (mtime_ns, size, inode): a file replaced by a rename has a new inode
+
+
+class CorruptShardWarning(UserWarning):
+    """A run's shard (or a compacted part) cannot be read: its runs count as missing, `bench run` runs them again."""
+
+
+class Listing(NamedTuple):
+    runs: dict[str, Signature]   # run files
+    parts: dict[str, Signature]  # compacted parts
+
+
+def is_part(name: str) -> bool:
+    return PART.match(name) is not None
+
+
+def is_row_file(name: str) -> bool:
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def signature(st: os.stat_result) -> Signature:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def list_store(runs: Path) -> Listing:
+    """The dataset's files with their signatures (one ``scandir``)."""
+    files: dict[str, Signature] = {}
+    parts: dict[str, Signature] = {}
+    if not runs.is_dir():
+        return Listing(files, parts)
+    with os.scandir(runs) as it:
+        for entry in it:
+            if is_row_file(entry.name):
+                try:
+                    if not entry.is_file():
+                        continue
+                    sig = signature(entry.stat())
+                except FileNotFoundError:  # removed while we listed
+                    continue
+                (parts if is_part(entry.name) else files)[entry.name] = sig
+    return Listing(files, parts)
+
+
+def _problem(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _read_file(path: str) -> tuple[pa.Table, Signature]:
+    """A file's table and the signature of the very file read (fstat of the open handle: a file replaced between
+    listing and reading is read whole, with its own signature)."""
+    with open(path, "rb") as fh:
+        sig = signature(os.fstat(fh.fileno()))
+        table = pq.ParquetFile(fh).read(use_threads=False)
+    return table, sig
+
+
+def _read_chunk(files: list[str]) -> tuple[pa.Table | None, list[tuple[str, str]]]:
+    """(table of the readable run files with _shard/_mtime_ns/_size/_ino, [(file, problem)] for damaged ones).
+    Run files are written atomically, so an unreadable one is damaged (a full disk, a crashed copy, a planted
+    file), never half-written; a file that holds another run than its name says is damaged too."""
+    by_schema: dict = {}  # concatenating equal schemas is cheap; unify only across distinct schemas
+    bad: list[tuple[str, str]] = []
+    for f in files:
+        try:
+            table, sig = _read_file(f)
+            if table.num_rows != 1 or "run_id" not in table.column_names or "status" not in table.column_names:
+                raise ValueError(f"{table.num_rows} rows, columns {table.column_names[:3]}…")
+            run_id = table.column("run_id")[0].as_py()
+            if f"{run_id}.parquet" != os.path.basename(f):
+                raise ValueError(f"holds run {run_id!r}, not the run its name says")
+        except FileNotFoundError:  # replaced or removed while we listed the folder
+            continue
+        except Exception as exc:
+            bad.append((f, _problem(exc)))
+            continue
+        # keyed by the schema's text: pyarrow < 15 cannot hash a schema that carries metadata
+        key = table.schema.to_string(show_field_metadata=False, show_schema_metadata=False)
+        by_schema.setdefault(key, []).append((table, os.path.basename(f), sig))
+    if not by_schema:
+        return None, bad
+    parts, names, sigs = [], [], []
+    for items in by_schema.values():
+        parts.append(pa.concat_tables([t for t, *_ in items]).combine_chunks())  # one chunk, not one per shard
+        for _, name, sig in items:
+            names.append(name)
+            sigs.append(sig)
+    table = concat(parts)
+    return (table.append_column("_shard", pa.array(names, pa.string()))
+            .append_column("_mtime_ns", pa.array([s[0] for s in sigs], pa.int64()))
+            .append_column("_size", pa.array([s[1] for s in sigs], pa.int64()))
+            .append_column("_ino", pa.array([s[2] for s in sigs], pa.int64()))), bad
+
+
+def warn_damaged(bad: list[tuple[str, str]]) -> None:
+    for f, problem in bad:
+        warnings.warn(CorruptShardWarning(f"damaged result file {f} ({problem}): its runs count as missing and "
+                                          f"`bench run` runs them again; `bench verify SUITE` lists every such "
+                                          f"file"), stacklevel=3)
+
+
+def read_shards(files: list[str], workers: int | None = None, warn: bool = True) -> pa.Table | None:
+    """Read run files (with their _shard/_mtime_ns/_size/_ino columns), in parallel processes when there are many.
+    A damaged file is left out with a CorruptShardWarning naming it."""
+    if not files:
+        return None
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if workers <= 1 or len(files) < 2000:
+        table, bad = _read_chunk(files)
+    else:
+        size = max(500, len(files) // (workers * 4))
+        chunks = [files[i:i + size] for i in range(0, len(files), size)]
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if os.name == "posix" else "spawn")) as ex:
+            results = list(ex.map(_read_chunk, chunks))
+        tables = [t for t, _ in results if t is not None]
+        bad = [b for _, bs in results for b in bs]
+        table = concat(tables) if tables else None
+    if warn:
+        warn_damaged(bad)
+    return table
+
+
+_PARTS: dict[str, tuple[Signature, pa.Table]] = {}  # parts never change under one name: cache them per process
+
+
+def read_part(path: Path, sig: Signature) -> pa.Table:
+    """A compacted part's rows (raises when it is damaged); cached per process by file signature."""
+    key = str(path)
+    cached = _PARTS.get(key)
+    if cached is not None and cached[0] == sig:
+        return cached[1]
+    table, real = _read_file(key)
+    if "run_id" not in table.column_names or "status" not in table.column_names:
+        raise ValueError(f"a compacted part without run_id/status columns: {table.column_names[:4]}")
+    table = table.drop_columns([c for c in table.column_names if c.startswith("_")]).combine_chunks()
+    _PARTS[key] = (real, table)
+    return table
+
+
+def forget_parts(runs: Path, keep: set[str] = frozenset()) -> None:
+    """Drop cached parts of ``runs`` that are not in ``keep`` (they were removed)."""
+    prefix = str(runs) + os.sep
+    for key in [k for k in _PARTS if k.startswith(prefix) and os.path.basename(k) not in keep]:
+        del _PARTS[key]
+
+
+def read_parts(runs: Path, parts: dict[str, Signature], warn: bool = True) -> dict[str, pa.Table]:
+    """name -> rows of every readable part; damaged ones are left out with a CorruptShardWarning."""
+    out, bad = {}, []
+    forget_parts(runs, set(parts))
+    for name in sorted(parts):
+        try:
+            out[name] = read_part(runs / name, parts[name])
+        except FileNotFoundError:
+            continue
+        except Exception as exc:
+            bad.append((str(runs / name), _problem(exc)))
+    if warn:
+        warn_damaged(bad)
+    return out
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Tables with possibly different columns as one (missing columns null; a column typed differently by two
+    plugins' versions is widened, or as a last resort made a string)."""
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="default").combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    try:
+        return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
+        names = {n for t in tables for n in t.column_names}
+        types: dict[str, set] = {n: {t.schema.field(n).type for t in tables if n in t.column_names} for n in names}
+        mixed = {n for n, ts in types.items() if len(ts - {pa.null()}) > 1}
+        tables = [_as_strings(t, mixed) for t in tables]
+        return pa.concat_tables(tables, promote_options="default").combine_chunks()
+
+
+def _as_strings(table: pa.Table, names: set[str]) -> pa.Table:
+    for n in names & set(table.column_names):
+        table = table.set_column(table.column_names.index(n), n, pc.cast(table.column(n), pa.string()))
+    return table
+
+
+def new_part_name(existing: list[str]) -> str:
+    """A fresh part name: one more than the highest sequence number, and a random tag (never reused)."""
+    seq = max((int(PART.match(n).group(1)) for n in existing if is_part(n)), default=0) + 1
+    return f"part-{seq:08d}-{secrets.token_hex(4)}.parquet"
+
+
+def part_sequence(name: str) -> int:
+    return int(PART.match(name).group(1))
+
+
+def write_part(runs: Path, name: str, table: pa.Table) -> Path:
+    """Write a part atomically (hidden temporary file, then rename), rows sorted by run id."""
+    table = table.drop_columns([c for c in table.column_names if c.startswith("_")])
+    table = table.take(pc.sort_indices(table, sort_keys=[("run_id", "ascending")]))
+    return atomic_write(runs / name, lambda tmp: pq.write_table(table, tmp))
+
+
+def without_ids(table: pa.Table, ids: set[str]) -> pa.Table:
+    if not ids:
+        return table
+    return table.filter(pc.invert(pc.is_in(table.column("run_id"), value_set=pa.array(sorted(ids), pa.string()))))
+
+
+def newest_parts_first(parts: dict[str, pa.Table]) -> list[tuple[str, pa.Table]]:
+    """Parts from the newest (highest sequence) to the oldest: where a run id is in two parts (only after an
+    interrupted compaction), the newer part's row wins."""
+    return sorted(parts.items(), key=lambda kv: part_sequence(kv[0]), reverse=True)

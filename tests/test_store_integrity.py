@@ -1,0 +1,281 @@
+"""The results store never loses or duplicates a row: compaction racing readers (real processes, thousands of
+files), a compaction killed at every one of its file operations, run files rewritten during a compaction, legacy
+stores, leftovers of killed compactions, `bench verify` on compacted rows, one claim lock for every executor."""
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bench_harness import paths
+from bench_harness.results.compaction import compact
+from bench_harness.results.store import load_results, shard_status, write_shard
+
+SUITE = "s"
+
+
+def _row(i: int, top1: float = 0.5, hours: int = 0) -> dict:
+    return {"run_id": f"{i:040x}", "suite": SUITE, "pruner": "magnitude", "model": "mlp", "dataset": "synthetic",
+            "seed": i, "target_sparsity": 0.5, "status": "ok", "top1": top1,
+            "finished_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=hours)}
+
+
+def _fill(root, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        write_shard(_row(i), root, SUITE)
+
+
+def _rows(root) -> pd.DataFrame:
+    return load_results(root, [SUITE])
+
+
+def _glob_rows(root) -> pd.DataFrame:
+    """What a user's pandas sees: the dataset folder."""
+    runs = paths.runs_dir(root, SUITE)
+    return pd.read_parquet(runs) if any(p.suffix == ".parquet" for p in runs.iterdir()) else pd.DataFrame()
+
+
+def _python(code: str, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+READER = """
+    import sys, time, warnings
+    warnings.simplefilter("ignore")
+    from bench_harness.results.store import load_results
+    time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    for _ in range(3):
+        print(len(load_results({root!r}, ["s"])))
+"""
+
+
+def test_compaction_racing_readers_in_other_processes_loses_nothing(tmp_path):
+    """Finding 1: on bf202ae a reader that read the index before compaction wrote it put the rows back as not
+    compacted, and the next update dropped every one of them (3,500 rows lost in 3 of 5 tries)."""
+    n = 2500
+    _fill(tmp_path, n)
+    for attempt in range(3):
+        compactor = _python(f"""
+            from bench_harness.results.compaction import compact
+            print(compact({str(tmp_path)!r}, "s")["compacted"])
+        """)
+        readers = [_python(READER.format(root=str(tmp_path))) for _ in range(3)]
+        for proc in [compactor, *readers]:
+            out, err = proc.communicate(timeout=900)
+            assert proc.returncode == 0, err
+            if proc is not compactor:  # a reader never sees a partial suite
+                assert set(out.split()) == {str(n)}, (attempt, out)
+        df = _rows(tmp_path)
+        assert len(df) == n and df["run_id"].is_unique, attempt
+        assert len(_glob_rows(tmp_path)) == n
+        _fill(tmp_path, 200, start=n)  # more runs arrive; the next compaction folds them too
+        n += 200
+    assert len(_rows(tmp_path)) == n
+
+
+KILLER = """
+    import os, sys
+    from bench_harness.results import compaction, dataset
+    budget = [int(sys.argv[1])]
+
+    def fault(fn):
+        def wrapped(*args, **kwargs):
+            budget[0] -= 1
+            if budget[0] < 0:
+                os._exit(137)  # a kill -9 right before this file operation
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for name in ("replace", "unlink", "link", "rmdir", "mkdir"):
+        setattr(os, name, fault(getattr(os, name)))
+    result = compaction.compact({root!r}, "s")
+    print("done", result)
+"""
+
+
+def _snapshot(root) -> dict:
+    return _rows(root).set_index("run_id")["top1"].to_dict()
+
+
+def test_a_compaction_killed_at_every_file_operation_loses_and_duplicates_nothing(tmp_path):
+    """Kill compaction before each of its file operations in turn (journal, part, removal of folded parts, each
+    run file moved aside and removed, the journal's removal): the next command repairs the store, every row is
+    there once, and the dataset folder holds exactly the rows."""
+    base = tmp_path / "base"
+    _fill(base, 6)
+    compact(base, SUITE)                                  # a part of 6 rows...
+    _fill(base, 4, start=6)                               # ...4 new run files...
+    write_shard(_row(0, top1=0.9, hours=1), base, SUITE)  # ...and a compacted run redone (its old row superseded)
+    expected = _snapshot(base)
+    assert len(expected) == 10 and expected[f"{0:040x}"] == 0.9
+    step = 0
+    while True:
+        root = tmp_path / f"k{step}"
+        subprocess.run(["cp", "-a", str(base), str(root)], check=True)
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(KILLER.format(root=str(root))), str(step)],
+                              capture_output=True, text=True, timeout=900)
+        killed = proc.returncode == 137
+        assert killed or (proc.returncode == 0 and "done" in proc.stdout), proc.stderr
+        assert _snapshot(root) == expected, f"killed before file operation {step}"   # repaired by this reader
+        assert not paths.compaction_journal(root, SUITE).exists()
+        assert not paths.compaction_aside(root, SUITE).exists()
+        compact(root, SUITE)                              # the next compaction: exactly the rows, once each
+        glob = _glob_rows(root)
+        assert len(glob) == 10 and glob["run_id"].is_unique, f"killed before file operation {step}"
+        assert glob.set_index("run_id")["top1"].to_dict() == expected
+        if not killed:
+            break
+        step += 1
+    assert step >= 8  # journal, part, old part, 5 run files aside + removed, journal removal: every one was tried
+
+
+def test_a_run_file_rewritten_during_compaction_keeps_the_newer_row(tmp_path, monkeypatch):
+    """A run redone while compaction runs: compaction read the old file, the new one must survive."""
+    from bench_harness.results import compaction, dataset
+
+    _fill(tmp_path, 5)
+    real_write_part = dataset.write_part
+
+    def write_part_then_a_run_finishes(runs, name, table):
+        out = real_write_part(runs, name, table)
+        write_shard(_row(2, top1=0.77, hours=3), tmp_path, SUITE)  # another process finishes run 2 again
+        return out
+
+    monkeypatch.setattr(compaction.dataset, "write_part", write_part_then_a_run_finishes)
+    result = compact(tmp_path, SUITE)
+    assert result["put_back"] == 1 and result["compacted"] == 4
+    monkeypatch.undo()
+    assert _snapshot(tmp_path)[f"{2:040x}"] == 0.77
+    compact(tmp_path, SUITE)
+    glob = _glob_rows(tmp_path)
+    assert len(glob) == 5 and glob.set_index("run_id").loc[f"{2:040x}", "top1"] == 0.77
+
+
+def test_a_legacy_index_is_migrated_without_loss(tmp_path):
+    """Stores written before the dataset layout kept compacted rows only in index.parquet: they become a part,
+    including rows the old protocol had wrongly marked not compacted after their file was removed."""
+    _fill(tmp_path, 3)
+    rows = [_row(i) for i in range(3, 8)]
+    table = pa.Table.from_pylist(rows).append_column("_shard", pa.array([f"{r['run_id']}.parquet" for r in rows]))
+    table = table.append_column("_compacted", pa.array([True, True, True, False, False]))
+    pq.write_table(table, paths.legacy_index(tmp_path, SUITE))
+    df = _rows(tmp_path)
+    assert len(df) == 8 and df["run_id"].is_unique
+    assert not paths.legacy_index(tmp_path, SUITE).exists()
+    assert len(_glob_rows(tmp_path)) == 8
+    assert shard_status(tmp_path, SUITE, f"{5:040x}") == "ok"
+
+
+def test_files_left_by_a_killed_compaction_are_repaired(tmp_path):
+    """Finding 7: a file left in .compacting/ after a kill stayed there forever (its row unread)."""
+    _fill(tmp_path, 3)
+    aside = paths.compaction_aside(tmp_path, SUITE)
+    aside.mkdir()
+    src = paths.shard_path(tmp_path, SUITE, f"{1:040x}")
+    os.replace(src, aside / src.name)
+    assert len(_rows(tmp_path)) == 3
+    assert not aside.exists() and src.exists()
+    # a planted, unreadable journal is ignored: nothing is removed
+    paths.compaction_journal(tmp_path, SUITE).write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable compaction journal"):
+        assert len(_rows(tmp_path)) == 3
+
+
+def _bench(*args):
+    exe = os.path.join(os.path.dirname(sys.executable), "bench")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+def test_verify_understands_compacted_rows_and_damaged_parts(tmp_path):
+    """Finding 7: `bench verify` called compacted runs "missing" (exit 0)."""
+    suite = tmp_path / "v.yaml"
+    suite.write_text(f"""
+name: v
+grid: {{models: [mlp], datasets: [{{name: synthetic, params: {{num_classes: 4, image_size: 8, train_size: 64,
+        test_size: 32}}}}], sparsities: [0.5], seeds: [0, 1], pruners: [magnitude]}}
+recipe: {{epochs: 1, batch_size: 32}}
+results_root: {tmp_path / 'results'}
+""")
+    assert _bench("run", suite, "--no-progress").returncode == 0
+    assert _bench("aggregate", "v", "--results-root", tmp_path / "results", "--compact").returncode == 0
+    out = _bench("verify", suite)
+    assert out.returncode == 0 and "2 ok (compacted)" in out.stdout, out.stdout + out.stderr
+    part = next(p for p in (tmp_path / "results" / "v" / "runs").iterdir() if p.name.startswith("part-"))
+    part.write_bytes(part.read_bytes()[:100])
+    out = _bench("verify", suite)
+    assert out.returncode == 1 and f"DAMAGED {part}" in out.stdout and "2 missing" in out.stdout, out.stdout
+
+
+def test_the_readme_way_of_reading_results_sees_every_row_after_compaction(tmp_path):
+    """Finding 6: after compaction `pd.read_parquet("results/<suite>/runs")` returned 0 rows on bf202ae."""
+    _fill(tmp_path, 10)
+    compact(tmp_path, SUITE)
+    assert len(pd.read_parquet(tmp_path / SUITE / "runs")) == 10
+    assert not list((tmp_path / SUITE).glob("*.parquet"))  # no derived file beside the rows counts them twice
+
+
+CLAIM_SUITE = """
+name: c
+grid: {{models: [mlp], datasets: [{{name: synthetic, params: {{num_classes: 4, image_size: 8, train_size: 64,
+        test_size: 32}}}}], sparsities: [0.5], seeds: [0], pruners: [magnitude]}}
+recipe: {{epochs: 1, batch_size: 32}}
+results_root: {root}
+"""
+
+HOLDER = """
+    import sys, time
+    from bench_harness.suite import load_suite
+    from bench_harness.running import executor, runner
+    from bench_harness.slurm import task
+
+    def hold(run, **kwargs):  # the run is claimed: say so, then work for a long time
+        print("held", flush=True)
+        time.sleep(600)
+
+    runner.execute_run = hold
+    run = load_suite(sys.argv[1]).runs[0]
+    if sys.argv[2] == "slurm_task":
+        task.execute_once(run)
+    else:
+        executor.execute_claimed(run)
+"""
+
+
+@pytest.mark.parametrize("holder", ["slurm_task", "local_runner"])
+def test_slurm_tasks_and_local_runners_exclude_each_other(tmp_path, holder):
+    """Finding 3: SLURM tasks used flock and local runners lockf, which do not exclude each other on Linux: both
+    executed the same run, in both directions. Now both take the same claim (real processes, real lock files)."""
+    import fcntl
+
+    from bench_harness.running import executor
+    from bench_harness.slurm import task
+    from bench_harness.suite import load_suite
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CLAIM_SUITE.format(root=tmp_path / "results"))
+    run = load_suite(path).runs[0]
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HOLDER), str(path), holder],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held", proc.stderr.read() if proc.poll() is not None else ""
+        if holder == "slurm_task":
+            assert executor.execute_claimed(run) is None  # the local runner leaves it to the task
+        else:
+            assert task.execute_once(run) == "busy"  # the SLURM task leaves it to the local runner
+        with open(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock", "a+") as fh:
+            with pytest.raises(OSError):  # the classic POSIX lock an older version takes is excluded too
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        proc.kill()
+        proc.wait()
+    from bench_harness.locks import Claim
+
+    with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
+        assert claim.acquired  # released when its holder died
