@@ -133,7 +133,7 @@ def test_a_planted_malicious_checkpoint_is_not_unpickled(tmp_path, plain_rows, p
     assert not marker.exists()
     assert row["status"] == "ok", row.get("error")
     for name in names:
-        _assert_discarded(row, name, "old or foreign")
+        _assert_discarded(row, name, "old-format")
     _assert_same_row(row, plain_rows[run.run_id])
     if planted == "train.pt":  # the pruned state is good: training redone from its first epoch
         assert row["resumed_from_epoch"] == 0
@@ -295,13 +295,13 @@ def _discarded(path, owner, why):
 def test_old_format_truncated_damaged_and_foreign_files_are_discarded(tmp_path):
     old = tmp_path / "old.pt"
     torch.save({"epoch": 1}, old)
-    _discarded(old, "me", "old or foreign")
+    _discarded(old, "me", "old-format")
 
     for cut in (10, len(checkpoint.MAGIC) + 5, 200):
         truncated = tmp_path / f"cut{cut}.pt"
         checkpoint.save(truncated, {"w": torch.ones(64)}, "me")
         truncated.write_bytes(truncated.read_bytes()[:cut])
-        _discarded(truncated, "me", "old or foreign" if cut < len(checkpoint.MAGIC) else "damaged")
+        _discarded(truncated, "me", "old-format" if cut < len(checkpoint.MAGIC) else "damaged")
 
     damaged = tmp_path / "damaged.pt"
     checkpoint.save(damaged, {"w": torch.ones(64)}, "me")

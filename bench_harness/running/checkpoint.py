@@ -21,6 +21,9 @@ The work folder is shared (group-writable on a cluster), so a checkpoint is untr
 - **Bound to its run.** The body names its owner (``<suite>/<run_id>`` for a run's checkpoints); a checkpoint
   copied from another run is foreign.
 
+The checksum detects damage, not tampering (it is no signature): someone who can write the folder can forge a
+well-formed checkpoint of wrong tensors, but not one that runs code.
+
 A missing checkpoint loads as ``None``; a damaged, foreign, old-format or unloadable one is removed, a
 :class:`CheckpointDiscarded` warning names the file and why (the runner puts it in the row's ``warnings``),
 and it loads as ``None``: the caller redoes that step from its last good state.
@@ -176,7 +179,7 @@ def encode(payload: dict[str, Any], owner: str) -> bytes:
 def decode(data: bytes, owner: str) -> dict[str, Any]:
     """The payload of checkpoint bytes written for ``owner``; raises _Rejected saying why it cannot be used."""
     if not data.startswith(MAGIC):
-        raise _Rejected("not a checkpoint of this format (an old or foreign file)")
+        raise _Rejected(f"not in checkpoint format {FORMAT} (an old-format or unknown file)")
     line, sep, body = data[len(MAGIC):].partition(b"\n")
     if not sep:
         raise _Rejected("damaged: truncated header")
