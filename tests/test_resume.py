@@ -41,7 +41,8 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
     with pytest.raises(Stop):
         execute_run(run, on_epoch=interrupt, resume=True)
-    ck = checkpoint.load(checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id))
+    ck = checkpoint.load(checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id),
+                         checkpoint.run_owner(run.suite, run.run_id))
     assert ck is not None and ck["epoch"] == 3
     assert not shard_path(run.results_root, run.suite, run.run_id).exists()
     resumed = execute_run(run, resume=True)

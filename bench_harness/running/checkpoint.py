@@ -9,10 +9,34 @@ Saved atomically in the run's work folder (``<results>/<suite>/work/<run_id>/``)
   every RNG state (torch, CUDA, Python, NumPy) and the training loader's generator,
 
 so that a resumed run computes exactly what an uninterrupted one would (bit for bit on a deterministic CPU run).
+
+The work folder is shared (group-writable on a cluster), so a checkpoint is untrusted input:
+
+- **Nothing is unpickled.** A payload is made only of tensors and plain types (dict, list, tuple, int, float,
+  str, bool, None); :func:`save` raises :class:`TypeError` for anything else (NumPy scalars become Python
+  scalars, the NumPy RNG state is stored as a tensor), and :func:`load` reads it with
+  ``torch.load(weights_only=True)``, which cannot run code.
+- **Checksummed.** A file is a header line (:data:`MAGIC`), a JSON line (format version, SHA-256 and size of
+  the body), then the body: the ``torch.save`` bytes of ``{"owner": ..., "payload": ...}``.
+- **Bound to its run.** The body names its owner (``<suite>/<run_id>`` for a run's checkpoints); a checkpoint
+  copied from another run is foreign.
+
+The checksum detects damage, not tampering (it is no signature): someone who can write the folder can forge a
+well-formed checkpoint of wrong tensors, but not one that runs code.
+
+A missing checkpoint loads as ``None``; a damaged, foreign, old-format or unloadable one is removed, a
+:class:`CheckpointDiscarded` warning names the file and why (the runner puts it in the row's ``warnings``),
+and it loads as ``None``: the caller redoes that step from its last good state.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import pickle
 import random
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +44,17 @@ import torch
 
 from bench_harness import paths
 from bench_harness.atomic import atomic_write
+
+MAGIC = b"bench-harness checkpoint\n"
+FORMAT = 1
+
+
+class CheckpointDiscarded(UserWarning):
+    """A checkpoint was damaged, foreign, of an old format or unloadable: removed, and its step redone."""
+
+
+class _Rejected(Exception):
+    """Why a checkpoint file cannot be used."""
 
 
 def checkpoint_path(results_root: str | Path, suite: str, run_id: str) -> Path:
@@ -36,6 +71,11 @@ def work_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
     return paths.run_dir(results_root, suite, run_id)
 
 
+def run_owner(suite: str, run_id: str) -> str:
+    """The owner stamp of a run's checkpoints."""
+    return f"{suite}/{run_id}"
+
+
 def clear(results_root: str | Path, suite: str, run_id: str) -> None:
     """Remove a finished run's checkpoints (its artifact folder and lock stay)."""
     folder = work_dir(results_root, suite, run_id)
@@ -44,7 +84,10 @@ def clear(results_root: str | Path, suite: str, run_id: str) -> None:
             f.unlink(missing_ok=True)
 
 
+# -- RNG states -------------------------------------------------------------------------------------------------
+
 def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
+    """Every RNG state (torch, CUDA, Python, NumPy, the loader's generator), in plain types and tensors."""
     state = {"torch": torch.random.get_rng_state(), "python": random.getstate(),
              "loader": loader_generator.get_state() if loader_generator is not None else None}
     if torch.cuda.is_available():
@@ -52,13 +95,14 @@ def rng_state(loader_generator: torch.Generator | None) -> dict[str, Any]:
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        state["numpy"] = _numpy_state_to_plain(np.random.get_state())
     except ImportError:
         pass
     return state
 
 
 def restore_rng(state: dict[str, Any], loader_generator: torch.Generator | None) -> None:
+    """Set every RNG to ``state`` (from :func:`rng_state`)."""
     torch.random.set_rng_state(state["torch"])
     random.setstate(state["python"])
     if state.get("loader") is not None and loader_generator is not None:
@@ -68,17 +112,140 @@ def restore_rng(state: dict[str, Any], loader_generator: torch.Generator | None)
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_state_from_plain(state["numpy"]))
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    """``np.random.get_state()`` (its key is a uint32 array) as a tensor and plain types."""
+    name, keys, pos, has_gauss, cached_gaussian = state
+    return {"name": str(name), "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
 
 
-def load(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
+def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:
+    """The inverse of :func:`_numpy_state_to_plain`."""
+    keys = state["keys"].numpy().astype("uint32")
+    return state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"]
+
+
+# -- plain payloads ---------------------------------------------------------------------------------------------
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def to_plain(obj: Any, where: str = "payload") -> Any:
+    """``obj`` as tensors and plain types only (NumPy scalars become Python scalars, an OrderedDict a dict,
+    parameters plain tensors); raises TypeError naming the place of anything else (subclasses included: a
+    namedtuple or an enum would not load back as itself)."""
+    if _is_numpy_scalar(obj):
+        return obj.item()
+    if type(obj) in _SCALARS:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj if type(obj) is torch.Tensor else obj.detach().as_subclass(torch.Tensor)
+    if type(obj) in (dict, OrderedDict):
+        out = {}
+        for k, v in obj.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"checkpoint {where}: key {k!r} of type {type(k).__name__} is not a str or int")
+            out[k] = to_plain(v, f"{where}[{k!r}]")
+        return out
+    if type(obj) in (list, tuple):
+        items = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if type(obj) is list else tuple(items)
+    raise TypeError(f"checkpoint {where}: {type(obj).__module__}.{type(obj).__qualname__} is not a tensor or a "
+                    f"plain type (dict, list, tuple, int, float, str, bool, None)")
+
+
+def _is_numpy_scalar(obj: Any) -> bool:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a damaged checkpoint: start the run again
+        import numpy as np
+    except ImportError:
+        return False
+    return isinstance(obj, np.generic)
+
+
+# -- the file format --------------------------------------------------------------------------------------------
+
+def encode(payload: dict[str, Any], owner: str) -> bytes:
+    """The bytes of a checkpoint file: header, JSON line (format, SHA-256 and size of the body), body."""
+    buffer = io.BytesIO()
+    torch.save({"owner": owner, "payload": to_plain(payload)}, buffer)
+    body = buffer.getvalue()
+    header = {"format": FORMAT, "sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+    return MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + body
+
+
+def decode(data: bytes, owner: str) -> dict[str, Any]:
+    """The payload of checkpoint bytes written for ``owner``; raises _Rejected saying why it cannot be used."""
+    if not data.startswith(MAGIC):
+        raise _Rejected(f"not in checkpoint format {FORMAT} (an old-format or unknown file)")
+    line, sep, body = data[len(MAGIC):].partition(b"\n")
+    if not sep:
+        raise _Rejected("damaged: truncated header")
+    header = _parse_header(line)
+    if header.get("format") != FORMAT:
+        raise _Rejected(f"format {header.get('format')!r}, this harness reads format {FORMAT}")
+    if header.get("size") != len(body) or header.get("sha256") != hashlib.sha256(body).hexdigest():
+        raise _Rejected("damaged: checksum mismatch")
+    content = _load_weights_only(body)
+    if content.get("owner") != owner:
+        raise _Rejected(f"foreign: written by {content.get('owner')!r}, not {owner!r}")
+    return content["payload"]
+
+
+def _parse_header(line: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(line)
+    except ValueError:
+        raise _Rejected("damaged: unreadable header") from None
+    if not isinstance(header, dict):
+        raise _Rejected("damaged: unreadable header")
+    return header
+
+
+def _load_weights_only(body: bytes) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a body: tensors and plain types, never code."""
+    try:
+        content = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _Rejected("unloadable: it holds more than tensors and plain types (refused by torch.load with "
+                        "weights_only=True)") from None
+    except Exception as exc:  # a body with a right checksum that torch cannot read
+        raise _Rejected(f"unloadable: {type(exc).__name__}") from None
+    if not isinstance(content, dict) or not isinstance(content.get("payload"), dict):
+        raise _Rejected("damaged: the body is not a checkpoint")
+    return content
+
+
+def save(path: Path, payload: dict[str, Any], owner: str) -> None:
+    """Write ``payload`` (tensors and plain types, see :func:`to_plain`) atomically as ``owner``'s checkpoint."""
+    data = encode(payload, owner)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def load(path: Path, owner: str) -> dict[str, Any] | None:
+    """The payload ``owner`` saved at ``path``; ``None`` when there is none, or when the file cannot be used:
+    then it is removed and a :class:`CheckpointDiscarded` warning names it and says why."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        return _discard(path, f"unreadable: {exc}")
+    try:
+        return decode(data, owner)
+    except _Rejected as why:
+        return _discard(path, str(why))
+
+
+def _discard(path: Path, reason: str) -> None:
+    """Remove an unusable checkpoint and warn; the caller redoes its step."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        reason += f"; could not remove it: {exc}"
+    warnings.warn(f"checkpoint {path} discarded ({reason}); that step is redone", CheckpointDiscarded,
+                  stacklevel=3)
+    return None

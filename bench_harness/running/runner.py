@@ -161,7 +161,8 @@ def _context(run, model, data, dspec, device, store, on_epoch, resume, regime):
     work = checkpoint.work_dir(run.results_root, run.suite, run.run_id)
     trainer = Trainer(data.train, run.recipe, device, checkpoint_dir=work if resume else None,
                       on_epoch=_progress(on_epoch, "prune:"), test_loader=data.test,
-                      freeze_unoptimized=regime == Regime.MASK_LEARNING)
+                      freeze_unoptimized=regime == Regime.MASK_LEARNING,
+                      checkpoint_owner=checkpoint.run_owner(run.suite, run.run_id))
     return make_context(
         model, seed=run.seed, device=device, batches=tensor_batches(data.scoring, None),
         exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
@@ -341,9 +342,8 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
     dspec, data, model, store = _data_and_model(run, registry, device)
     row["num_classes"] = dspec.num_classes
     pruned_path = checkpoint.pruned_path(run.results_root, run.suite, run.run_id)
-    resumed = checkpoint.load(pruned_path) if resume else None
-    if resumed is not None and resumed.get("run_id") != run.run_id:
-        resumed = None
+    owner = checkpoint.run_owner(run.suite, run.run_id)
+    resumed = checkpoint.load(pruned_path, owner) if resume else None
     if resumed is None:
         masks, end, start = _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume)
         if resume and end > start:
@@ -352,7 +352,7 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "masks": {n: m.cpu() for n, m in masks.items()},
                 "row": {k: row[k] for k in BEFORE_TRAINING_KEYS if k in row},
-                "rng": checkpoint.rng_state(data.train.generator)})
+                "rng": checkpoint.rng_state(data.train.generator)}, owner)
             Trainer(data.train, run.recipe, device, checkpoint.work_dir(
                 run.results_root, run.suite, run.run_id)).clear_checkpoints()
     else:
@@ -370,7 +370,8 @@ def _train(p: PreparedRun, on_epoch) -> None:
     if p.end > p.start:
         trainer = Trainer(p.data.train, p.run.recipe, p.device,
                           checkpoint_dir=checkpoint.work_dir(p.run.results_root, p.run.suite, p.run.run_id)
-                          if p.resume else None, on_epoch=on_epoch)
+                          if p.resume else None, on_epoch=on_epoch,
+                          checkpoint_owner=checkpoint.run_owner(p.run.suite, p.run.run_id))
         fit = trainer.fit(p.model, masks=p.masks, epochs=p.end, start_epoch=p.start, key="train", phase="train")
         if fit.resumed_from_epoch is not None:
             row["resumed_from_epoch"] = fit.resumed_from_epoch

@@ -16,10 +16,12 @@ schedule, epochs, AMP, augmentation through the training loader), the run's devi
 
 Progress is reported per epoch, a non-finite loss fails the run with a clear error, and when the run is
 checkpointable (SLURM, ``execute_run(resume=True)``) every call checkpoints at each epoch end in the run's work
-folder. A preempted job re-runs ``prune()`` from the start: every ``fit`` call that had finished is then
-restored from its checkpoint instead of trained again (the call is recognised by its position and a
-fingerprint of its starting state), and the call that was interrupted resumes at its last epoch, with the same
-random state, so a deterministic pruner computes exactly what an uninterrupted run would.
+folder (see :mod:`bench_harness.running.checkpoint`: never unpickled, checksummed, bound to its run through
+``checkpoint_owner``; a bad one is discarded with a warning and its fit redone). A preempted job re-runs
+``prune()`` from the start: every ``fit`` call that had finished is then restored from its checkpoint instead
+of trained again (the call is recognised by its position and a fingerprint of its starting state), and the call
+that was interrupted resumes at its last epoch, with the same random state, so a deterministic pruner computes
+exactly what an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -80,11 +82,14 @@ class Trainer:
     def __init__(self, loader: DataLoader | Iterable, recipe, device: torch.device,
                  checkpoint_dir: str | Path | None = None,
                  on_epoch: Callable[[str, int, int, float], None] | None = None,
-                 test_loader: DataLoader | None = None, freeze_unoptimized: bool = False) -> None:
+                 test_loader: DataLoader | None = None, freeze_unoptimized: bool = False,
+                 checkpoint_owner: str | None = None) -> None:
         self.loader = loader
         self.recipe = recipe
         self.device = device
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        # Whose checkpoints these are (a run's: suite/run_id); a checkpoint of another owner is foreign.
+        self.checkpoint_owner = checkpoint_owner or (self.checkpoint_dir.name if self.checkpoint_dir else "")
         self.on_epoch = on_epoch
         self.test_loader = test_loader
         # Mask-learning runs: parameters a fit does not optimize must come out bit-identical (checked).
@@ -124,7 +129,7 @@ class Trainer:
         result = FitResult(epochs=epochs, start_epoch=start_epoch)
         generator = getattr(loader, "generator", None)
         optimizer = None
-        saved = checkpoint.load(path) if path is not None else None
+        saved = checkpoint.load(path, self.checkpoint_owner) if path is not None else None
         stamp = None
         if path is not None:
             settings = {"epochs": epochs, "start_epoch": start_epoch, "recipe": repr(run_recipe), "key": key}
@@ -200,7 +205,7 @@ class Trainer:
                    "extra": [t.detach().cpu() for t in extra], "rng": checkpoint.rng_state(generator)}
         if not done:
             payload["optimizer"] = optimizer.state_dict()
-        checkpoint.save(path, payload)
+        checkpoint.save(path, payload, self.checkpoint_owner)
 
     def clear_checkpoints(self) -> None:
         """Remove the fit checkpoints (the run has saved its own state past them)."""
