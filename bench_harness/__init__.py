@@ -22,6 +22,7 @@ _PUBLIC = {
     "ModelSpec": "bench_harness.running.models", "DatasetSpec": "bench_harness.running.datasets",
     "DatasetNotFound": "bench_harness.running.datasets", "Metric": "bench_harness.running.metrics",
     "masking": "bench_harness.contract.masking",
+    "load_results": "bench_harness.results.store",
 }
 
 __all__ = ["__version__", "hookimpl", "prune", *_PUBLIC]

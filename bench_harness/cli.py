@@ -103,7 +103,10 @@ def cmd_run(args) -> int:
         from bench_harness.results.compaction import maybe_compact
 
         for root in sorted({r.results_root for r in suite.runs}):
-            maybe_compact(root, suite.name)
+            try:
+                maybe_compact(root, suite.name)
+            except OSError as exc:  # the rows are stored; compaction waits for the next command
+                print(f"note: {suite.name}: run files not compacted ({exc.strerror or exc})", file=sys.stderr)
     if report.interrupted:
         print(f"\ninterrupted: {len(report.ok) + len(report.failed)} runs of this sweep are saved; run the same "
               f"command again to continue with the rest", file=sys.stderr)
@@ -499,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suites", nargs="+", help="suite files or names")
     p.add_argument("--results-root")
     p.add_argument("--rebuild", action="store_true", help="read every run file again")
-    p.add_argument("--compact", action="store_true", help="fold the run files into index.parquet now (automatic "
+    p.add_argument("--compact", action="store_true", help="fold the run files into one part of runs/ now (automatic "
                    "from 1,000 run files)")
     p.set_defaults(func=cmd_aggregate)
     p = sub.add_parser("leaderboard", help="export a leaderboard table")

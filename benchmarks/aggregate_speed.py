@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bench_harness.results.leaderboard import build_leaderboard
 from bench_harness.results.store import write_shard
-from bench_harness.results.shard_index import compact, update_index
+from bench_harness.results.compaction import compact
+from bench_harness.results.shard_index import update_index
 
 MODELS = ["resnet20", "resnet32", "vgg16_bn", "conv4", "lenet5"]
 DATASETS = ["cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"]
@@ -102,7 +103,7 @@ def main() -> None:
     nothing = time.perf_counter() - t0
     print(f"runs: {args.shards}; leaderboard rows: {len(board)} ({board_rows}); {workers} CPU cores")
     print(f"  cold index rebuild (read every run file):  {cold:7.2f} s  ({1e3 * cold / args.shards:.3f} ms/file)")
-    print(f"  compaction into index.parquet (once):      {compaction:7.2f} s  ({compacted['compacted']} files removed)")
+    print(f"  compaction into one part (once):           {compaction:7.2f} s  ({compacted['compacted']} files removed)")
     print(f"  cold aggregate of the compacted results:   {cold_compacted:7.2f} s  (fresh process, incl. imports; "
           f"peak RSS {peak_mb:.0f} MB)")
     print(f"  leaderboard from the index:                {build:7.2f} s")

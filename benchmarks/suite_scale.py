@@ -70,23 +70,20 @@ def measure(cmd: list[str]) -> tuple[float, float, str]:
 
 
 def finish_all(suite_path: Path) -> None:
-    """Record every run of the suite as finished: a compacted index with one ``ok`` row per run (the columns
-    the done-set reads, in the layout `compact()` leaves)."""
+    """Record every run of the suite as finished: one compacted part with one ``ok`` row per run (the columns the
+    done-set reads, in the layout `compact()` leaves)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from bench_harness.results.shard_index import index_path
+    from bench_harness import paths
+    from bench_harness.results import dataset
     from bench_harness.suite import load_suite
 
     suite = load_suite(suite_path)
     root, name = suite.runs[0].results_root, suite.name
     ids = [r.run_id for r in suite.runs]
-    table = pa.table({"run_id": ids, "status": ["ok"] * len(ids), "_shard": [f"{i}.parquet" for i in ids],
-                      "_mtime_ns": pa.array([0] * len(ids), pa.int64()), "_size": pa.array([0] * len(ids), pa.int64()),
-                      "_compacted": [True] * len(ids)})
-    ipath = index_path(root, name)
-    (ipath.parent / "runs").mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, ipath)
+    runs = paths.runs_dir(root, name)
+    runs.mkdir(parents=True, exist_ok=True)
+    dataset.write_part(runs, dataset.new_part_name([]), pa.table({"run_id": ids, "status": ["ok"] * len(ids)}))
 
 
 def main() -> None:
