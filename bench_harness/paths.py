@@ -55,3 +55,8 @@ def compaction_aside(results_root: str | Path, suite: str) -> Path:
 def legacy_index(results_root: str | Path, suite: str) -> Path:
     """The index of schema-2 stores before the dataset layout (it held compacted rows); migrated on first use."""
     return suite_dir(results_root, suite) / "index.parquet"
+
+
+def quarantine_dir(results_root: str | Path, suite: str) -> Path:
+    """Damaged files compaction moved out of ``runs/`` (kept for inspection; their runs are run again)."""
+    return suite_dir(results_root, suite) / "damaged"

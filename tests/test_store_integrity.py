@@ -279,3 +279,22 @@ def test_slurm_tasks_and_local_runners_exclude_each_other(tmp_path, holder):
 
     with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
         assert claim.acquired  # released when its holder died
+
+
+def test_compaction_moves_damaged_files_out_of_the_dataset(tmp_path):
+    """A truncated run file or part would make every glob reader fail: compaction moves it to damaged/ (kept),
+    its runs count as missing and are redone, and the folder reads again."""
+    _fill(tmp_path, 4)
+    compact(tmp_path, SUITE)
+    _fill(tmp_path, 2, start=4)
+    part = next(p for p in paths.runs_dir(tmp_path, SUITE).iterdir() if p.name.startswith("part-"))
+    part.write_bytes(part.read_bytes()[:50])
+    bad_run = paths.shard_path(tmp_path, SUITE, f"{5:040x}")
+    bad_run.write_bytes(b"PAR1 not really")
+    with pytest.warns(UserWarning, match="moved to"):
+        result = compact(tmp_path, SUITE)
+    assert result["quarantined"] == 2
+    assert sorted(p.name for p in paths.quarantine_dir(tmp_path, SUITE).iterdir()) == sorted([part.name,
+                                                                                             bad_run.name])
+    assert len(_glob_rows(tmp_path)) == 1 and len(_rows(tmp_path)) == 1  # run 4; the others are to be redone
+    assert shard_status(tmp_path, SUITE, f"{0:040x}") is None

@@ -251,8 +251,10 @@ def compact(results_root: str | Path, suite: str) -> dict:
         return {"compacted": 0}
     with exclusive(results_root, suite):
         listing = dataset.list_store(runs)
-        run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)])
-        parts = dataset.read_parts(runs, listing.parts)
+        damaged: list[tuple[str, str]] = []
+        run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)], damaged=damaged)
+        parts = dataset.read_parts(runs, listing.parts, damaged=damaged)
+        quarantined = _quarantine(results_root, suite, damaged)
         newer_ids = set(run_rows.column("run_id").to_pylist()) if run_rows is not None else set()
         kept_from_parts, folded = [], []
         merge_all = len(parts) >= MAX_PARTS
@@ -263,7 +265,7 @@ def compact(results_root: str | Path, suite: str) -> dict:
                 kept_from_parts.append(_unique(dataset.without_ids(table, newer_ids)))
             newer_ids.update(ids)
         if run_rows is None and not folded:
-            return {"compacted": 0, "put_back": 0, "parts_merged": 0, "rows": 0}
+            return {"compacted": 0, "put_back": 0, "parts_merged": 0, "rows": 0, "quarantined": quarantined}
         tables = ([run_rows.drop_columns([c for c in run_rows.column_names if c.startswith("_")])]
                   if run_rows is not None else []) + [t for t in kept_from_parts if t.num_rows]
         new_part = dataset.new_part_name(list(listing.parts))
@@ -286,7 +288,35 @@ def compact(results_root: str | Path, suite: str) -> dict:
         journal_path.unlink(missing_ok=True)
         dataset.forget_parts(runs, set(dataset.list_store(runs).parts))
     return {"compacted": done["removed"], "put_back": done["put_back"], "parts_merged": len(folded),
-            "rows": rows.num_rows if rows is not None else 0}
+            "rows": rows.num_rows if rows is not None else 0, "quarantined": quarantined}
+
+
+def _quarantine(results_root: str | Path, suite: str, damaged: list[tuple[str, str]]) -> int:
+    """Move unreadable files out of the dataset into ``<suite>/damaged/`` (kept for inspection, never deleted):
+    their runs count as missing and are run again, and a glob over ``runs/`` reads again. Only files that were
+    read and found malformed are moved — not ones that could not be opened (a passing I/O error)."""
+    moved = 0
+    for path, problem in damaged:
+        if problem.startswith(("PermissionError", "OSError", "FileNotFoundError", "TimeoutError")):
+            continue
+        dest = paths.quarantine_dir(results_root, suite) / Path(path).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        while dest.exists():
+            dest = dest.with_name(f"{dest.stem}.{os.urandom(2).hex()}{dest.suffix}")
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            continue
+        try:  # replaced by a good file (the run redone) since it was read: that one stays in the dataset
+            pq.read_metadata(dest)
+            _link_back(dest, Path(path))
+            continue
+        except Exception:
+            pass
+        moved += 1
+        warnings.warn(StoreRepairWarning(f"{path} ({problem}) moved to {dest}: its runs count as missing and "
+                                         f"`bench run` runs them again"), stacklevel=3)
+    return moved
 
 
 def _unique(table: pa.Table) -> pa.Table:

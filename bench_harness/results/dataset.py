@@ -132,9 +132,10 @@ def warn_damaged(bad: list[tuple[str, str]]) -> None:
                                           f"file"), stacklevel=3)
 
 
-def read_shards(files: list[str], workers: int | None = None, warn: bool = True) -> pa.Table | None:
+def read_shards(files: list[str], workers: int | None = None, warn: bool = True,
+                damaged: list[tuple[str, str]] | None = None) -> pa.Table | None:
     """Read run files (with their _shard/_mtime_ns/_size/_ino columns), in parallel processes when there are many.
-    A damaged file is left out with a CorruptShardWarning naming it."""
+    A damaged file is left out with a CorruptShardWarning naming it (and added to ``damaged`` when given)."""
     if not files:
         return None
     workers = workers or min(os.cpu_count() or 1, 8)
@@ -150,6 +151,8 @@ def read_shards(files: list[str], workers: int | None = None, warn: bool = True)
         table = concat(tables) if tables else None
     if warn:
         warn_damaged(bad)
+    if damaged is not None:
+        damaged.extend(bad)
     return table
 
 
@@ -177,8 +180,10 @@ def forget_parts(runs: Path, keep: set[str] = frozenset()) -> None:
         del _PARTS[key]
 
 
-def read_parts(runs: Path, parts: dict[str, Signature], warn: bool = True) -> dict[str, pa.Table]:
-    """name -> rows of every readable part; damaged ones are left out with a CorruptShardWarning."""
+def read_parts(runs: Path, parts: dict[str, Signature], warn: bool = True,
+               damaged: list[tuple[str, str]] | None = None) -> dict[str, pa.Table]:
+    """name -> rows of every readable part; damaged ones are left out with a CorruptShardWarning (and added to
+    ``damaged`` when given)."""
     out, bad = {}, []
     forget_parts(runs, set(parts))
     for name in sorted(parts):
@@ -190,6 +195,8 @@ def read_parts(runs: Path, parts: dict[str, Signature], warn: bool = True) -> di
             bad.append((str(runs / name), _problem(exc)))
     if warn:
         warn_damaged(bad)
+    if damaged is not None:
+        damaged.extend(bad)
     return out
 
 
