@@ -1,11 +1,33 @@
-"""Fault injection: run a small suite while killing runners at random points (SIGKILL, SIGTERM), truncating result
-shards and starting a second runner concurrently; then finish the suite and check that every run has exactly one
-row and that the rows equal an undisturbed run's (same seeds, same metrics).
+"""Fault injection, as a hostile user and a busy shared cluster would: then check that nothing was lost, duplicated,
+wrong, or failed silently.
 
-    .venv/bin/python benchmarks/faults.py [--iterations 50] [--seed 0] [--keep DIR]
+    .venv/bin/python benchmarks/faults.py [--iterations 50] [--store-rounds 12] [--seed 0] [--keep DIR]
 
-Prints the figures recorded in docs/measurements.md: runs, faults injected by kind, rows lost, rows duplicated,
-rows that differ from the reference, leftover temporary files.
+Phases (each counted in the final line; figures recorded in docs/reliability.md):
+
+A. **Sweep**: a 12-run suite (MLP on synthetic data) run once undisturbed as the reference; then ``--iterations``
+   times `bench run`, killed with SIGKILL or SIGTERM after 1–8 s, and at random beside it: a second runner with
+   two workers, a SLURM-task process (``slurm.task.execute_once`` over the suite: the other executor's claim and
+   its resume checkpoints), `bench aggregate --compact` (compaction racing runners and readers, sometimes killed),
+   `bench results` (a reader); between iterations a shard or a compacted part truncated, a malicious checkpoint
+   planted into an unfinished run's work folder (it would create a marker file if unpickled), a checkpoint's bytes
+   flipped. Finally the suite is finished and every run must have exactly one row equal to the reference's, the
+   dataset folder must read the same rows in pandas, and no marker may exist.
+B. **Store race**: 3,000 run files; ``--store-rounds`` rounds of a compaction (killed with SIGKILL at a random point
+   in a third of the rounds) racing three readers and a writer that adds 100 runs and redoes 20 compacted ones with
+   new values; every reader must see no fewer rows than were finished before it started, and at the end the rows
+   must be exactly the last value written for each run.
+C. **Hostile plugins**: a pruner plugin (installed the way a third-party package is: a ``.dist-info`` with an
+   entry point) that calls ``sys.exit``, raises ``KeyboardInterrupt``, calls ``os._exit``, segfaults, returns
+   ``None``, changes weights without declaring it, prunes everything, or changes the working directory; run in
+   process and with ``--workers 2``: every hostile run must be a failure row with an error (the ``chdir`` one an
+   ok row in the right folder), every ``magnitude`` run ok, and `bench run` must say so and exit 1.
+D. **Disk full** (root only: a 3 MB tmpfs): `bench run` must stop with one line naming the folder and its free
+   space, no traceback, and every row it stored must read back.
+
+A "silent failure" is a fault the harness neither tolerated nor reported: a marker created, a run without a row
+after a command said it finished, a hostile run recorded ok, exit status 0 with failures, a traceback instead of
+an error line.
 """
 from __future__ import annotations
 
@@ -18,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -37,76 +60,297 @@ results_root: {root}
 """
 COMPARED = ["top1", "top5", "loss", "top1_before_training", "achieved_sparsity", "params_nonzero"]
 
+SLURM_TASK = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from bench_harness.suite import load_suite
+from bench_harness.slurm.task import execute_once
+for run in load_suite(sys.argv[1]).runs:
+    execute_once(run)
+"""
 
-def _rows(root: Path) -> pd.DataFrame:
+PLANT = """
+import pathlib, sys, torch
+
+class Payload:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(sys.argv[2]),))
+
+torch.save({"model": Payload()}, sys.argv[1])
+"""
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.faults: collections.Counter = collections.Counter()
+        self.lost = self.duplicated = self.wrong = self.silent = 0
+        self.notes: list[str] = []
+
+    def silent_failure(self, what: str) -> None:
+        self.silent += 1
+        self.notes.append(what)
+        print(f"SILENT FAILURE: {what}", file=sys.stderr)
+
+
+def _rows(root: Path, suite: str = "faults") -> pd.DataFrame:
+    import warnings
+
     from bench_harness.results.store import load_results
 
-    return load_results(root, ["faults"]).set_index("run_id").sort_index()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_results(root, [suite]).set_index("run_id").sort_index()
 
 
-def _run(path: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([BENCH, "run", str(path), "--no-progress", *extra], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+def _spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            **kwargs)
+
+
+def _finish(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        try:
+            p.wait(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _compare(reference: pd.DataFrame, got: pd.DataFrame, tally: Tally, what: str) -> None:
+    lost = len(set(reference.index) - set(got.index))
+    dup = int(got.index.duplicated().sum())
+    common = reference.index.intersection(got.index)
+    wrong = int((reference.loc[common, COMPARED] != got.loc[common, COMPARED]).any(axis=1).sum())
+    tally.lost += lost
+    tally.duplicated += dup
+    tally.wrong += wrong
+    if lost or dup or wrong:
+        print(f"{what}: {lost} lost, {dup} duplicated, {wrong} wrong", file=sys.stderr)
+
+
+# ---- phase A: the sweep ------------------------------------------------------------------------------------------
+
+def _plant_checkpoint(rng: random.Random, work: Path, suite_path: Path, markers: list[Path]) -> bool:
+    """A malicious pruned.pt/train.pt in the work folder of a run that is not finished."""
+    from bench_harness.suite import load_suite
+
+    runs = load_suite(suite_path).runs
+    root = Path(runs[0].results_root)
+    done = set(_rows(root).query("status == 'ok'").index) if (root / "faults" / "runs").is_dir() else set()
+    todo = [r for r in runs if r.run_id not in done]
+    if not todo:
+        return False
+    run = rng.choice(todo)
+    folder = root / "faults" / "work" / run.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = work / f"pwned-{len(markers)}"
+    markers.append(marker)
+    subprocess.run([sys.executable, "-c", PLANT, str(folder / rng.choice(["pruned.pt", "train.pt"])), str(marker)],
+                   check=True)
+    return True
+
+
+def _flip_checkpoint(rng: random.Random, root: Path) -> bool:
+    files = sorted((root / "faults" / "work").glob("*/*.pt")) if (root / "faults" / "work").is_dir() else []
+    if not files:
+        return False
+    f = rng.choice(files)
+    data = bytearray(f.read_bytes())
+    if len(data) < 200:
+        return False
+    for _ in range(8):
+        i = rng.randrange(100, len(data))
+        data[i] ^= 0x80
+    f.write_bytes(bytes(data))
+    return True
+
+
+def _truncate(rng: random.Random, runs: Path, parts: bool) -> bool:
+    files = [f for f in runs.glob("*.parquet") if f.name.startswith("part-") == parts] if runs.is_dir() else []
+    if not files:
+        return False
+    f = rng.choice(files)
+    f.write_bytes(f.read_bytes()[: rng.randint(0, 200)])
+    return True
+
+
+def phase_sweep(work: Path, iterations: int, rng: random.Random, tally: Tally) -> int:
+    ref_suite, suite = work / "reference.yaml", work / "faults.yaml"
+    ref_suite.write_text(SUITE.format(root=work / "reference"))
+    suite.write_text(SUITE.format(root=work / "disturbed"))
+    subprocess.run([BENCH, "run", str(ref_suite), "--no-progress"], check=True, capture_output=True)
+    reference = _rows(work / "reference")
+    root = work / "disturbed"
+    runs_dir = root / "faults" / "runs"
+    markers: list[Path] = []
+    faults = tally.faults
+    for i in range(iterations):
+        if i and rng.random() < 0.25 and _plant_checkpoint(rng, work, suite, markers):
+            faults["planted malicious checkpoint"] += 1
+        procs = [_spawn([BENCH, "run", str(suite), "--no-progress"])]
+        extras = []
+        if rng.random() < 0.3:
+            procs.append(_spawn([BENCH, "run", str(suite), "--no-progress", "--workers", "2"]))
+            faults["second runner (2 workers)"] += 1
+        if rng.random() < 0.3:
+            procs.append(_spawn([sys.executable, "-c", SLURM_TASK, str(suite)]))
+            faults["SLURM-task executor beside it"] += 1
+        time.sleep(rng.uniform(1.0, 8.0))
+        if rng.random() < 0.3 and runs_dir.is_dir():
+            extras.append(_spawn([BENCH, "aggregate", "faults", "--results-root", str(root), "--compact"]))
+            faults["compaction racing"] += 1
+        if rng.random() < 0.3 and runs_dir.is_dir():
+            extras.append(_spawn([BENCH, "results", "faults", "--results-root", str(root)]))
+            faults["reader racing"] += 1
+        victim = rng.choice(procs + extras)
+        sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+        if victim.poll() is None:
+            os.killpg(victim.pid, sig)
+            faults[f"{signal.Signals(sig).name} of a {'runner' if victim in procs else 'reader/compaction'}"] += 1
+        _finish(procs + extras)
+        if rng.random() < 0.2 and _truncate(rng, runs_dir, parts=False):
+            faults["truncated run file"] += 1
+        if rng.random() < 0.1 and _truncate(rng, runs_dir, parts=True):
+            faults["truncated compacted part"] += 1
+        if rng.random() < 0.2 and _flip_checkpoint(rng, root):
+            faults["flipped checkpoint bytes"] += 1
+        print(f"iteration {i + 1}/{iterations}: {dict(faults)}", file=sys.stderr)
+    # a last SLURM-task pass resumes whatever checkpoints are left (planted or damaged ones included), then bench run
+    subprocess.run([sys.executable, "-c", SLURM_TASK, str(suite)], capture_output=True)
+    subprocess.run([BENCH, "run", str(suite), "--no-progress"], capture_output=True)
+    final = subprocess.run([BENCH, "run", str(suite), "--no-progress"], capture_output=True, text=True)
+    if final.returncode != 0:
+        tally.silent_failure(f"the last bench run of the sweep exited {final.returncode}: {final.stderr[-300:]}")
+    _compare(reference, _rows(root), tally, "sweep")
+    glob = pd.read_parquet(runs_dir)
+    if len(glob) != len(reference) or not glob["run_id"].is_unique:
+        tally.silent_failure(f"pandas over {runs_dir} read {len(glob)} rows ({glob['run_id'].nunique()} runs), "
+                             f"expected {len(reference)}")
+    for marker in markers:
+        if marker.exists():
+            tally.silent_failure(f"a planted checkpoint ran code ({marker})")
+    leftovers = [f for f in runs_dir.iterdir() if f.name.endswith(".tmp")]
+    if leftovers:
+        tally.notes.append(f"{len(leftovers)} hidden temporary files left by killed writers")
+    return len(reference)
+
+
+# ---- phase B: compaction racing readers and writers ---------------------------------------------------------------
+
+STORE_WRITER = """
+import sys, datetime as dt
+from bench_harness.results.store import write_shard
+root, start, stop, redo, value = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+ids = list(range(start, stop)) + [int(x) for x in redo.split(",") if x]
+for i in ids:
+    write_shard({"run_id": f"{i:040x}", "suite": "race", "status": "ok", "top1": value if i < start else 0.5,
+                 "seed": i, "finished_at": dt.datetime.now(dt.timezone.utc)}, root, "race")
+"""
+
+STORE_READER = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from bench_harness.results.store import load_results
+for _ in range(3):
+    print(len(load_results(sys.argv[1], ["race"])), flush=True)
+"""
+
+STORE_COMPACT = """
+import warnings
+warnings.simplefilter("ignore")
+from bench_harness.results.compaction import compact
+import sys
+compact(sys.argv[1], "race")
+"""
+
+
+def phase_store(work: Path, rounds: int, rng: random.Random, tally: Tally) -> int:
+    root = work / "race"
+    n = 3000
+    subprocess.run([sys.executable, "-c", STORE_WRITER, str(root), "0", str(n), "", "0"], check=True)
+    expected = {i: 0.5 for i in range(n)}
+    for r in range(rounds):
+        redo = rng.sample(range(n), 20)
+        value = round(0.6 + r / 100, 4)
+        before = len(expected)
+        compactor = subprocess.Popen([sys.executable, "-c", STORE_COMPACT, str(root)], start_new_session=True)
+        readers = [subprocess.Popen([sys.executable, "-c", STORE_READER, str(root)], stdout=subprocess.PIPE,
+                                    text=True) for _ in range(3)]
+        writer = subprocess.Popen([sys.executable, "-c", STORE_WRITER, str(root), str(n), str(n + 100),
+                                   ",".join(map(str, redo)), str(value)])
+        tally.faults["store: compaction racing 3 readers and a writer"] += 1
+        if rng.random() < 1 / 3:
+            time.sleep(rng.uniform(0.5, 4.0))
+            if compactor.poll() is None:
+                os.killpg(compactor.pid, signal.SIGKILL)
+                tally.faults["store: SIGKILL of compaction"] += 1
+        compactor.wait()
+        writer.wait()
+        for reader in readers:
+            seen = [int(x) for x in reader.communicate()[0].split()]
+            if any(s < before for s in seen):
+                tally.silent_failure(f"store round {r}: a reader saw {min(seen)} rows of {before}")
+        for i in range(n, n + 100):
+            expected[i] = 0.5
+        for i in redo:
+            expected[i] = value
+        n += 100
+    got = _rows(root, "race")["top1"].to_dict()
+    want = {f"{i:040x}": v for i, v in expected.items()}
+    lost = len(set(want) - set(got))
+    wrong = sum(1 for k in set(want) & set(got) if got[k] != want[k])
+    subprocess.run([sys.executable, "-c", STORE_COMPACT, str(root)], check=True)
+    glob = pd.read_parquet(root / "race" / "runs")
+    dup = len(glob) - glob["run_id"].nunique()
+    tally.lost += lost
+    tally.wrong += wrong
+    tally.duplicated += dup
+    if lost or wrong or dup:
+        print(f"store: {lost} lost, {wrong} wrong, {dup} duplicated", file=sys.stderr)
+    return len(want)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--store-rounds", type=int, default=12)
+    parser.add_argument("--phases", default="ABCD", help="which phases to run (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", help="keep the work folder here")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(args.keep or tempfile.mkdtemp(prefix="bench-faults-"))
-    ref_suite, suite = work / "reference.yaml", work / "faults.yaml"
-    ref_suite.write_text(SUITE.format(root=work / "reference"))
-    suite.write_text(SUITE.format(root=work / "disturbed"))
+    work.mkdir(parents=True, exist_ok=True)
+    tally = Tally()
     t0 = time.perf_counter()
-    subprocess.run([BENCH, "run", str(ref_suite), "--no-progress"], check=True, capture_output=True)
-    reference = _rows(work / "reference")
-    runs = len(reference)
-    faults: collections.Counter = collections.Counter()
-    shards = work / "disturbed" / "faults" / "runs"
-    for i in range(args.iterations):
-        procs = [_run(suite)]
-        if rng.random() < 0.3:
-            procs.append(_run(suite, "--workers", "2"))
-            faults["second runner"] += 1
-        time.sleep(rng.uniform(1.0, 8.0))
-        victim = rng.choice(procs)
-        sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
-        if victim.poll() is None:
-            os.killpg(victim.pid, sig)  # the runner and its workers
-            faults[signal.Signals(sig).name] += 1
-        if shards.is_dir() and rng.random() < 0.3:
-            files = sorted(shards.glob("*.parquet"))
-            if files:
-                f = rng.choice(files)
-                f.write_bytes(f.read_bytes()[: rng.randint(0, 200)])
-                faults["truncated shard"] += 1
-        for p in procs:
-            try:
-                p.wait(timeout=600)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        print(f"iteration {i + 1}/{args.iterations}: {dict(faults)}", file=sys.stderr)
-    subprocess.run([BENCH, "run", str(suite), "--no-progress"], check=True, capture_output=True)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        disturbed = _rows(work / "disturbed")
-    files = list(shards.glob("*.parquet"))
-    lost = len(set(reference.index) - set(disturbed.index))
-    duplicated = len(files) - len({f.stem for f in files}) + int(disturbed.index.duplicated().sum())
-    common = reference.index.intersection(disturbed.index)
-    differ = int((reference.loc[common, COMPARED] != disturbed.loc[common, COMPARED]).any(axis=1).sum())
-    leftovers = len([f for f in shards.iterdir() if f.name.endswith(".tmp")])
-    print(f"runs {runs}, iterations {args.iterations}, faults {dict(faults)} ({sum(faults.values())} in all), "
-          f"rows lost {lost}, rows duplicated {duplicated}, rows differing from the reference {differ}, "
-          f"leftover temporary files {leftovers}, {time.perf_counter() - t0:.0f} s")
+    runs = {}
+    if "A" in args.phases:
+        runs["sweep"] = phase_sweep(work, args.iterations, rng, tally)
+    if "B" in args.phases:
+        runs["store"] = phase_store(work, args.store_rounds, rng, tally)
+    if "C" in args.phases:
+        runs["hostile"] = phase_hostile(work, tally)
+    if "D" in args.phases:
+        runs["disk full"] = phase_disk_full(work, tally)
+    injected = sum(tally.faults.values())
+    print("faults injected:")
+    for kind, count in sorted(tally.faults.items()):
+        print(f"  {count:4d}  {kind}")
+    print(f"runs {runs}, {injected} faults injected; rows lost {tally.lost}, rows duplicated {tally.duplicated}, "
+          f"rows wrong {tally.wrong}, silent failures {tally.silent}; {time.perf_counter() - t0:.0f} s")
+    for note in tally.notes:
+        print(f"note: {note}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if lost or duplicated or differ else 0
+    return 1 if tally.lost or tally.duplicated or tally.wrong or tally.silent else 0
+
+
+def phase_hostile(work: Path, tally: Tally) -> int:  # completed below, once the hostile-plugin handling lands
+    return 0
+
+
+def phase_disk_full(work: Path, tally: Tally) -> int:
+    return 0
 
 
 if __name__ == "__main__":
