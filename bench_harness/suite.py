@@ -45,8 +45,9 @@ PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 Count = Annotated[int, Strict(), Field(ge=0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 _FORBID = ConfigDict(extra="forbid")
-# A run's wall-time limit in minutes: finite, at least 0.01 (0.6 s: enough for a tiny test run, and the timer is
-# armed before anything else of the run), at most 100,000 (69 days; leave it out for no limit).
+# A run's wall-time limit in minutes: finite, at least 0.01 (0.6 s; a shorter limit fires before a run has read
+# its data, and NaN or 1e-9 once escaped the run as an uncaught timeout), at most 100,000 (69 days: longer than
+# any cluster's time limit; leave timeout_min out for no limit).
 MIN_TIMEOUT_MIN, MAX_TIMEOUT_MIN = 0.01, 100_000.0
 TimeoutMinutes = Annotated[float, Strict(), Field(ge=MIN_TIMEOUT_MIN, le=MAX_TIMEOUT_MIN, allow_inf_nan=False)]
 
