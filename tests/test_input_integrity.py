@@ -92,6 +92,39 @@ def test_suite_paths_are_absolute_once_loaded_and_run_ids_do_not_depend_on_them(
     assert there.runs[0].run_id == run.run_id  # where results go is not part of a run's identity
 
 
+def test_relative_weights_are_read_from_where_the_suite_was_loaded(tmp_path, monkeypatch):
+    """A ``weights: file:`` path is read from the directory bench runs in (its documented meaning), also after a
+    run has changed directory; the run id keeps the path as written."""
+    import torch
+    import yaml
+
+    from bench_harness.contract.artifacts import file_sha256
+    from bench_harness.contract.plugins import Registry
+    from bench_harness.running.runner import execute_run
+    from bench_harness.suite import validate_suite
+    from bench_harness_plugins.archs.small import MLP
+    from tests import contract_plugins
+
+    weights = tmp_path / "w" / "mlp.pt"
+    weights.parent.mkdir()
+    torch.save(MLP(4, 3, 8, (300, 100)).state_dict(), weights)
+    monkeypatch.chdir(tmp_path)
+    suite = parse_suite(yaml.safe_load(f"""
+name: relw
+grid: {{models: [{{name: mlp, weights: "file:w/mlp.pt"}}], datasets: [{DATA}], sparsities: [0.5],
+        pruners: [pt_magnitude]}}
+recipe: {{epochs: 1, batch_size: 32}}
+"""), "relw.yaml")
+    registry = Registry(extra_plugins=[("contract", contract_plugins)])
+    validate_suite(suite, registry)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # what an earlier run's pruner may have done
+    row = execute_run(suite.runs[0], registry)
+    assert row["status"] == "ok", row.get("error")
+    assert row["pretrained_source"] == "file:w/mlp.pt" and row["pretrained_sha256"] == file_sha256(weights)
+    assert (tmp_path / "results" / "relw" / "runs" / f"{suite.runs[0].run_id}.parquet").exists()
+
+
 # -- 2, 3. hostile YAML ------------------------------------------------------------------------------------------
 # The classic "billion laughs", where the harness reads it: 9^9 strings once `description` is turned into text.
 BILLION_LAUGHS = """\
