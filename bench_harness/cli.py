@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from bench_harness.errors import BenchError
+from bench_harness.paths import absolute_path
 
 
 def _registry():
@@ -468,26 +469,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="local (default) or slurm (submits and returns)")
     p.add_argument("--wait", action="store_true", help="slurm: block until every run has finished")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1: in-process)")
-    p.add_argument("--results-root", help="override the suite's results_root")
+    p.add_argument("--results-root", type=absolute_path, help="override the suite's results_root")
     p.add_argument("--download", action="store_true", help="allow downloading missing data sets")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("results", help="print a suite's results table")
     p.add_argument("suite", help="suite file or suite name")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.add_argument("--where", action="append", metavar="COLUMN=VALUE", help="keep matching runs (repeatable)")
     p.add_argument("--failed", action="store_true", help="only failed runs")
     p.set_defaults(func=cmd_results)
     p = sub.add_parser("verify", help="check every result shard of a suite (damaged ones are redone by bench run)")
     p.add_argument("suite")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.set_defaults(func=cmd_verify)
     for name, func, help_text in (("status", cmd_status, "SLURM: counts by state, failures with their logs"),
                                   ("cancel", cmd_cancel, "SLURM: cancel the suite's queued and running jobs"),
                                   ("resubmit", cmd_resubmit, "SLURM: submit failed and/or missing runs again")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("suite")
-        p.add_argument("--results-root")
+        p.add_argument("--results-root", type=absolute_path)
         if name == "resubmit":
             p.add_argument("--failed", action="store_true")
             p.add_argument("--missing", action="store_true")
@@ -495,12 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="SLURM: print a run's job log (stdout and stderr)")
     p.add_argument("run_id", help="a run id (a unique prefix is enough)")
     p.add_argument("--suite", help="suite file or name (default: search every suite under the results root)")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.add_argument("--lines", type=int, help="only the last N lines of each log")
     p.set_defaults(func=lambda args: __import__("bench_harness.slurm.logs", fromlist=["cmd_logs"]).cmd_logs(args))
     p = sub.add_parser("aggregate", help="build Parquet leaderboards (per suite and across suites)")
     p.add_argument("suites", nargs="+", help="suite files or names")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.add_argument("--rebuild", action="store_true", help="read every run file again")
     p.add_argument("--compact", action="store_true", help="fold the run files into one part of runs/ now (automatic "
                    "from 1,000 run files)")
@@ -509,23 +510,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suites", nargs="+", help="suite files or names (several: the cross-suite leaderboard)")
     p.add_argument("--format", choices=["md", "csv", "latex", "parquet"], default="md")
     p.add_argument("--out", help="write to this file instead of standard output")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("plot", help="plots (PNG, SVG, PDF) of a suite's leaderboard")
     p.add_argument("--style", choices=["default", "paper"], default="default",
                    help="paper: one-column width, 8 pt text, embedded fonts")
     p.add_argument("suites", nargs="+")
     p.add_argument("--out", help="folder (default: results/<suite>/plots)")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.set_defaults(func=cmd_plot)
     p = sub.add_parser("publish", help="a static leaderboard site")
     p.add_argument("suites", nargs="+")
     p.add_argument("--out", required=True, help="folder of the site")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.set_defaults(func=cmd_publish)
     p = sub.add_parser("artifacts", help="a suite's stage artifacts: name, key, size, producer, users; checksums")
     p.add_argument("suite")
-    p.add_argument("--results-root")
+    p.add_argument("--results-root", type=absolute_path)
     p.set_defaults(func=cmd_artifacts)
     p = sub.add_parser("merge", help="combine result folders (one row per run id, newest wins)")
     p.add_argument("sources", nargs="+", help="results roots to merge")

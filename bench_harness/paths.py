@@ -1,7 +1,16 @@
 """One function per artifact path: nobody builds a result path by hand twice."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def absolute_path(path: str | Path, base_dir: str | Path | None = None) -> str:
+    """``path`` made absolute against ``base_dir`` (default: the current directory), ``~`` expanded, ``..``
+    folded, symbolic links kept (a cluster's /home link stays the path people know). Resolved once, where a
+    path enters the harness (a suite file, a command line), so a later ``os.chdir`` cannot move it."""
+    path = os.path.expanduser(str(path))
+    return os.path.normpath(os.path.join(os.fspath(base_dir) if base_dir is not None else os.getcwd(), path))
 
 
 def suite_dir(results_root: str | Path, suite: str) -> Path:

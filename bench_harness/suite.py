@@ -33,6 +33,8 @@ from typing_extensions import Annotated, Literal
 
 from bench_harness.errors import BenchError, SuiteError, UnknownNameError, did_you_mean
 from bench_harness.identity import config_hash, non_default_fields
+from bench_harness.paths import absolute_path
+from bench_harness.safe_yaml import YamlInputError, load_yaml_file
 
 
 # Suite sections are dataclasses (hashable, frozen, used everywhere at run time) validated by pydantic: types,
@@ -43,6 +45,11 @@ PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 Count = Annotated[int, Strict(), Field(ge=0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 _FORBID = ConfigDict(extra="forbid")
+# A run's wall-time limit in minutes: finite, at least 0.01 (0.6 s; a shorter limit fires before a run has read
+# its data, and NaN or 1e-9 once escaped the run as an uncaught timeout), at most 100,000 (69 days: longer than
+# any cluster's time limit; leave timeout_min out for no limit).
+MIN_TIMEOUT_MIN, MAX_TIMEOUT_MIN = 0.01, 100_000.0
+TimeoutMinutes = Annotated[float, Strict(), Field(ge=MIN_TIMEOUT_MIN, le=MAX_TIMEOUT_MIN, allow_inf_nan=False)]
 
 
 @dataclass(frozen=True)
@@ -134,9 +141,11 @@ class RunSpec:
     pretrain: Recipe | None = None
     ablation: str | None = None
     device: str = "auto"
-    data_root: str = "data"
+    data_root: str = "data"  # absolute once the suite is loaded (see parse_suite); not part of the identity
     download: bool = False
-    results_root: str = "results"
+    results_root: str = "results"  # absolute once the suite is loaded (see parse_suite); not part of the identity
+    base_dir: str = "."  # where relative paths of the suite are read from (model weights `file:`): the directory
+    #                      the suite was loaded in; not part of the identity
     timeout_min: float | None = None  # per-run wall-time limit (not part of the run's identity)
     packing: int = 1  # local executor: train up to this many compatible runs together (not part of the identity)
     # Filled by validation: the pruner parameters that differ from the Params dataclass defaults, the pruner's
@@ -317,8 +326,24 @@ def _seed_list(path: str, value: Any) -> Any:
     return value
 
 
-def parse_suite(data: Any, path: str) -> Suite:
-    """Build a Suite (names not yet checked against the registry) from parsed YAML."""
+def _timeout_minutes(path: str, value: Any) -> float | None:
+    """``timeout_min`` as a float (None: no limit); SuiteError with the allowed range otherwise."""
+    if value is None:
+        return None
+    try:
+        return float(TypeAdapter(TimeoutMinutes).validate_python(value))
+    except ValidationError as exc:
+        _, problem = validation_problems(exc, [])[0]
+        raise SuiteError(path, "timeout_min", f"{problem}: write a run's wall-time limit in minutes, a finite "
+                         f"number from {MIN_TIMEOUT_MIN:g} to {MAX_TIMEOUT_MIN:g} (e.g. `timeout_min: 120`), or "
+                         f"leave it out for no limit") from None
+
+
+def parse_suite(data: Any, path: str, base_dir: str | None = None) -> Suite:
+    """Build a Suite (names not yet checked against the registry) from parsed YAML. Relative ``data_root`` and
+    ``results_root`` are made absolute here, once, against ``base_dir`` (default: the current directory), so a
+    run that changes directory cannot move where later runs read data or write results."""
+    base_dir = os.path.abspath(base_dir if base_dir is not None else os.getcwd())
     if not isinstance(data, dict):
         raise SuiteError(path, "(top level)", "a suite file is a YAML mapping with at least `name` and `grid`")
     for key in data:
@@ -358,19 +383,18 @@ def parse_suite(data: Any, path: str) -> Suite:
     ablations = data.get("ablations") or [None]
     if not isinstance(ablations, list):
         raise SuiteError(path, "ablations", "expected a list of ablation names")
-    timeout = data.get("timeout_min")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise SuiteError(path, "timeout_min", f"expected a positive number of minutes, got {timeout!r}")
+    timeout = _timeout_minutes(path, data.get("timeout_min"))
     packing = data.get("packing", 1)
     if isinstance(packing, bool) or not isinstance(packing, int) or packing < 1:
         raise SuiteError(path, "packing", f"expected a number of runs >= 1 to train together, got {packing!r}")
     settings = dict(
-        timeout_min=float(timeout) if timeout is not None else None,
+        timeout_min=timeout,
         packing=packing,
         device=str(data.get("device", "auto")),
-        data_root=str(data.get("data_root", "data")),
+        data_root=absolute_path(str(data.get("data_root", "data")), base_dir),
         download=bool(data.get("download", False)),
-        results_root=str(data.get("results_root", "results")),
+        results_root=absolute_path(str(data.get("results_root", "results")), base_dir),
+        base_dir=base_dir,
     )
     runs = []
     for model, dataset, pruner, seed, ablation in itertools.product(models, datasets, pruners, seeds, ablations):
@@ -385,14 +409,20 @@ def load_suite(path: str | os.PathLike, registry=None) -> Suite:
     path = str(path)
     if not os.path.exists(path):
         raise BenchError(f"{path}: no such suite file (suites shipped with bench-harness are in suites/)")
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise SuiteError(path, "(syntax)", f"not valid YAML: {exc}") from None
-    suite = parse_suite(data, path)
+    suite = parse_suite(read_suite_file(path), path, base_dir=os.getcwd())
     validate_suite(suite, registry)
     return suite
+
+
+def read_suite_file(path: str) -> Any:
+    """The YAML data of a suite file; SuiteError naming the file, the line and the fix when it is not valid YAML,
+    is too large, expands past a bound through aliases, nests too deep or repeats a key (see safe_yaml)."""
+    try:
+        return load_yaml_file(path)
+    except YamlInputError as exc:
+        raise SuiteError(path, f"line {exc.line}" if exc.line else "(file)", str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise SuiteError(path, "(syntax)", f"not valid YAML: {exc}") from None
 
 
 def _is_score_pruner(cls: type) -> bool:
@@ -499,7 +529,7 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
         "suite", __config__=forbid, name=(str, ...), description=(str, ""), grid=(grid, ...),
         recipe=(Recipe, Recipe()), scoring=(Scoring, Scoring()), prunable=(PrunableSet, PrunableSet()),
         pretrain=(Union[Recipe, None], None), device=(str, "auto"), data_root=(str, "data"), download=(bool, False),
-        results_root=(str, "results"), packing=(Annotated[int, Field(ge=1)], 1), timeout_min=(Union[Annotated[float, Field(gt=0)], None], None),
+        results_root=(str, "results"), packing=(Annotated[int, Field(ge=1)], 1), timeout_min=(Union[TimeoutMinutes, None], None),
         ablations=(list[Union[Literal["shuffle", "reinit", "invert"], None]], [None]),
         slurm=(Union[slurm_section_model(), None], None))
     return model.model_json_schema()

@@ -1,6 +1,8 @@
 """Built-in data set plugin: CIFAR-10/100, MNIST, Fashion-MNIST, Tiny-ImageNet, ImageNet, any ImageFolder, and
 a synthetic set. Files are read from ``<data_root>``; nothing is downloaded unless the suite says
-``download: true``. A missing data set raises DatasetNotFound saying where the files are expected."""
+``download: true``. A missing data set raises DatasetNotFound saying where the files are expected. Downloading,
+unpacking and converting go through ``prepare_once``: locked per data set folder and atomic, so runners that
+start together on a fresh data root prepare it once and all find it complete."""
 from __future__ import annotations
 
 import gzip
@@ -15,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from bench_harness import hookimpl
-from bench_harness.running.datasets import DatasetNotFound, DatasetSpec
+from bench_harness.running.datasets import DatasetNotFound, DatasetSpec, prepare_once
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -82,7 +84,10 @@ def _cifar(classes: int, root, split, augment, download=False):
                            "it there, or set `download: true` in the suite")
         from torchvision.datasets import CIFAR10, CIFAR100
 
-        (CIFAR10 if classes == 10 else CIFAR100)(str(root), train=True, download=True)
+        def fetch(scratch: Path) -> None:  # downloads the archive and unpacks it into scratch/<folder_name>
+            (CIFAR10 if classes == 10 else CIFAR100)(str(scratch), train=True, download=True)
+
+        prepare_once(root, folder_name, folder.is_dir, fetch)
     if classes == 10:
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         key = b"labels"
@@ -92,22 +97,20 @@ def _cifar(classes: int, root, split, augment, download=False):
 
 
 # -- MNIST family --------------------------------------------------------------------------------------------
-def _gunzip_debian_fashion(raw: Path) -> bool:
-    """Copy Debian's Fashion-MNIST files into torchvision's layout (torchvision does not follow symlinks)."""
-    if not DEBIAN_FASHION_MNIST.is_dir():
-        return False
-    files = sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"))
-    if len(files) < 4:
-        return False
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        target = raw / f.name[:-3]
-        if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            with gzip.open(f, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(tmp, target)
-    return True
+def _debian_fashion_files() -> list[Path]:
+    """The four IDX .gz files of Debian's dataset-fashion-mnist package, or [] where it is not installed."""
+    files = sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")) if DEBIAN_FASHION_MNIST.is_dir() else []
+    return files if len(files) >= 4 else []
+
+
+def _gunzip_debian_fashion(scratch: Path) -> None:
+    """Unpack Debian's Fashion-MNIST files into ``scratch`` in torchvision's layout (FashionMNIST/raw/; torchvision
+    does not follow symlinks). Run by prepare_once, which moves them into the data root."""
+    raw = scratch / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in _debian_fashion_files():
+        with gzip.open(f, "rb") as src, open(raw / f.name[:-3], "wb") as dst:
+            shutil.copyfileobj(src, dst)
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -163,15 +166,20 @@ def _mnist_like(kind: str, root, split, augment, download=False):
     raw = Path(root) / folder / "raw"
     prefix = "train" if split == "train" else "t10k"
     names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
-    have = all(_idx_file(raw, n) for n in names)
-    if not have and kind == "fashion_mnist":
-        have = _gunzip_debian_fashion(raw)
-    if not have and download:
+
+    def have() -> bool:
+        return all(_idx_file(raw, n) for n in names)
+
+    if not have() and kind == "fashion_mnist" and _debian_fashion_files():
+        prepare_once(root, folder, have, _gunzip_debian_fashion)
+    if not have() and download:
         from torchvision.datasets import MNIST, FashionMNIST
 
-        (MNIST if kind == "mnist" else FashionMNIST)(str(root), train=split == "train", download=True)
-        have = all(_idx_file(raw, n) for n in names)
-    if not have:
+        def fetch(scratch: Path) -> None:  # downloads the four files into scratch/<folder>/raw
+            (MNIST if kind == "mnist" else FashionMNIST)(str(scratch), train=split == "train", download=True)
+
+        prepare_once(root, folder, have, fetch)
+    if not have():
         how = ("On Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (found automatically in "
                f"{DEBIAN_FASHION_MNIST}), or set `download: true` in the suite" if kind == "fashion_mnist"
                else "Put the four IDX files (train-images-idx3-ubyte, ...) there, or set `download: true`")

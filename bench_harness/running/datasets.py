@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from bench_harness.errors import BenchError
+from bench_harness.running.locks import file_lock
 
 
 class DatasetNotFound(BenchError, FileNotFoundError):
@@ -29,6 +34,46 @@ class DatasetSpec:
     # For data sets whose shape depends on parameters (a folder, the synthetic set): resolve(root=, **params)
     # returns the concrete spec; its ``load`` then receives the same parameters.
     resolve: Callable[..., "DatasetSpec"] | None = None
+
+
+def prepare_once(root: str | Path, name: str, ready: Callable[[], bool], build: Callable[[Path], None]) -> None:
+    """Prepare the data set folder ``<root>/<name>`` (download, unpack, convert) once among concurrent processes.
+
+    When ``ready()`` is false: under a lock beside the folder (``<root>/.<name>.lock``) it is asked again (another
+    process may have finished meanwhile); if still false, ``build(scratch)`` writes into a fresh temporary folder
+    in ``root`` laid out as ``root`` itself (``scratch/<name>/...``, archives beside it), whose contents are then
+    moved into ``root`` by atomic renames (:func:`move_into_place`). A process reading the data therefore sees
+    each file, or a whole new folder, either absent or complete, and two runners never write the same temporary
+    name. Nothing is written, not even the lock, when the data is ready (a read-only data folder stays usable).
+    The scratch folder is removed whether ``build`` succeeds or fails."""
+    if ready():
+        return
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / f".{name}.lock"):
+        if ready():
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+        try:
+            build(scratch)
+            move_into_place(scratch, root)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def move_into_place(source: Path, target: Path) -> None:
+    """Move the tree ``source`` into ``target`` on the same file system: a folder missing in ``target`` is renamed
+    there whole, a file missing there is renamed into it; what ``target`` already has is kept (someone may be
+    reading it). Every step is one atomic rename."""
+    for entry in sorted(source.iterdir()):
+        destination = target / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            if destination.is_dir():
+                move_into_place(entry, destination)
+            elif not os.path.lexists(destination):
+                os.rename(entry, destination)
+        elif not os.path.lexists(destination):
+            os.replace(entry, destination)
 
 
 _LOADED: "OrderedDict[tuple, Dataset]" = OrderedDict()

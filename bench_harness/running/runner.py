@@ -129,7 +129,7 @@ def _load_pretrained(run: RunSpec, model, data: RunData, device, store: Artifact
     """Give the model its pretrained weights (the model entry's weights:, else the harness's pretraining)."""
     t0 = time.perf_counter()
     if run.model.weights:
-        loaded = load_pretrained(model, run.model.name, run.model.weights)
+        loaded = load_pretrained(model, run.model.name, run.model.weights, run.base_dir)
         row.update(pretrained_source=loaded.source, pretrained_sha256=loaded.sha256)
         if loaded.reinitialised:
             warnings.warn(f"pretrained weights {loaded.source}: classifier {loaded.reinitialised} has another "
