@@ -167,13 +167,16 @@ def _meta(name: str, runs: pd.DataFrame, card: dict) -> str:
 
 
 def suite_card(results_root: str | Path, name: str) -> dict:
-    """The suite file saved next to its results by `bench run` (description, recipe, ...), or {}."""
+    """The suite file saved next to its results by `bench run` (description, recipe, ...), or {}. Read with the
+    suite files' bounded loader: a results folder is shared, and a planted file must not exhaust memory."""
     import yaml
+
+    from bench_harness.safe_yaml import YamlInputError, load_yaml_file
 
     path = Path(results_root) / name / "suite.yaml"
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        data = load_yaml_file(path)
+    except (OSError, yaml.YAMLError, YamlInputError):
         return {}
     return data if isinstance(data, dict) else {}
 

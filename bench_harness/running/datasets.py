@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from bench_harness.errors import BenchError
-from bench_harness.running.locks import file_lock
+from bench_harness.locks import file_lock
 
 
 class DatasetNotFound(BenchError, FileNotFoundError):
