@@ -72,15 +72,18 @@ IN_PROCESS_FAILURES = {
 }
 
 
-def test_hostile_pruners_in_process_become_failure_rows_and_the_sweep_goes_on(tmp_path, hostile_env):
+def test_hostile_pruners_in_process_become_failure_rows_and_sparsity_is_counted_on_the_weights(tmp_path, hostile_env):
     path = _suite(tmp_path, ["hostile_sys_exit", "magnitude", "hostile_keyboard_interrupt", "hostile_none",
-                             "hostile_changes_weights", "hostile_all_pruned", "random"])
+                             "hostile_changes_weights", "hostile_all_pruned", "hostile_zeroes_layer", "random"])
     out = _bench(hostile_env, "run", path, "--no-progress")
     assert out.returncode == 1, out.stderr
-    assert "5 failed" in out.stderr and "2 ok" in out.stderr, out.stderr
+    assert "3 ok, 5 failed" in out.stderr, out.stderr
     rows = _assert_rows(tmp_path / "results", IN_PROCESS_FAILURES, ok=["magnitude", "random"])
     collapsed = rows["hostile_all_pruned"]
     assert collapsed.layer_collapse and "net.1.weight" in collapsed.collapsed_layers
+    zeroed = rows["hostile_zeroes_layer"]  # its masks keep half of net.1; its weights keep none
+    assert zeroed.status == "ok" and zeroed.layer_collapse and zeroed.collapsed_layers == '["net.1.weight"]'
+    assert zeroed.achieved_sparsity > 0.5 + 0.1 and zeroed.params_nonzero < rows["magnitude"].params_nonzero
 
 
 @pytest.mark.parametrize("mode", [["--workers", "2"], ["--isolate"]])
