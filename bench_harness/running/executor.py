@@ -194,37 +194,58 @@ class WorkerPool:
         return _Slot(process, parent_end)
 
     def run(self, jobs: list[RunSpec], force: bool, record, before_start=None) -> None:
-        """Execute ``jobs``, calling ``record(run_id, status, error)`` as each ends; ``before_start(run)`` before
-        each is handed out (it may raise to stop the sweep). A full disk stops the sweep: DiskFullError."""
+        """Execute ``jobs``, calling ``record(run_id, status, error)`` as each ends and ``before_start(run)`` before
+        each is handed out. A full disk (DiskFullError from ``before_start`` or from a worker) stops handing out
+        runs; the runs in progress finish (and are stored if they fit), then the DiskFullError is raised."""
         pending = list(jobs)
-        while pending or any(s.run is not None for s in self.slots):
-            for slot in self.slots:
-                if slot.run is None and pending:
-                    if before_start is not None:
-                        before_start(pending[0])
-                    slot.run = pending.pop(0)
-                    slot.conn.send((slot.run, force))
-            busy = [s for s in self.slots if s.run is not None]
+        stopped: DiskFullError | None = None
+        while (pending and stopped is None) or self._busy():
+            if stopped is None:
+                try:
+                    self._hand_out(pending, force, before_start)
+                except DiskFullError as exc:
+                    stopped = exc
+            busy = self._busy()
+            if not busy:
+                continue
             ready = mpc.wait([s.conn for s in busy] + [s.process.sentinel for s in busy])
-            for i, slot in enumerate(self.slots):
-                if slot.run is not None and (slot.conn in ready or slot.process.sentinel in ready):
-                    self._collect(i, slot, record)
+            for slot in busy:
+                if slot.conn in ready or slot.process.sentinel in ready:
+                    stopped = self._collect(slot, record) or stopped
+        if stopped is not None:
+            raise stopped
 
-    def _collect(self, i: int, slot: _Slot, record) -> None:
+    def _busy(self) -> list[_Slot]:
+        return [s for s in self.slots if s.run is not None]
+
+    def _hand_out(self, pending: list[RunSpec], force: bool, before_start) -> None:
+        """Give the next pending runs to idle workers, replacing workers that died."""
+        for i, slot in enumerate(self.slots):
+            if slot.run is None and pending:
+                if not slot.process.is_alive():
+                    slot.process.join()
+                    self.slots[i] = slot = self._start()
+                if before_start is not None:
+                    before_start(pending[0])
+                slot.run = pending.pop(0)
+                slot.conn.send((slot.run, force))
+
+    def _collect(self, slot: _Slot, record) -> DiskFullError | None:
+        """Record the run a worker finished, or the failure of a worker that died; a DiskFullError it reported."""
         run, slot.run = slot.run, None
         try:
             run_id, status, error = slot.conn.recv()
         except (EOFError, OSError):
             slot.process.join()
             record(run.run_id, "failed", record_dead_worker(run, describe_exit(slot.process.exitcode)))
-            self.slots[i] = self._start()
-            return
+            return None
         if status == "disk-full":
-            raise DiskFullError(error)
+            return DiskFullError(error)
         record(run_id, status, error)
+        return None
 
     def close(self) -> None:
-        """Stop every worker: idle ones are told to exit, busy ones (an interrupted or stopped sweep) killed."""
+        """Stop every worker: idle ones are told to exit, busy ones (an interrupted sweep) killed."""
         for slot in self.slots:
             try:
                 if slot.run is None and slot.process.is_alive():
