@@ -38,11 +38,12 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_check_plugin(args) -> int:
-    from bench_harness.contract.conformance import check_pruner
+    from bench_harness.contract.conformance import check_pruner_in_child
 
     cls = _registry().get("pruner", args.name)
-    params = cls.make_params(json.loads(args.params) if args.params else {})
-    checks = check_pruner(cls, params)
+    raw = json.loads(args.params) if args.params else {}
+    cls.make_params(raw)  # bad parameters: one line here, before the child process starts
+    checks = check_pruner_in_child(args.name, raw)
     failed = [c for c in checks if not c.passed]
     for c in checks:
         if args.verbose or not c.passed:
@@ -98,7 +99,8 @@ def cmd_run(args) -> int:
         ensure_writable(suite.results_dir)
         save_suite_file(suite)
     t0 = time.perf_counter()
-    report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress)
+    report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress,
+                       isolate=args.isolate)
     elapsed = time.perf_counter() - t0
     if report.ok or report.failed:
         from bench_harness.results.compaction import maybe_compact
@@ -469,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="local (default) or slurm (submits and returns)")
     p.add_argument("--wait", action="store_true", help="slurm: block until every run has finished")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1: in-process)")
+    p.add_argument("--isolate", action="store_true", help="run each run in a worker process even with one worker: "
+                   "a pruner that ends or crashes its process (os._exit, a segfault) costs only its own run")
     p.add_argument("--results-root", type=absolute_path, help="override the suite's results_root")
     p.add_argument("--download", action="store_true", help="allow downloading missing data sets")
     p.add_argument("--no-progress", action="store_true")

@@ -42,3 +42,11 @@ class InvalidMaskError(BenchError):
 
 class RunFailure(BenchError):
     """A run failed for a reason that is not a bug of the harness (NaN loss, invalid mask...)."""
+
+
+class DiskFullError(BenchError):
+    """The results folder has no room left: the sweep stops (runs already stored stay)."""
+
+
+class PluginEscapeError(RunFailure):
+    """Plugin code raised SystemExit or KeyboardInterrupt (not a real Ctrl-C) during a run: a failed run."""

@@ -9,6 +9,10 @@ folder, and checks that:
 - the masks cover exactly the prunable parameters, are boolean with the right shapes;
 - the sparsity fits the declared kind: ``exact`` within the tolerance, ``target`` within it (else reported),
   ``learned`` in [0, 1);
+- prune() returns masks (a dict or a PruneResult, not None), and ends by returning: ``sys.exit()`` and a
+  ``KeyboardInterrupt`` that no Ctrl-C caused fail "runs without error" (``bench check-plugin`` runs the kit in a
+  child process, so a pruner that kills its process with ``os._exit`` or a crash fails too);
+- some prunable weight is kept (not every layer collapsed), whatever the sparsity kind;
 - the weights are finite, and left alone unless the pruner declares ``changes_weights``;
 - the masks are identical when run twice with the same seed (the second run with the global RNG elsewhere and
   the stage artifacts of the first already stored: they must be reused, not produced again);
@@ -24,13 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import os
 import tempfile
 from pathlib import Path
 
 from bench_harness.contract import masking
 from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.contract.pruner import Pruner, SparsityKind
-from bench_harness.contract.pruning import make_context, nonfinite_parameters
+from bench_harness.contract.pruning import as_result, make_context, nonfinite_parameters
+from bench_harness.interrupts import escape_from_plugin, watch_sigint
+from bench_harness.processes import describe_exit, die_with_parent
 from bench_harness.running.trainer import Trainer
 
 
@@ -131,29 +138,78 @@ def _prune_once(cls: type[Pruner], params: Any, model_name: str, sparsity: float
     return model, before, ctx, out
 
 
+def check_pruner_in_child(name: str, params: dict | None = None) -> list[Check]:
+    """The kit for the registered pruner ``name`` run in a child process (spawn), so that a pruner that ends its
+    process (``os._exit``, a crash, a signal) fails the kit instead of ending the caller; a real Ctrl-C ends the
+    child and is re-raised here."""
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_check_child, args=(name, params or {}, sender, os.getpid()), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        outcome = receiver.recv()
+    except EOFError:
+        outcome = None
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        child.join()
+    if outcome is None:
+        return [Check("-", float("nan"), "runs without error", False,
+                      f"the pruner ended the checking process ({describe_exit(child.exitcode)}): a pruner must "
+                      f"return masks or raise an exception, never exit or crash its process")]
+    if isinstance(outcome, str):
+        raise RuntimeError(f"the conformance kit failed in its child process: {outcome}")
+    return outcome
+
+
+def _check_child(name: str, params: dict, sender, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    from bench_harness.contract.plugins import get_registry
+
+    try:
+        cls = get_registry().get("pruner", name)
+        outcome: Any = check_pruner(cls, cls.make_params(params))
+    except Exception as exc:  # the kit itself, not the pruner (whose exceptions are checks)
+        outcome = f"{type(exc).__name__}: {exc}"
+    sender.send(outcome)
+    sender.close()
+
+
 def check_pruner(cls: type[Pruner], params: Any = None, sparsities: tuple[float, ...] = (0.5, 0.9),
                  models: tuple[str, ...] = tuple(MODELS)) -> list[Check]:
     params = params if params is not None else cls.Params()
     checks: list[Check] = []
-    for model_name in models:
-        for sparsity in sparsities:
-            with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
-                _check_case(cls, params, model_name, sparsity, Path(tmp), checks)
+    with watch_sigint():
+        for model_name in models:
+            for sparsity in sparsities:
+                with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
+                    _check_case(cls, params, model_name, sparsity, Path(tmp), checks)
     return checks
+
+
+def _failure_text(exc: BaseException) -> str:
+    """An exception of plugin code as a check's detail; re-raises a real Ctrl-C."""
+    escaped = escape_from_plugin(exc)
+    if escaped is None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise exc
+    return f"{type(escaped or exc).__name__}: {escaped or exc}"
 
 
 def _check_case(cls: type[Pruner], params: Any, model_name: str, sparsity: float, workdir: Path,
                 checks: list[Check]) -> None:
-    from bench_harness.contract.pruner import PruneResult
-
     add = lambda name, ok, detail="": checks.append(Check(model_name, sparsity, name, bool(ok), detail))  # noqa: E731
     try:
         model, before, ctx, out = _prune_once(cls, params, model_name, sparsity, workdir)
-    except Exception as exc:
-        add("runs without error", False, f"{type(exc).__name__}: {exc}")
+        result = as_result(cls, out)
+    except BaseException as exc:  # SystemExit, a plugin's KeyboardInterrupt, a None result: a failed check
+        add("runs without error", False, _failure_text(exc))
         return
     add("runs without error", True)
-    result = out if isinstance(out, PruneResult) else PruneResult(dict(out))
     masks = result.masks
     expected = set(ctx.prunable)
     add("masks cover exactly the prunable parameters", set(masks) == expected,
@@ -172,6 +228,9 @@ def _check_case(cls: type[Pruner], params: Any, model_name: str, sparsity: float
         else:
             add(f"reaches the target sparsity ({cls.sparsity_kind.value})",
                 masking.sparsity_on_target(masks, sparsity, cls.sparsity_tolerance), detail)
+    if valid and not cls.ignores_sparsity:
+        add("keeps some weights (not every layer collapsed)", any(bool(m.any()) for m in masks.values()),
+            "every prunable weight removed: the network computes a constant")
     if valid:
         bad = nonfinite_parameters(model, masks)
         add("weights are finite", not bad, f"NaN/inf in {bad}")
@@ -183,7 +242,7 @@ def _check_case(cls: type[Pruner], params: Any, model_name: str, sparsity: float
             "does not set changes_weights = True")
     try:
         _, _, ctx2, again = _prune_once(cls, params, model_name, sparsity, workdir, global_rng_seed=1)
-        again = again.masks if isinstance(again, PruneResult) else dict(again)
+        again = as_result(cls, again).masks
         same = set(again) == set(masks) and all(torch.equal(again[n], masks[n]) for n in masks)
         add("deterministic under a fixed seed", same, "two runs with seed 0 gave different masks (draw random "
             "numbers from ctx.generator, not the global RNG)")
@@ -192,8 +251,8 @@ def _check_case(cls: type[Pruner], params: Any, model_name: str, sparsity: float
             add("stage artifacts produced once, then reused", not produced_again,
                 f"produced again although stored: {produced_again} (the artifact config must not change "
                 f"between runs that can share it)")
-    except Exception as exc:
-        add("deterministic under a fixed seed", False, f"second run failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        add("deterministic under a fixed seed", False, f"second run failed: {_failure_text(exc)}")
     if ctx.epochs_seen >= 2 and valid:
         _check_resume(cls, params, model_name, sparsity, workdir, masks, ctx.epochs_seen, add)
 
@@ -211,13 +270,13 @@ def _check_resume(cls, params, model_name, sparsity, workdir, masks, epochs_seen
         return
     except _Interrupt:
         pass
-    except Exception as exc:
-        add(name, False, f"first attempt failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        add(name, False, f"first attempt failed: {_failure_text(exc)}")
         return
     try:
         _, _, _, out = _prune_once(cls, params, model_name, sparsity, workdir, checkpoints=checkpoints)
-    except Exception as exc:
-        add(name, False, f"resumed attempt failed: {type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        add(name, False, f"resumed attempt failed: {_failure_text(exc)}")
         return
     again = out.masks if isinstance(out, PruneResult) else dict(out)
     same = set(again) == set(masks) and all(torch.equal(again[n], masks[n]) for n in masks)

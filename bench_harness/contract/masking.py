@@ -207,6 +207,24 @@ def collapsed_layers(masks: Mapping[str, torch.Tensor]) -> list[str]:
     return [n for n, m in masks.items() if m.numel() and not bool(m.any())]
 
 
+@torch.no_grad()
+def weight_summary(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict:
+    """Counted on the model's weights, not on the masks: over the masked (prunable) weights, ``kept`` non-zero
+    weights of ``total``, ``layer_density`` per weight, ``collapsed_layers`` (every weight of the layer zero, by a
+    mask or written by the pruner)."""
+    params = dict(model.named_parameters())
+    kept = total = 0
+    density, collapsed = {}, []
+    for name in masks:
+        weight = params[name].detach()
+        nonzero = int(torch.count_nonzero(weight))
+        kept, total = kept + nonzero, total + weight.numel()
+        density[name] = nonzero / weight.numel() if weight.numel() else 1.0
+        if weight.numel() and nonzero == 0:
+            collapsed.append(name)
+    return {"kept": kept, "total": total, "layer_density": density, "collapsed_layers": collapsed}
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(total, non-zero) over all parameters."""
     total = nonzero = 0

@@ -187,7 +187,7 @@ class Registry:
         for impl in hook.get_hookimpls():
             try:
                 impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a hook calling sys.exit() must not end the sweep either
                 warnings.warn(f"plugin {impl.plugin_name!r}: {hook_name} raised {type(exc).__name__}: {exc}",
                               PluginWarning, stacklevel=2)
 

@@ -1,6 +1,7 @@
 """Calling a pruner: build it, run it, validate what it returns. Shared by runs, the API and check-plugin."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any, Mapping
 
@@ -26,7 +27,7 @@ def call_pruner(pruner_cls: type[Pruner], params: Any, model: nn.Module, sparsit
     pruner = pruner_cls(params)
     ablations.prepare_pruner(ablation, pruner)
     out = pruner.prune(model, sparsity, ctx)
-    result = out if isinstance(out, PruneResult) else PruneResult(masks=dict(out))
+    result = as_result(pruner_cls, out)
     problems = validate_result(pruner_cls, result, model, ctx, sparsity)
     if problems:
         raise InvalidMaskError(f"pruner {pruner_cls.name!r} returned invalid output: " + "; ".join(problems))
@@ -38,6 +39,33 @@ def call_pruner(pruner_cls: type[Pruner], params: Any, model: nn.Module, sparsit
             f"pruner {pruner_cls.name!r} reached sparsity {result.achieved_sparsity:.4f} for the target {sparsity:.4f} "
             f"(tolerance {pruner_cls.sparsity_tolerance})"), stacklevel=2)
     return result
+
+
+def as_result(pruner_cls: type[Pruner], out: Any) -> PruneResult:
+    """What prune() returned as a PruneResult; InvalidMaskError naming the pruner when it is neither a PruneResult
+    nor a mapping of masks (None: a forgotten ``return``)."""
+    if isinstance(out, PruneResult):
+        return out
+    if not isinstance(out, Mapping):
+        raise InvalidMaskError(f"pruner {pruner_cls.name!r} returned {type(out).__name__} from prune(): it must "
+                               f"return a dict of masks (parameter name -> bool tensor) or a PruneResult"
+                               + (" (a missing return statement?)" if out is None else ""))
+    return PruneResult(masks=dict(out))
+
+
+@torch.no_grad()
+def weights_fingerprint(model: nn.Module) -> dict[str, str]:
+    """A SHA-256 of every parameter's bytes (one tensor at a time on the CPU: no second copy of the model)."""
+    out = {}
+    for name, p in model.named_parameters():
+        data = p.detach().contiguous().cpu().reshape(-1)
+        out[name] = hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
+    return out
+
+
+def changed_weights(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """Names of parameters whose fingerprint differs (or that appeared or disappeared)."""
+    return sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
 
 
 def validate_result(pruner_cls: type[Pruner], result: PruneResult, model: nn.Module, ctx: PruneContext,
@@ -111,12 +139,15 @@ def make_context(model: nn.Module, *, seed: int = 0, device: torch.device | None
 
 
 def mask_summary(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Sparsity and layer collapse of a pruned model, counted on its weights (zeros), not trusted from the masks:
+    a kept weight that is zero counts as removed, a layer whose weights are all zero as collapsed."""
     total, nonzero = masking.count_parameters(model)
+    weights = masking.weight_summary(model, masks)
     return {
-        "achieved_sparsity": 1.0 - masking.global_density(masks),
+        "achieved_sparsity": 1.0 - weights["kept"] / weights["total"] if weights["total"] else 0.0,
         "achieved_sparsity_all": 1.0 - nonzero / total if total else 0.0,
-        "layer_density": masking.layer_densities(masks),
-        "collapsed_layers": masking.collapsed_layers(masks),
+        "layer_density": weights["layer_density"],
+        "collapsed_layers": weights["collapsed_layers"],
         "params_total": total,
         "params_nonzero": nonzero,
     }

@@ -10,8 +10,8 @@ workers are never slower than one.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import multiprocessing as mp
+import multiprocessing.connection as mpc
 import os
 import sys
 import time
@@ -21,6 +21,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from bench_harness import paths
+from bench_harness.diskspace import ensure_free_space
+from bench_harness.errors import DiskFullError
+from bench_harness.processes import describe_exit, die_with_parent
 from bench_harness.results import store as results
 from bench_harness.suite import RunSpec, Suite
 
@@ -96,7 +100,10 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, workers))
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent_pid: int | None = None) -> None:
+    """A worker: dies with its parent (kill -9 included), and uses its share of the cores."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     torch.set_num_threads(threads)
@@ -129,7 +136,154 @@ def _worker(run: RunSpec, force: bool = False) -> tuple[str, str, str | None]:
     return run.run_id, "skipped" if row.get("skipped") else row["status"], row.get("error")
 
 
-def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: bool = True) -> SweepReport:
+def _worker_loop(conn, threads: int, parent_pid: int) -> None:
+    """A worker process: receives (run, force), answers (run id, status, error) until it receives None. A full disk
+    is answered with status "disk-full" (the parent stops the sweep)."""
+    _init_worker(threads, parent_pid)
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        run, force = job
+        try:
+            answer = _worker(run, force)
+        except DiskFullError as exc:
+            answer = (run.run_id, "disk-full", str(exc))
+        conn.send(answer)
+
+
+def record_dead_worker(run: RunSpec, how: str) -> str:
+    """Write the failure row of a run whose worker process died (unless another runner holds or finished it);
+    returns the error."""
+    from bench_harness.running.locks import Claim
+    from bench_harness.running.runner import write_failure_row
+
+    error = (f"worker process died ({how}) while running this run: the pruner or a library ended or crashed the "
+             f"process (os._exit, a segfault, out of memory)")
+    with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
+        if claim.acquired and results.shard_status(run.results_root, run.suite, run.run_id) != "ok":
+            write_failure_row(run, error)
+    return error
+
+
+@dataclass
+class _Slot:
+    """One worker process and the run it is executing (None: idle)."""
+
+    process: mp.process.BaseProcess
+    conn: mpc.Connection
+    run: RunSpec | None = None
+
+
+class WorkerPool:
+    """Worker processes (spawn) that each execute one run at a time. Unlike concurrent.futures' pool, a worker
+    that dies (os._exit, a segfault, the OOM killer) costs only its own run, which gets a failure row; a new
+    worker replaces it. Workers die with the parent."""
+
+    def __init__(self, workers: int, threads: int) -> None:
+        self.context = mp.get_context("spawn")
+        self.threads = threads
+        self.slots = [self._start() for _ in range(workers)]
+
+    def _start(self) -> _Slot:
+        parent_end, child_end = self.context.Pipe()
+        process = self.context.Process(target=_worker_loop, args=(child_end, self.threads, os.getpid()),
+                                       daemon=True)
+        process.start()
+        child_end.close()
+        return _Slot(process, parent_end)
+
+    def run(self, jobs: list[RunSpec], force: bool, record, before_start=None) -> None:
+        """Execute ``jobs``, calling ``record(run_id, status, error)`` as each ends and ``before_start(run)`` before
+        each is handed out. A full disk (DiskFullError from ``before_start`` or from a worker) stops handing out
+        runs; the runs in progress finish (and are stored if they fit), then the DiskFullError is raised."""
+        pending = list(jobs)
+        stopped: DiskFullError | None = None
+        while (pending and stopped is None) or self._busy():
+            if stopped is None:
+                try:
+                    self._hand_out(pending, force, before_start)
+                except DiskFullError as exc:
+                    stopped = exc
+            busy = self._busy()
+            if not busy:
+                continue
+            ready = mpc.wait([s.conn for s in busy] + [s.process.sentinel for s in busy])
+            for slot in busy:
+                if slot.conn in ready or slot.process.sentinel in ready:
+                    stopped = self._collect(slot, record) or stopped
+        if stopped is not None:
+            raise stopped
+
+    def _busy(self) -> list[_Slot]:
+        return [s for s in self.slots if s.run is not None]
+
+    def _hand_out(self, pending: list[RunSpec], force: bool, before_start) -> None:
+        """Give the next pending runs to idle workers, replacing workers that died."""
+        for i, slot in enumerate(self.slots):
+            if slot.run is None and pending:
+                if not slot.process.is_alive():
+                    slot.process.join()
+                    self.slots[i] = slot = self._start()
+                if before_start is not None:
+                    before_start(pending[0])
+                slot.run = pending.pop(0)
+                slot.conn.send((slot.run, force))
+
+    def _collect(self, slot: _Slot, record) -> DiskFullError | None:
+        """Record the run a worker finished, or the failure of a worker that died; a DiskFullError it reported."""
+        run, slot.run = slot.run, None
+        try:
+            run_id, status, error = slot.conn.recv()
+        except (EOFError, OSError):
+            slot.process.join()
+            record(run.run_id, "failed", record_dead_worker(run, describe_exit(slot.process.exitcode)))
+            return None
+        if status == "disk-full":
+            return DiskFullError(error)
+        record(run_id, status, error)
+        return None
+
+    def close(self) -> None:
+        """Stop every worker: idle ones are told to exit, busy ones (an interrupted sweep) killed."""
+        for slot in self.slots:
+            try:
+                if slot.run is None and slot.process.is_alive():
+                    slot.conn.send(None)
+                else:
+                    slot.process.kill()
+            except (OSError, ValueError):
+                slot.process.kill()
+        for slot in self.slots:
+            slot.process.join(timeout=30)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join()
+
+
+class SpaceCheck:
+    """Before a run starts: enough free space in its results folder for its shard (bench_harness.diskspace), the
+    threshold growing with the largest shard the sweep has written."""
+
+    def __init__(self) -> None:
+        self.largest_shard = 0
+        self.unwritten: list[RunSpec] = []  # runs started whose shard has not been seen yet
+
+    def __call__(self, run: RunSpec) -> None:
+        for started in list(self.unwritten):
+            shard = paths.shard_path(started.results_root, started.suite, started.run_id)
+            if shard.exists():
+                self.largest_shard = max(self.largest_shard, shard.stat().st_size)
+                self.unwritten.remove(started)
+        ensure_free_space(paths.suite_dir(run.results_root, run.suite), self.largest_shard)
+        self.unwritten.append(run)
+
+
+def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: bool = True,
+              isolate: bool = False) -> SweepReport:
+    """Execute the suite's unfinished runs here: in this process (``workers`` 1), or in worker processes
+    (``workers`` > 1, or ``isolate``: one worker) that survive nothing but cost only their own run when they die.
+    Raises DiskFullError (after the runs already stored) when the results folder is full."""
     todo, done = pending_runs(suite, force)
     report = SweepReport(skipped=[r.run_id for r in done])
     if not todo:
@@ -166,14 +320,17 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
             log(f"{finished}/{len(todo)} runs ({len(report.ok)} ok, {len(report.failed)} failed); "
                 f"{rate:.1f} s/run, about {rate * (len(todo) - finished) / 60:.1f} min left")
 
+    space = SpaceCheck()
+    pool = None
     try:
         packing = max((r.packing for r in todo), default=1)
-        if packing > 1 and workers <= 1:
+        if packing > 1 and workers <= 1 and not isolate:
             for group in pack_groups(todo, packing):
                 bar.set_description(f"{suite.name} packed x{len(group)}")
+                space(group[0])
                 for run_id, status, error in execute_packed_claimed(group, force):
                     record(run_id, status, error)
-        elif workers <= 1:
+        elif workers <= 1 and not isolate:
             for run in todo:
                 bar.set_description(f"{suite.name} {run.pruner.name} s={run.sparsity:g}")
                 state = {"phase": None, "bar": None}
@@ -195,6 +352,7 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
                     state["bar"].update(1)
                     state["bar"].set_postfix(loss=f"{loss:.4f}")
 
+                space(run)
                 row = execute_claimed(run, on_epoch=on_epoch, force=force)
                 if state["bar"] is not None:
                     state["bar"].close()
@@ -208,17 +366,13 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
             for i, run in enumerate(todo):
                 device = devices[i % len(devices)]
                 jobs.append(replace(run, device=device) if device and run.device in ("auto", "cuda") else run)
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(threads_per_worker(workers),)) as pool:
-                futures = {pool.submit(_worker, run, force): run for run in jobs}
-                for future in cf.as_completed(futures):
-                    run = futures[future]
-                    try:
-                        record(*future.result())
-                    except Exception as exc:  # the worker process itself died
-                        record(run.run_id, "failed", f"worker crashed: {type(exc).__name__}: {exc}")
+            workers = max(1, workers)
+            pool = WorkerPool(workers, threads_per_worker(workers))
+            pool.run(jobs, force, record, before_start=space)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
+        if pool is not None:
+            pool.close()
         bar.close()
     return report

@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import Subset
 
 from bench_harness import paths
+from bench_harness.diskspace import disk_full_error, is_disk_full
+from bench_harness.interrupts import escape_from_plugin, watch_sigint
 
 from bench_harness.running import ablations, checkpoint
 
@@ -26,13 +28,14 @@ from bench_harness.results import store as results
 from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.running.datasets import (concrete_spec, first_per_class, head, load_split, make_loader,
                                             tensor_batches)
-from bench_harness.errors import BenchError
+from bench_harness.errors import BenchError, DiskFullError, RunFailure
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.running.models import build_model
 from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.running.provenance import provenance, resolve_device
 from bench_harness.contract.pruner import Regime, training_plan
-from bench_harness.contract.pruning import call_pruner, make_context, mask_summary
+from bench_harness.contract.pruning import (call_pruner, changed_weights, make_context, mask_summary,
+                                            weights_fingerprint)
 from bench_harness.suite import RunSpec
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.training import evaluate, train
@@ -213,11 +216,14 @@ def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, re
     run_files = ctx.run_dir
     run_files.mkdir(parents=True, exist_ok=True)
     params = pruner_cls.make_params(run.pruner.params)
+    weights_before = None if pruner_cls.changes_weights else weights_fingerprint(model)
     t0 = time.perf_counter()
     result = call_pruner(pruner_cls, params, model, run.sparsity, ctx, run.ablation)
     row["prune_seconds"] = time.perf_counter() - t0
+    check_weights_untouched(pruner_cls, model, weights_before)
     masks = ablations.apply_after_pruning(run.ablation, model, result.masks, ctx.generator, run.seed)
     masking.apply_masks(model, masks)
+    check_not_all_pruned(pruner_cls, model, masks, row)
     row["pruner_info"] = results.to_json(result.info) if result.info else None
     row["artifacts"] = results.to_json({n: r.as_row() for n, r in store.used.items()}) if store.used else None
     if run_files.is_dir() and not any(run_files.iterdir()):
@@ -230,10 +236,37 @@ def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, re
     return masks, end, start
 
 
+def check_weights_untouched(pruner_cls, model: torch.nn.Module, before: dict[str, str] | None) -> None:
+    """Raise RunFailure when prune() changed weights although the pruner does not declare ``changes_weights``
+    (``before``: the fingerprint taken before pruning; None when the pruner declares it)."""
+    if before is None:
+        return
+    changed = changed_weights(before, weights_fingerprint(model))
+    if changed:
+        raise RunFailure(f"pruner {pruner_cls.name!r} changed weights {', '.join(changed[:8])}"
+                         f"{' …' if len(changed) > 8 else ''} without declaring it: set changes_weights = True on "
+                         f"the class (or leave the weights alone and return masks)")
+
+
+def check_not_all_pruned(pruner_cls, model: torch.nn.Module, masks: dict, row: dict[str, Any]) -> None:
+    """Raise RunFailure (with layer_collapse and collapsed_layers in the row) when every prunable weight is zero
+    once the masks are applied: nothing is left to train or evaluate, whatever the pruner's sparsity kind."""
+    if pruner_cls.ignores_sparsity or not masks:
+        return
+    summary = masking.weight_summary(model, masks)
+    if summary["kept"] == 0:
+        row.update(layer_collapse=True, collapsed_layers=results.to_json(summary["collapsed_layers"]),
+                   achieved_sparsity=1.0)
+        raise RunFailure(f"pruner {pruner_cls.name!r} removed every prunable weight ({summary['total']} of "
+                         f"{summary['total']}): all layers collapsed; a pruner must keep some weights")
+
+
 def execute_run(run: RunSpec, registry: Registry | None = None,
                 on_epoch: Callable[[str, int, int, float], None] | None = None,
                 resume: bool = False) -> dict[str, Any]:
-    """Execute a run and write its shard; never raises for a failure of the run itself (KeyboardInterrupt does).
+    """Execute a run and write its shard; never raises for a failure of the run itself: whatever the pruner raises
+    (SystemExit, a KeyboardInterrupt without Ctrl-C, RunTimeout anywhere) becomes a failure row. Raises
+    KeyboardInterrupt for a real Ctrl-C (SIGINT) and DiskFullError when the results folder is full.
 
     ``on_epoch(phase, epoch, total_epochs, loss)`` reports training progress. With ``resume``, training state is
     checkpointed after pruning and at every epoch end, and a checkpoint left by an interrupted attempt is
@@ -243,9 +276,15 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     row = _start_row(run)
     device = torch.device("cpu")
     registry.call_lifecycle("bench_run_started", run=run)
-    with warnings.catch_warnings(record=True) as caught, time_limit(run.timeout_min):
+    with watch_sigint(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        device = _execute(run, registry, row, on_epoch, resume, device)
+        try:
+            with time_limit(run.timeout_min):
+                device = _execute(run, registry, row, on_epoch, resume, device)
+        except RunTimeout as exc:  # delivered outside the run's body (while recording another failure)
+            if row.get("status") is None:
+                _record_failure(row, exc)
+            device = row.pop("_device", device)
     seen = []
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
@@ -273,11 +312,23 @@ def _write_row(run: RunSpec, row: dict[str, Any], device: torch.device, resume: 
     row["peak_memory_bytes"] = peak_memory_bytes(device)
     row.update(provenance(device))
     row["finished_at"] = _now()
-    results.write_shard(row, run.results_root, run.suite)
+    try:
+        results.write_shard(row, run.results_root, run.suite)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(_suite_folder(run), f"the result of run {run.run_id} could not be written") from exc
+        raise
     if resume and row.get("status") == "ok":
         checkpoint.clear(run.results_root, run.suite, run.run_id)
     registry.call_lifecycle("bench_run_finished", run=run, row=row)
     return row
+
+
+def write_failure_row(run: RunSpec, error: str, registry: Registry | None = None) -> dict[str, Any]:
+    """Write a failure row for a run that could not record its own (its worker process died)."""
+    row = _start_row(run)
+    row.update(status="failed", error=error, traceback=None)
+    return _write_row(run, row, torch.device("cpu"), False, registry or get_registry(), [])
 
 
 class RunTimeout(Exception):
@@ -287,12 +338,15 @@ class RunTimeout(Exception):
 @contextlib.contextmanager
 def time_limit(minutes: float | None):
     """Raise RunTimeout in this (main) thread after ``minutes`` of wall time; no limit when None or when not in
-    the main thread (signals are delivered there only)."""
+    the main thread (signals are delivered there only). Never raises once the block has been left."""
     if not minutes or threading.current_thread() is not threading.main_thread():
         yield
         return
+    active = {"on": True}
 
     def expire(signum, frame):
+        if not active["on"]:
+            return
         raise RunTimeout(f"timed out after {minutes:g} min (the suite's timeout_min): the pruner or training did "
                          f"not finish; raise timeout_min or look for a hang")
 
@@ -301,6 +355,7 @@ def time_limit(minutes: float | None):
     try:
         yield
     finally:
+        active["on"] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
@@ -386,7 +441,7 @@ def _finish(p: PreparedRun) -> None:
     row["epochs_trained"] = p.end - p.start
     after = evaluate(model, data.test, device)
     row.update(top1=after.top1, top5=after.top5, loss=after.loss)
-    summary = mask_summary(model, masks)
+    summary = mask_summary(model, masks)  # sparsity and collapse counted on the weights, not the masks
     row["sparsity_bin"] = masking.sparsity_bin(run.sparsity, summary["achieved_sparsity"],
                                                p.pruner_cls.sparsity_kind.value)
     row.update(
@@ -407,9 +462,25 @@ def _finish(p: PreparedRun) -> None:
     row["status"] = "ok"
 
 
-def _fail(row: dict[str, Any], exc: BaseException) -> None:
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+def _suite_folder(run: RunSpec):
+    return paths.suite_dir(run.results_root, run.suite)
+
+
+def _fail(row: dict[str, Any], exc: BaseException, run: RunSpec | None = None) -> None:
+    """Record a run's failure in its row. Re-raises a real Ctrl-C; a full disk becomes DiskFullError (the sweep
+    stops: later runs could not be stored either); SystemExit and a KeyboardInterrupt that no SIGINT caused are
+    the plugin's and become failures like any exception."""
+    if isinstance(exc, DiskFullError):
         raise exc
+    if is_disk_full(exc) and run is not None:
+        raise disk_full_error(_suite_folder(run), f"run {run.run_id} failed writing: {exc}") from exc
+    escaped = escape_from_plugin(exc)
+    if escaped is None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        raise exc
+    _record_failure(row, escaped or exc)
+
+
+def _record_failure(row: dict[str, Any], exc: BaseException) -> None:
     row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     device = row.get("_device")
     if device is not None and device.type == "cuda":
@@ -424,7 +495,7 @@ def _execute(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
         _train(prepared, on_epoch)
         _finish(prepared)
     except BaseException as exc:  # a failed run is a result row, never the end of the sweep
-        _fail(row, exc)
+        _fail(row, exc, run)
     return row.pop("_device", device)
 
 
@@ -433,18 +504,27 @@ def execute_packed(runs: list[RunSpec], registry: Registry | None = None,
     """Execute runs that share a model architecture, data set and recipe with their training packed into one
     batched computation (see bench_harness.running.packing); each run still prunes alone and gets its own row. Runs
     that cannot be packed (another schedule span, a failure while pruning) are trained or recorded alone."""
+    registry = registry or get_registry()
+    with watch_sigint():
+        return _execute_packed(runs, registry, on_epoch)
+
+
+def _execute_packed(runs, registry, on_epoch):
     from bench_harness.running.packing import packable_key, train_packed
 
-    registry = registry or get_registry()
     rows, prepared = [], []
     for run in runs:
         row = _start_row(run)
         registry.call_lifecycle("bench_run_started", run=run)
         try:
             with time_limit(run.timeout_min):
-                prepared.append(_prepare(run, registry, row, None, False))
-        except BaseException as exc:
-            _fail(row, exc)
+                try:
+                    prepared.append(_prepare(run, registry, row, None, False))
+                except BaseException as exc:
+                    _fail(row, exc, run)
+        except RunTimeout as exc:  # delivered while recording another failure, or as pruning ended
+            if row.get("status") is None:
+                _record_failure(row, exc)
         rows.append(row)
     groups: dict[Any, list[PreparedRun]] = {}
     for p in prepared:
@@ -458,14 +538,14 @@ def execute_packed(runs: list[RunSpec], registry: Registry | None = None,
                 train_packed(group, on_epoch)
         except BaseException as exc:
             for p in group:
-                _fail(p.row, exc)
+                _fail(p.row, exc, p.run)
     for p in prepared:
         if p.row.get("status") == "failed":
             continue
         try:
             _finish(p)
         except BaseException as exc:
-            _fail(p.row, exc)
+            _fail(p.row, exc, p.run)
     for run, row in zip(runs, rows):
         _write_row(run, row, row.pop("_device", torch.device("cpu")), False, registry, [])
     return rows
