@@ -155,7 +155,7 @@ def _worker_loop(conn, threads: int, parent_pid: int) -> None:
 def record_dead_worker(run: RunSpec, how: str) -> str:
     """Write the failure row of a run whose worker process died (unless another runner holds or finished it);
     returns the error."""
-    from bench_harness.running.locks import Claim
+    from bench_harness.locks import Claim
     from bench_harness.running.runner import write_failure_row
 
     error = (f"worker process died ({how}) while running this run: the pruner or a library ended or crashed the "

@@ -85,6 +85,9 @@ def worker_devices(runs_per_gpu: int, gpus: list[str]) -> list[str | None]:
 
 
 def _init_worker(slots, devices: list, threads: int) -> None:
+    from bench_harness.processes import die_with_parent
+
+    die_with_parent(os.getppid())  # a task killed by SLURM (scancel, node failure) takes its workers with it
     slot = slots.get()
     device = devices[slot]
     if device is not None:
