@@ -345,12 +345,114 @@ def main() -> int:
     return 1 if tally.lost or tally.duplicated or tally.wrong or tally.silent else 0
 
 
-def phase_hostile(work: Path, tally: Tally) -> int:  # completed below, once the hostile-plugin handling lands
-    return 0
+HOSTILE_MODULE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hostile" / "bench_hostile_plugins.py"
+IN_PROCESS_SAFE = ["hostile_sys_exit", "hostile_keyboard_interrupt", "hostile_none", "hostile_changes_weights",
+                   "hostile_all_pruned"]
+KILLS_ITS_PROCESS = ["hostile_os_exit", "hostile_segfault"]
+
+
+def _hostile_env(work: Path) -> dict:
+    """The hostile pruners installed the way a third-party package is: a distribution with an entry point."""
+    site = work / "site"
+    dist = site / "bench_hostile-0.1.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HOSTILE_MODULE, site)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bench-hostile\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[bench_harness]\nhostile = bench_hostile_plugins\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
+
+
+HOSTILE_SUITE = """
+name: hostile
+grid:
+  models: [mlp]
+  datasets: [{{name: synthetic, params: {{num_classes: 4, image_size: 8, train_size: 128, test_size: 64}}}}]
+  sparsities: [0.5]
+  seeds: [0, 1]
+  pruners: [{pruners}]
+recipe: {{epochs: 1, batch_size: 32}}
+results_root: results
+"""
+
+
+def phase_hostile(work: Path, tally: Tally) -> int:
+    env = _hostile_env(work)
+    total = 0
+    modes = {"in-process": ([], IN_PROCESS_SAFE), "--isolate": (["--isolate"], IN_PROCESS_SAFE + KILLS_ITS_PROCESS),
+             "--workers 2": (["--workers", "2"], IN_PROCESS_SAFE + KILLS_ITS_PROCESS)}
+    for mode, (flags, hostile) in modes.items():
+        folder = work / f"hostile-{mode.strip('-').replace(' ', '')}"
+        folder.mkdir()
+        pruners = ["magnitude", *hostile, "hostile_chdir"]
+        (folder / "hostile.yaml").write_text(HOSTILE_SUITE.format(pruners=", ".join(pruners)))
+        proc = subprocess.run([BENCH, "run", "hostile.yaml", "--no-progress", *flags], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=3600)
+        for name in hostile + ["hostile_chdir"]:
+            tally.faults[f"hostile plugin: {name.removeprefix('hostile_')}"] += 2  # two seeds
+        rows = _rows(folder / "results", "hostile")
+        total += len(rows)
+        if proc.returncode != 1:
+            tally.silent_failure(f"hostile {mode}: bench run exited {proc.returncode} (expected 1: runs failed)")
+        for name in pruners:
+            mine = rows[rows["pruner"] == name]
+            if len(mine) != 2:
+                tally.silent_failure(f"hostile {mode}: {len(mine)} rows for {name}, expected 2")
+                tally.lost += 2 - len(mine)
+                continue
+            want_ok = name in ("magnitude", "hostile_chdir")
+            for _, row in mine.iterrows():
+                if want_ok and row["status"] != "ok":
+                    tally.wrong += 1
+                    print(f"hostile {mode}: {name} failed: {row['error']}", file=sys.stderr)
+                elif not want_ok and (row["status"] != "failed" or not row["error"]):
+                    tally.silent_failure(f"hostile {mode}: {name} recorded {row['status']}")
+            print(f"hostile {mode}: {name}: {', '.join(sorted(set(mine['status'])))}"
+                  + ("" if want_ok else f" — {str(mine['error'].iloc[0]).splitlines()[0][:110]}"), file=sys.stderr)
+    return total
 
 
 def phase_disk_full(work: Path, tally: Tally) -> int:
-    return 0
+    """A full disk before a run, and a disk that fills during a run (in process and isolated)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        tally.notes.append("phase D skipped: mounting a tmpfs needs root")
+        return 0
+    env = _hostile_env(work)
+    cases = {"full before the first run": (["magnitude", "random"], [], 200 * 1024),
+             "fills during a run (in process)": (["magnitude", "hostile_fills_disk", "random"], [], None),
+             "fills during a run (--isolate)": (["magnitude", "hostile_fills_disk", "random"], ["--isolate"], None)}
+    stored = 0
+    for case, (pruners, flags, leave) in cases.items():
+        disk = work / f"disk-{len(tally.notes)}-{abs(hash(case)) % 10000}"
+        disk.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode != 0:
+            tally.notes.append("phase D skipped: tmpfs mount failed")
+            return stored
+        try:
+            (disk / "hostile.yaml").write_text(HOSTILE_SUITE.format(pruners=", ".join(pruners))
+                                               .replace("seeds: [0, 1]", "seeds: [0]"))
+            (disk / "results").mkdir()
+            if leave is not None:
+                free = shutil.disk_usage(disk).free
+                (disk / "ballast").write_bytes(b"\0" * max(0, free - leave))
+            tally.faults[f"disk full: {case}"] += 1
+            proc = subprocess.run([BENCH, "run", "hostile.yaml", "--no-progress", *flags], cwd=disk, env=env,
+                                  capture_output=True, text=True, timeout=1800)
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            if proc.returncode == 0 or "Traceback" in proc.stderr or len(errors) != 1 or "free" not in errors[0]:
+                tally.silent_failure(f"disk full ({case}): exit {proc.returncode}, stderr {proc.stderr[-400:]!r}")
+            else:
+                print(f"disk full ({case}): {errors[0]}", file=sys.stderr)
+            files = list((disk / "results" / "hostile" / "runs").glob("*.parquet")) \
+                if (disk / "results" / "hostile" / "runs").is_dir() else []
+            for f in files:  # every row the command stored reads back
+                try:
+                    pd.read_parquet(f)
+                    stored += 1
+                except Exception as exc:
+                    tally.silent_failure(f"disk full ({case}): stored file {f.name} unreadable: {exc}")
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    return stored
 
 
 if __name__ == "__main__":

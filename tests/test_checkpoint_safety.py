@@ -4,9 +4,11 @@ that step: its row equals an undisturbed run's."""
 import hashlib
 import io
 import json
+import os
 import pathlib
 import random
 import shutil
+import signal
 import warnings
 import zipfile
 
@@ -43,17 +45,14 @@ def _runs(root):
     return suite.runs
 
 
-class Stop(KeyboardInterrupt):
-    pass
-
-
 def _interrupted(run, at_epoch):
-    """Run with checkpoints and stop at the end of training epoch ``at_epoch``: pruned.pt and train.pt stay."""
+    """Run with checkpoints and stop at the end of training epoch ``at_epoch`` with a real Ctrl-C (a
+    KeyboardInterrupt without a SIGINT is a plugin's, a failed run): pruned.pt and train.pt stay."""
     def interrupt(phase, epoch, total, loss):
         if epoch == at_epoch:
-            raise Stop()
+            os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(Stop):
+    with pytest.raises(KeyboardInterrupt):
         execute_run(run, on_epoch=interrupt, resume=True)
     assert checkpoint.pruned_path(run.results_root, run.suite, run.run_id).exists()
     assert checkpoint.checkpoint_path(run.results_root, run.suite, run.run_id).exists()
