@@ -262,7 +262,7 @@ def compact(results_root: str | Path, suite: str) -> dict:
             ids = table.column("run_id").to_pylist()
             if merge_all or newer_ids.intersection(ids) or len(set(ids)) != len(ids):
                 folded.append(name)
-                kept_from_parts.append(_unique(dataset.without_ids(table, newer_ids)))
+                kept_from_parts.append(dataset.one_row_per_run(dataset.without_ids(table, newer_ids)))
             newer_ids.update(ids)
         if run_rows is None and not folded:
             return {"compacted": 0, "put_back": 0, "parts_merged": 0, "rows": 0, "quarantined": quarantined}
@@ -317,13 +317,4 @@ def _quarantine(results_root: str | Path, suite: str, damaged: list[tuple[str, s
         warnings.warn(StoreRepairWarning(f"{path} ({problem}) moved to {dest}: its runs count as missing and "
                                          f"`bench run` runs them again"), stacklevel=3)
     return moved
-
-
-def _unique(table: pa.Table) -> pa.Table:
-    """One row per run id (a part never holds two, but a planted or merged one might): the last wins."""
-    ids = table.column("run_id").to_pylist()
-    if len(set(ids)) == len(ids):
-        return table
-    last = {rid: i for i, rid in enumerate(ids)}
-    return table.take(pa.array(sorted(last.values()), pa.int64()))
 

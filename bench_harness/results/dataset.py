@@ -248,6 +248,15 @@ def without_ids(table: pa.Table, ids: set[str]) -> pa.Table:
     return table.filter(pc.invert(pc.is_in(table.column("run_id"), value_set=pa.array(sorted(ids), pa.string()))))
 
 
+def one_row_per_run(table: pa.Table) -> pa.Table:
+    """One row per run id (a part never holds two, but a planted or merged one might): the last wins."""
+    ids = table.column("run_id").to_pylist()
+    if len(set(ids)) == len(ids):
+        return table
+    last = {rid: i for i, rid in enumerate(ids)}
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
+
+
 def newest_parts_first(parts: dict[str, pa.Table]) -> list[tuple[str, pa.Table]]:
     """Parts from the newest (highest sequence) to the oldest: where a run id is in two parts (only after an
     interrupted compaction), the newer part's row wins."""

@@ -108,14 +108,10 @@ def combine(run_rows: pa.Table | None, parts: dict[str, pa.Table]) -> tuple[pa.T
         seen.update(run_rows.column("run_id").to_pylist())
     from_parts = 0
     for name, table in dataset.newest_parts_first(parts):
-        rows = dataset.without_ids(table, seen)
+        rows = dataset.one_row_per_run(dataset.without_ids(table, seen))
         if not rows.num_rows:
             continue
-        ids = rows.column("run_id").to_pylist()
-        if len(set(ids)) != len(ids):
-            last = {rid: i for i, rid in enumerate(ids)}
-            rows = rows.take(pa.array(sorted(last.values()), pa.int64()))
-        seen.update(ids)
+        seen.update(rows.column("run_id").to_pylist())
         from_parts += rows.num_rows
         pieces.append(rows.append_column("_shard", pa.array([name] * rows.num_rows, pa.string()))
                       .append_column("_compacted", pa.array([True] * rows.num_rows, pa.bool_())))
