@@ -70,6 +70,21 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _compact_after_run(suite) -> None:
+    """Fold the run files when there are many, or when a compacted run was redone (by this command or an earlier
+    one that was killed): the results folder then holds one row per run. Never fails a finished sweep."""
+    from bench_harness.results.compaction import maybe_compact
+
+    for root in sorted({r.results_root for r in suite.runs}):
+        if not (Path(root) / suite.name / "runs").is_dir():
+            continue
+        try:
+            maybe_compact(root, suite.name)
+        except (OSError, BenchError) as exc:  # the rows are stored; compaction waits for the next command
+            print(f"note: {suite.name}: run files not compacted ({getattr(exc, 'strerror', None) or exc})",
+                  file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     from bench_harness.running.executor import pending_runs, run_local
     from bench_harness.suite import load_suite
@@ -102,14 +117,7 @@ def cmd_run(args) -> int:
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress,
                        isolate=args.isolate)
     elapsed = time.perf_counter() - t0
-    if report.ok or report.failed:
-        from bench_harness.results.compaction import maybe_compact
-
-        for root in sorted({r.results_root for r in suite.runs}):
-            try:
-                maybe_compact(root, suite.name)
-            except OSError as exc:  # the rows are stored; compaction waits for the next command
-                print(f"note: {suite.name}: run files not compacted ({exc.strerror or exc})", file=sys.stderr)
+    _compact_after_run(suite)
     if report.interrupted:
         print(f"\ninterrupted: {len(report.ok) + len(report.failed)} runs of this sweep are saved; run the same "
               f"command again to continue with the rest", file=sys.stderr)
@@ -445,7 +453,8 @@ def cmd_merge(args) -> int:
 
     stats = merge_results(args.sources, args.into)
     print(f"merged into {args.into}: {stats['copied']} new, {stats['replaced']} replaced by newer, "
-          f"{stats['kept']} kept (already newest)")
+          f"{stats['kept']} kept (already newest)"
+          + (f", {stats['refused']} refused (see the warnings)" if stats["refused"] else ""))
     return 0
 
 

@@ -22,9 +22,11 @@ import datetime as dt
 import fcntl
 import os
 import socket
+import stat
 import struct
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -81,19 +83,38 @@ def _stamp(fh: IO) -> None:
         pass
 
 
+class LockWarning(UserWarning):
+    """A shared lock could not be taken (a lock file this user cannot open): read without it."""
+
+
 def _open(path: Path, kind: str) -> IO | None:
-    """The lock file, opened for what the lock needs; None when a shared lock cannot even open it (a read-only
-    folder without a lock file: nobody can be writing there through the harness)."""
+    """The lock file, opened for what the lock needs (never following a symbolic link, never blocking on a FIFO);
+    None when a shared lock cannot even open it (another user's lock file, a read-only folder without one): the
+    caller then reads without the lock, with a LockWarning. A lock path that is not a regular file is an error."""
+    nofollow = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "a+")
-    except OSError:
-        if kind == "ex":
-            raise
-    try:
-        return open(path, "r")
-    except OSError:
-        return None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | nofollow, 0o666)
+        mode = "r+"
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            raise BenchError(f"{path} is a symbolic link where a lock file belongs: remove it") from None
+        try:
+            if kind == "ex":
+                raise
+            fd = os.open(path, os.O_RDONLY | nofollow)
+            mode = "r"
+        except OSError as again:
+            if kind == "ex":
+                raise
+            warnings.warn(LockWarning(f"cannot open the lock {path} ({again.strerror or again}): reading without "
+                                      f"it, so a compaction running now could show a partial view"), stacklevel=4)
+            return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BenchError(f"{path} is not a regular file (a directory, FIFO or device where a lock file belongs): "
+                         f"remove it")
+    return os.fdopen(fd, mode)
 
 
 def acquire(path: Path, kind: str = "ex", wait: bool = True, poll_s: float = 0.2,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -17,12 +18,26 @@ def suite_dir(results_root: str | Path, suite: str) -> Path:
     return Path(results_root) / suite
 
 
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is used as a file name: letters, digits, '_' and '-' only (the harness's ids are hex hashes). A row
+    read from a folder someone else wrote (``bench merge``) may carry anything: refused here, before any path is
+    built from it."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ValueError(f"invalid run id {run_id!r}: a run id is 1-128 letters, digits, '_' or '-'")
+    return run_id
+
+
 def shard_path(results_root: str | Path, suite: str, run_id: str) -> Path:
+    check_run_id(run_id)
     return runs_dir(results_root, suite) / f"{run_id}.parquet"
 
 
 def run_dir(results_root: str | Path, suite: str, run_id: str) -> Path:
     """Per-run working files (checkpoints, logs)."""
+    check_run_id(run_id)
     return suite_dir(results_root, suite) / "work" / run_id
 
 

@@ -18,4 +18,5 @@ fi
 # -p no:cacheprovider keeps the checkout clean
 exec .venv-min/bin/python -m pytest -q -p no:cacheprovider "$@" tests/test_suite.py tests/test_identity.py \
   tests/test_masking.py tests/test_pruners_basic.py tests/test_leaderboard.py tests/test_contract_v2.py \
-  tests/test_cli_integration.py tests/test_reliability.py tests/test_datasets.py
+  tests/test_cli_integration.py tests/test_reliability.py tests/test_datasets.py \
+  tests/test_store_integrity.py tests/test_checkpoint_safety.py tests/test_input_integrity.py

@@ -1,5 +1,6 @@
 """Statistics, leaderboards, the incremental shard index, merging and exports, on hand-made run rows."""
 import datetime as dt
+import hashlib
 import math
 
 import pandas as pd
@@ -34,7 +35,8 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _row(pruner, sparsity, seed, top1, suite="s", params="{}", ablation=None, status="ok", when=0, **kw):
-    row = dict(run_id=f"{suite}-{pruner}-{params}-{ablation}-{sparsity}-{seed}", suite=suite, pruner=pruner,
+    key = f"{suite}-{pruner}-{params}-{ablation}-{sparsity}-{seed}"
+    row = dict(run_id=hashlib.sha256(key.encode()).hexdigest()[:32], suite=suite, pruner=pruner,
                pruner_params=params, ablation=ablation, model="resnet20", model_params="{}", dataset="cifar10",
                seed=seed, target_sparsity=sparsity, status=status, top1=top1 if status == "ok" else None, top5=0.99,
                loss=1.0, achieved_sparsity=sparsity, achieved_sparsity_all=sparsity * 0.9, layer_collapse=False,
@@ -138,10 +140,10 @@ def test_merge_keeps_one_row_per_run_newest_wins(tmp_path):
     write_shard(_row("px", 0.9, 0, 0.85, when=10), b, "s")  # same run id, newer
     write_shard(_row("px", 0.9, 1, 0.70, when=0), b, "s")
     stats = merge_results([a, b], into)
-    assert stats == {"copied": 2, "replaced": 1, "kept": 0}
+    assert stats == {"copied": 2, "replaced": 1, "kept": 0, "refused": 0}
     rows = [read_shard(p) for p in sorted((into / "s" / "runs").glob("*.parquet"))]
     assert sorted(r["top1"] for r in rows) == [0.70, 0.85]
-    assert merge_results([a], into) == {"copied": 0, "replaced": 0, "kept": 1}
+    assert merge_results([a], into) == {"copied": 0, "replaced": 0, "kept": 1, "refused": 0}
 
 
 def test_leaderboard_files_are_read_by_pandas_polars_and_duckdb(tmp_path):

@@ -298,3 +298,134 @@ def test_compaction_moves_damaged_files_out_of_the_dataset(tmp_path):
                                                                                              bad_run.name])
     assert len(_glob_rows(tmp_path)) == 1 and len(_rows(tmp_path)) == 1  # run 4; the others are to be redone
     assert shard_status(tmp_path, SUITE, f"{0:040x}") is None
+
+
+# ---- planted and crafted files (found by a hostile fault trial) ----------------------------------------------------
+
+def test_a_part_with_the_highest_sequence_number_does_not_hide_the_rows(tmp_path):
+    """A file named part-99999999-… made the next part 9 digits long, unrecognised: its rows vanished."""
+    _fill(tmp_path, 5)
+    (paths.runs_dir(tmp_path, SUITE) / "part-99999999-deadbeef.parquet").write_bytes(b"garbage")
+    with pytest.warns(UserWarning):
+        compact(tmp_path, SUITE)
+    assert len(_rows(tmp_path)) == 5 and len(_glob_rows(tmp_path)) == 5
+    _fill(tmp_path, 2, start=5)
+    compact(tmp_path, SUITE)
+    assert len(_rows(tmp_path)) == 7 and len(_glob_rows(tmp_path)) == 7
+
+
+def test_a_planted_journal_removes_nothing(tmp_path):
+    """A compaction.json naming existing files, whose 'new part' does not hold their rows, is ignored."""
+    _fill(tmp_path, 4)
+    compact(tmp_path, SUITE)
+    _fill(tmp_path, 3, start=4)
+    runs = paths.runs_dir(tmp_path, SUITE)
+    part = next(p.name for p in runs.iterdir() if p.name.startswith("part-"))
+    decoy = "part-00000007-0badc0de.parquet"
+    pq.write_table(pa.Table.from_pylist([_row(99)]), runs / decoy)
+    journal = {"new_part": decoy, "replaced": [part],
+               "consumed": {f"{i:040x}.parquet": [0, 0, 0] for i in range(4, 7)}}
+    paths.compaction_journal(tmp_path, SUITE).write_text(json.dumps(journal))
+    with pytest.warns(UserWarning, match="journal is ignored"):
+        df = _rows(tmp_path)
+    assert len(df) == 8  # the 7 runs and the decoy's row: nothing removed
+    assert (runs / part).exists() and all(paths.shard_path(tmp_path, SUITE, f"{i:040x}").exists() for i in (4, 5, 6))
+
+
+def test_merge_refuses_rows_whose_run_id_is_a_path(tmp_path):
+    """`bench merge` built file names from the source rows' run ids: '../x' wrote outside every results folder."""
+    from bench_harness.results.aggregate import merge_results
+
+    src = tmp_path / "src"
+    runs = paths.runs_dir(src, SUITE)
+    runs.mkdir(parents=True)
+    evil = [dict(_row(1), run_id="../../../escaped"), _row(2)]
+    pq.write_table(pa.Table.from_pylist(evil), runs / "part-00000001-00000001.parquet")
+    with pytest.warns(UserWarning, match="invalid run id"):
+        stats = merge_results([src], tmp_path / "into")
+    assert stats["copied"] == 1 and stats["refused"] == 1
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_another_suites_part_is_not_read_as_this_suites_rows(tmp_path):
+    _fill(tmp_path, 3)
+    other = [dict(_row(i), suite="other") for i in range(10, 13)]
+    pq.write_table(pa.Table.from_pylist(other), paths.runs_dir(tmp_path, SUITE) / "part-00000005-00000005.parquet")
+    with pytest.warns(UserWarning, match="suite 'other'"):
+        assert len(_rows(tmp_path)) == 3
+    with pytest.warns(UserWarning):
+        compact(tmp_path, SUITE)
+    assert len(_glob_rows(tmp_path)) == 3
+
+
+def test_a_legacy_index_never_overrides_newer_rows(tmp_path):
+    """A legacy index.parquet appearing in a current store: its stale rows must not win over newer files."""
+    _fill(tmp_path, 3)
+    compact(tmp_path, SUITE)
+    stale = [dict(_row(i), status="failed", top1=None) for i in range(3)] + [_row(3)]
+    pq.write_table(pa.Table.from_pylist(stale), paths.legacy_index(tmp_path, SUITE))
+    df = _rows(tmp_path)
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    compact(tmp_path, SUITE)
+    glob = _glob_rows(tmp_path)
+    assert len(glob) == 4 and (glob["status"] == "ok").all()
+
+
+def test_a_crafted_cache_is_not_trusted(tmp_path):
+    """index.arrow with a row repeated or another run's row under a file's signature is discarded."""
+    from bench_harness.results.shard_index import update_index
+
+    _fill(tmp_path, 3)
+    update_index(tmp_path, SUITE)
+    cache = paths.index_cache(tmp_path, SUITE)
+    table = pa.ipc.open_file(pa.OSFile(str(cache))).read_all()
+    crafted = pa.concat_tables([table, table.slice(0, 1)])
+    with pa.OSFile(str(cache), "wb") as sink, pa.ipc.new_file(sink, crafted.schema) as writer:
+        writer.write_table(crafted)
+    df = _rows(tmp_path)
+    assert len(df) == 3 and df.index.is_unique
+
+
+@pytest.mark.parametrize("planted", ["index.arrow", "compaction.json", "runs/run", "legacy"])
+def test_a_fifo_planted_in_the_results_folder_never_hangs_a_reader(tmp_path, planted):
+    _fill(tmp_path, 2)
+    target = {"index.arrow": paths.index_cache(tmp_path, SUITE),
+              "compaction.json": paths.compaction_journal(tmp_path, SUITE),
+              "runs/run": paths.shard_path(tmp_path, SUITE, f"{7:040x}"),
+              "legacy": paths.legacy_index(tmp_path, SUITE)}[planted]
+    target.unlink(missing_ok=True)
+    os.mkfifo(target)
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(f"""
+        from bench_harness.results.store import load_results, shard_status
+        print(len(load_results({str(tmp_path)!r}, ["s"])), shard_status({str(tmp_path)!r}, "s", "{7:040x}"))
+    """)], capture_output=True, text=True, timeout=600)  # a hang is the failure; minutes of margin
+    assert proc.returncode == 0 and proc.stdout.split() == ["2", "None"], proc.stderr
+
+
+def test_a_lock_path_that_is_not_a_file_is_an_error_not_a_silent_unlocked_read(tmp_path):
+    from bench_harness.errors import BenchError
+
+    _fill(tmp_path, 2)
+    lock = paths.store_lock(tmp_path, SUITE)
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    with pytest.raises(BenchError, match="not a regular file"):
+        _rows(tmp_path)
+
+
+def test_bench_run_folds_a_compacted_run_redone_by_an_earlier_killed_command(tmp_path):
+    """A `bench run --force` killed after redoing compacted runs left a part row and a run file for one run; the
+    next `bench run` (nothing to run) must leave one row per run in the folder."""
+    suite = tmp_path / "v.yaml"
+    suite.write_text(CLAIM_SUITE.format(root=tmp_path / "results").replace("seeds: [0]", "seeds: [0, 1]")
+                     .replace("name: c", "name: v"))
+    assert _bench("run", suite, "--no-progress").returncode == 0
+    assert _bench("aggregate", "v", "--results-root", tmp_path / "results", "--compact").returncode == 0
+    runs = tmp_path / "results" / "v" / "runs"
+    row = pd.read_parquet(runs).iloc[0].to_dict()
+    write_shard(dict(row, finished_at=pd.Timestamp.now(tz="UTC").to_pydatetime()), tmp_path / "results", "v")
+    assert len(pd.read_parquet(runs)) == 3  # the killed command's state: one run twice
+    out = _bench("run", suite, "--no-progress")
+    assert out.returncode == 0, out.stderr
+    glob = pd.read_parquet(runs)
+    assert len(glob) == 2 and glob["run_id"].is_unique

@@ -68,16 +68,29 @@ def _rows_by_run(root: Path, suite: str) -> dict[str, dict]:
 
 def merge_results(sources: list[str | Path], into: str | Path) -> dict[str, int]:
     """Combine results roots into one: one row per run id (written as a run shard), the newest finished wins.
-    Compacted rows count like run files."""
+    Compacted rows count like run files. A row whose run id is not a valid file name (a crafted folder) or whose
+    suite is another suite's is refused with a warning; each merged suite is compacted at the end, so its folder
+    holds one row per run."""
+    from bench_harness.results.compaction import maybe_compact
+
     into = Path(into)
-    stats = {"copied": 0, "kept": 0, "replaced": 0}
+    stats = {"copied": 0, "kept": 0, "replaced": 0, "refused": 0}
+    touched: set[str] = set()
     for src in map(Path, sources):
         if not src.is_dir():
             raise FileNotFoundError(f"{src}: no such results folder")
         suites = sorted({p.parent.name for p in src.glob("*/runs")} | {p.parent.name for p in src.glob("*/index.parquet")})
         for suite in suites:
             existing = _rows_by_run(into, suite) if (into / suite).is_dir() else {}
-            for run_id, row in sorted(_rows_by_run(src, suite).items()):
+            for run_id, row in sorted(_rows_by_run(src, suite).items(), key=lambda kv: str(kv[0])):
+                try:
+                    paths.check_run_id(run_id)
+                    if row.get("suite") not in (None, suite):
+                        raise ValueError(f"a row of suite {row.get('suite')!r} in the folder of {suite!r}")
+                except ValueError as exc:
+                    stats["refused"] += 1
+                    warnings.warn(f"{src / suite}: row refused ({exc})", stacklevel=2)
+                    continue
                 old = existing.get(run_id)
                 if old is not None:
                     new_t, old_t = row.get("finished_at"), old.get("finished_at")
@@ -88,4 +101,7 @@ def merge_results(sources: list[str | Path], into: str | Path) -> dict[str, int]
                 else:
                     stats["copied"] += 1
                 write_shard(row, into, suite)
+                touched.add(suite)
+    for suite in sorted(touched):
+        maybe_compact(into, suite)
     return stats

@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import os
 import socket
+import stat
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,7 @@ import pyarrow.parquet as pq
 
 from bench_harness import locks, paths
 from bench_harness.atomic import atomic_write
+from bench_harness.files import open_regular
 from bench_harness.results import dataset
 
 COMPACT_AT = 1000  # run files in runs/ from which `bench run` and `bench aggregate` compact automatically
@@ -103,7 +105,7 @@ def recover(results_root: str | Path, suite: str) -> dict:
     journal_path = paths.compaction_journal(results_root, suite)
     if journal_path.exists():
         journal = _read_journal(journal_path)
-        if journal is not None and (runs / journal["new_part"]).exists():
+        if journal is not None and (runs / journal["new_part"]).exists() and _journal_holds(runs, journal):
             done["finished"] = _finish(results_root, suite, journal)
             warnings.warn(StoreRepairWarning(
                 f"{paths.suite_dir(results_root, suite)}: finished a compaction that was interrupted (nothing lost: "
@@ -123,7 +125,8 @@ def recover(results_root: str | Path, suite: str) -> dict:
 
 def _read_journal(path: Path) -> dict | None:
     try:
-        journal = json.loads(path.read_text())
+        with open_regular(path, max_bytes=64 << 20) as fh:
+            journal = json.loads(fh.read().decode())
         if not (isinstance(journal, dict) and dataset.is_part(journal.get("new_part", ""))
                 and isinstance(journal.get("consumed"), dict) and isinstance(journal.get("replaced"), list)):
             raise ValueError("not a compaction journal")
@@ -133,6 +136,37 @@ def _read_journal(path: Path) -> dict | None:
         # nothing is removed — at worst a row is in two files until the next compaction
         warnings.warn(StoreRepairWarning(f"{path}: unreadable compaction journal ({exc}); ignored"), stacklevel=4)
         return None
+
+
+def _part_lacks(runs: Path, name: str, ids: set[str]) -> str | None:
+    """Why the part ``name`` cannot be trusted to hold ``ids`` (None: it holds them all)."""
+    try:
+        table, _ = dataset._read_file(str(runs / name))
+        held = set(table.column("run_id").to_pylist())
+    except Exception as exc:
+        return f"cannot be read back ({type(exc).__name__}: {exc})"
+    missing = ids - held
+    return f"lacks {len(missing)} of the {len(ids)} runs it should hold" if missing else None
+
+
+def _journal_holds(runs: Path, journal: dict) -> bool:
+    """Whether the journal's new part really holds what the journal would remove: every run file it names, and
+    every row of the parts it replaces that no surviving file holds. A planted or stale journal fails this and
+    is ignored (nothing is removed)."""
+    listing = dataset.list_store(runs)
+    replaced = [n for n in journal["replaced"] if dataset.is_part(n) and n in listing.parts]
+    survivors = {n: sig for n, sig in listing.parts.items() if n not in replaced and n != journal["new_part"]}
+    elsewhere = {n[:-len(".parquet")] for n in listing.runs if n not in journal["consumed"]}
+    for table in dataset.read_parts(runs, survivors, warn=False).values():
+        elsewhere.update(table.column("run_id").to_pylist())
+    needed = {n[:-len(".parquet")] for n in journal["consumed"] if dataset.is_row_file(n)}
+    for table in dataset.read_parts(runs, {n: listing.parts[n] for n in replaced}, warn=False).values():
+        needed.update(set(table.column("run_id").to_pylist()) - elsewhere)
+    problem = _part_lacks(runs, journal["new_part"], needed)
+    if problem:
+        warnings.warn(StoreRepairWarning(f"{runs.parent / 'compaction.json'}: its part {journal['new_part']} "
+                                         f"{problem}: the journal is ignored and nothing is removed"), stacklevel=4)
+    return problem is None
 
 
 def _finish(results_root: str | Path, suite: str, journal: dict) -> dict:
@@ -198,7 +232,8 @@ def _migrate_legacy_index(results_root: str | Path, suite: str) -> int:
     legacy = paths.legacy_index(results_root, suite)
     runs = paths.runs_dir(results_root, suite)
     try:
-        table = pq.read_table(legacy)
+        with open_regular(legacy) as fh:
+            table = pq.read_table(fh)
     except Exception as exc:
         keep = legacy.with_name(legacy.name + ".damaged")
         os.replace(legacy, keep)
@@ -207,10 +242,16 @@ def _migrate_legacy_index(results_root: str | Path, suite: str) -> int:
         return 0
     listing = dataset.list_store(runs)
     if "run_id" in table.column_names and table.num_rows:
-        rows = dataset.without_ids(table, {n[:-len(".parquet")] for n in listing.runs})
+        newer = {n[:-len(".parquet")] for n in listing.runs}
+        for part in dataset.read_parts(runs, listing.parts, warn=False).values():
+            newer.update(part.column("run_id").to_pylist())
+        rows = dataset.without_ids(table, newer)  # rows a newer file holds stay there
+        if dataset.foreign_suite(rows, suite) is not None:
+            rows = rows.filter(pc.or_kleene(pc.equal(rows.column("suite"), suite), pc.is_null(rows.column("suite"))))
         if rows.num_rows:
             runs.mkdir(parents=True, exist_ok=True)
-            dataset.write_part(runs, dataset.new_part_name(list(listing.parts)), rows)
+            # the oldest sequence number: wherever a run is also elsewhere, the other file is newer
+            dataset.write_part(runs, dataset.oldest_part_name(), dataset.one_row_per_run(rows))
         migrated = rows.num_rows
     else:
         migrated = 0
@@ -252,9 +293,10 @@ def compact(results_root: str | Path, suite: str) -> dict:
     with exclusive(results_root, suite):
         listing = dataset.list_store(runs)
         damaged: list[tuple[str, str]] = []
-        run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)], damaged=damaged)
+        run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)], damaged=damaged,
+                                       suite=suite)
         parts = dataset.read_parts(runs, listing.parts, damaged=damaged)
-        quarantined = _quarantine(results_root, suite, damaged)
+        quarantined = _quarantine(results_root, suite, damaged, {**listing.runs, **listing.parts})
         newer_ids = set(run_rows.column("run_id").to_pylist()) if run_rows is not None else set()
         kept_from_parts, folded = [], []
         merge_all = len(parts) >= MAX_PARTS
@@ -282,6 +324,9 @@ def compact(results_root: str | Path, suite: str) -> dict:
         rows = dataset.concat(tables) if tables else None
         if rows is not None and rows.num_rows:
             dataset.write_part(runs, new_part, rows)
+            problem = _part_lacks(runs, new_part, set(rows.column("run_id").to_pylist()))
+            if problem:  # never remove anything on the strength of a part that does not hold the rows
+                raise RuntimeError(f"compaction of {runs}: the part it wrote {problem}; nothing was removed")
         # (no rows left: the folded parts held only superseded rows; without a new part, a kill from here on
         # discards the journal and leaves those parts, which lose nothing)
         done = _finish(results_root, suite, journal)
@@ -291,7 +336,8 @@ def compact(results_root: str | Path, suite: str) -> dict:
             "rows": rows.num_rows if rows is not None else 0, "quarantined": quarantined}
 
 
-def _quarantine(results_root: str | Path, suite: str, damaged: list[tuple[str, str]]) -> int:
+def _quarantine(results_root: str | Path, suite: str, damaged: list[tuple[str, str]],
+                listed: dict[str, dataset.Signature]) -> int:
     """Move unreadable files out of the dataset into ``<suite>/damaged/`` (kept for inspection, never deleted):
     their runs count as missing and are run again, and a glob over ``runs/`` reads again. Only files that were
     read and found malformed are moved — not ones that could not be opened (a passing I/O error)."""
@@ -307,12 +353,10 @@ def _quarantine(results_root: str | Path, suite: str, damaged: list[tuple[str, s
             os.replace(path, dest)
         except FileNotFoundError:
             continue
-        try:  # replaced by a good file (the run redone) since it was read: that one stays in the dataset
-            pq.read_metadata(dest)
-            _link_back(dest, Path(path))
+        st = os.lstat(dest)
+        if stat.S_ISREG(st.st_mode) and dataset.signature(st) != listed.get(Path(path).name):
+            _link_back(dest, Path(path))  # replaced (the run redone) since it was read: the new file stays
             continue
-        except Exception:
-            pass
         moved += 1
         warnings.warn(StoreRepairWarning(f"{path} ({problem}) moved to {dest}: its runs count as missing and "
                                          f"`bench run` runs them again"), stacklevel=3)

@@ -29,8 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench_harness.atomic import atomic_write
+from bench_harness.files import open_regular
 
-PART = re.compile(r"^part-(\d{8})-[0-9a-f]{8}\.parquet$")
+PART = re.compile(r"^part-(\d{8,})-[0-9a-f]{8}\.parquet$")  # 8 digits, more once past 99,999,999
 
 Signature = tuple[int, int, int]  # (mtime_ns, size, inode): a file replaced by a rename has a new inode
 
@@ -65,10 +66,8 @@ def list_store(runs: Path) -> Listing:
     with os.scandir(runs) as it:
         for entry in it:
             if is_row_file(entry.name):
-                try:
-                    if not entry.is_file():
-                        continue
-                    sig = signature(entry.stat())
+                try:  # whatever it is (a planted link, FIFO or folder is read as damaged, never followed)
+                    sig = signature(entry.stat(follow_symlinks=False))
                 except FileNotFoundError:  # removed while we listed
                     continue
                 (parts if is_part(entry.name) else files)[entry.name] = sig
@@ -81,17 +80,26 @@ def _problem(exc: Exception) -> str:
 
 def _read_file(path: str) -> tuple[pa.Table, Signature]:
     """A file's table and the signature of the very file read (fstat of the open handle: a file replaced between
-    listing and reading is read whole, with its own signature)."""
-    with open(path, "rb") as fh:
+    listing and reading is read whole, with its own signature). Not a regular file: NotARegularFile."""
+    with open_regular(path) as fh:
         sig = signature(os.fstat(fh.fileno()))
         table = pq.ParquetFile(fh).read(use_threads=False)
     return table, sig
 
 
-def _read_chunk(files: list[str]) -> tuple[pa.Table | None, list[tuple[str, str]]]:
+def foreign_suite(table: pa.Table, suite: str | None) -> str | None:
+    """The other suite a file's rows belong to (its ``suite`` column), or None when they are this suite's."""
+    if suite is None or "suite" not in table.column_names:
+        return None
+    others = set(table.column("suite").to_pylist()) - {suite, None}
+    return sorted(others)[0] if others else None
+
+
+def _read_chunk(files: list[str], suite: str | None = None) -> tuple[pa.Table | None, list[tuple[str, str]]]:
     """(table of the readable run files with _shard/_mtime_ns/_size/_ino, [(file, problem)] for damaged ones).
     Run files are written atomically, so an unreadable one is damaged (a full disk, a crashed copy, a planted
-    file), never half-written; a file that holds another run than its name says is damaged too."""
+    file), never half-written; a file that holds another run than its name says, or another suite's row, is
+    damaged too."""
     by_schema: dict = {}  # concatenating equal schemas is cheap; unify only across distinct schemas
     bad: list[tuple[str, str]] = []
     for f in files:
@@ -102,6 +110,9 @@ def _read_chunk(files: list[str]) -> tuple[pa.Table | None, list[tuple[str, str]
             run_id = table.column("run_id")[0].as_py()
             if f"{run_id}.parquet" != os.path.basename(f):
                 raise ValueError(f"holds run {run_id!r}, not the run its name says")
+            other = foreign_suite(table, suite)
+            if other is not None:
+                raise ValueError(f"holds a row of suite {other!r}, not of {suite!r}")
         except FileNotFoundError:  # replaced or removed while we listed the folder
             continue
         except Exception as exc:
@@ -133,19 +144,19 @@ def warn_damaged(bad: list[tuple[str, str]]) -> None:
 
 
 def read_shards(files: list[str], workers: int | None = None, warn: bool = True,
-                damaged: list[tuple[str, str]] | None = None) -> pa.Table | None:
+                damaged: list[tuple[str, str]] | None = None, suite: str | None = None) -> pa.Table | None:
     """Read run files (with their _shard/_mtime_ns/_size/_ino columns), in parallel processes when there are many.
     A damaged file is left out with a CorruptShardWarning naming it (and added to ``damaged`` when given)."""
     if not files:
         return None
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers <= 1 or len(files) < 2000:
-        table, bad = _read_chunk(files)
+        table, bad = _read_chunk(files, suite)
     else:
         size = max(500, len(files) // (workers * 4))
         chunks = [files[i:i + size] for i in range(0, len(files), size)]
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if os.name == "posix" else "spawn")) as ex:
-            results = list(ex.map(_read_chunk, chunks))
+            results = list(ex.map(_read_chunk, chunks, [suite] * len(chunks)))
         tables = [t for t, _ in results if t is not None]
         bad = [b for _, bs in results for b in bs]
         table = concat(tables) if tables else None
@@ -159,8 +170,9 @@ def read_shards(files: list[str], workers: int | None = None, warn: bool = True,
 _PARTS: dict[str, tuple[Signature, pa.Table]] = {}  # parts never change under one name: cache them per process
 
 
-def read_part(path: Path, sig: Signature) -> pa.Table:
-    """A compacted part's rows (raises when it is damaged); cached per process by file signature."""
+def read_part(path: Path, sig: Signature, suite: str | None = None) -> pa.Table:
+    """A compacted part's rows (raises when it is damaged, or holds another suite's rows); cached per process by
+    file signature."""
     key = str(path)
     cached = _PARTS.get(key)
     if cached is not None and cached[0] == sig:
@@ -168,6 +180,9 @@ def read_part(path: Path, sig: Signature) -> pa.Table:
     table, real = _read_file(key)
     if "run_id" not in table.column_names or "status" not in table.column_names:
         raise ValueError(f"a compacted part without run_id/status columns: {table.column_names[:4]}")
+    other = foreign_suite(table, suite)
+    if other is not None:
+        raise ValueError(f"holds rows of suite {other!r}, not of {suite!r}")
     table = table.drop_columns([c for c in table.column_names if c.startswith("_")]).combine_chunks()
     _PARTS[key] = (real, table)
     return table
@@ -182,13 +197,14 @@ def forget_parts(runs: Path, keep: set[str] = frozenset()) -> None:
 
 def read_parts(runs: Path, parts: dict[str, Signature], warn: bool = True,
                damaged: list[tuple[str, str]] | None = None) -> dict[str, pa.Table]:
-    """name -> rows of every readable part; damaged ones are left out with a CorruptShardWarning (and added to
-    ``damaged`` when given)."""
+    """name -> rows of every readable part; damaged ones (another suite's rows included: the suite is the name of
+    the folder above ``runs``) are left out with a CorruptShardWarning (and added to ``damaged`` when given)."""
+    suite = runs.parent.name
     out, bad = {}, []
     forget_parts(runs, set(parts))
     for name in sorted(parts):
         try:
-            out[name] = read_part(runs / name, parts[name])
+            out[name] = read_part(runs / name, parts[name], suite)
         except FileNotFoundError:
             continue
         except Exception as exc:
@@ -229,6 +245,12 @@ def new_part_name(existing: list[str]) -> str:
     """A fresh part name: one more than the highest sequence number, and a random tag (never reused)."""
     seq = max((int(PART.match(n).group(1)) for n in existing if is_part(n)), default=0) + 1
     return f"part-{seq:08d}-{secrets.token_hex(4)}.parquet"
+
+
+def oldest_part_name() -> str:
+    """A part name that sorts before every part compaction writes (sequence 0): for rows migrated from a legacy
+    index, which any other file supersedes."""
+    return f"part-{0:08d}-{secrets.token_hex(4)}.parquet"
 
 
 def part_sequence(name: str) -> int:

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from bench_harness import paths
 from bench_harness.atomic import atomic_write
+from bench_harness.files import open_regular
 from bench_harness.results import dataset
 from bench_harness.results.compaction import (COMPACT_AT, compact, maybe_compact, reading,  # noqa: F401
                                               run_files)
@@ -29,15 +30,21 @@ _CACHE_COLUMNS = ("_shard", "_mtime_ns", "_size", "_ino")
 
 
 def _read_cache(path: Path) -> pa.Table | None:
+    """The cache, or None when it is missing, damaged or inconsistent (one row per file, each file named after its
+    row's run): no loss, the run files are read again."""
     if not path.exists():
         return None
     try:
-        with pa.OSFile(str(path), "rb") as fh:
-            table = pa.ipc.open_file(fh).read_all()
-        if not set(_CACHE_COLUMNS) <= set(table.column_names):
+        with open_regular(path) as fh:
+            table = pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
+        if not set(_CACHE_COLUMNS) <= set(table.column_names) or "run_id" not in table.column_names:
+            return None
+        shards = table.column("_shard").to_pylist()
+        if len(set(shards)) != len(shards) or any(f"{r}.parquet" != s for r, s in
+                                                   zip(table.column("run_id").to_pylist(), shards)):
             return None
         return table
-    except Exception:  # a damaged cache is no loss: the run files are read again
+    except Exception:
         return None
 
 
@@ -84,7 +91,7 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False) ->
         unchanged = set(listing.runs) - set(fresh)
         gone = set(known) - set(listing.runs)
         kept = _keep_rows(cached, unchanged) if cached is not None and unchanged else None
-        new = dataset.read_shards([str(runs / n) for n in fresh])
+        new = dataset.read_shards([str(runs / n) for n in fresh], suite=suite)
         tables = [t for t in (kept, new) if t is not None and t.num_rows]
         run_rows = dataset.concat(tables) if tables else None
         parts = dataset.read_parts(runs, listing.parts)

@@ -248,19 +248,20 @@ def save_suite_file(suite) -> Path | None:
 
 
 def ensure_writable(folder: str | Path) -> None:
-    """Raise a BenchError before any run starts when results cannot be written into ``folder``."""
+    """Raise a BenchError before any run starts when results cannot be written into ``folder`` (a suite's results
+    folder) or its ``runs/`` dataset folder."""
     import tempfile
 
     from bench_harness.errors import BenchError
 
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise BenchError(f"results cannot be written to {folder} ({exc.strerror or exc}): make it writable, or "
-                         f"choose another place with --results-root or `results_root:` in the suite") from None
+    for place in (Path(folder), Path(folder) / "runs"):
+        try:
+            place.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=place, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise BenchError(f"results cannot be written to {place} ({exc.strerror or exc}): make it writable, or "
+                             f"choose another place with --results-root or `results_root:` in the suite") from None
 
 
 def load_results(results_root: str | Path, suites: Iterable[str]) -> pd.DataFrame:

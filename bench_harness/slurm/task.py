@@ -170,6 +170,12 @@ class RunTask(_Requeueable):
         self._limits_from(resources)
 
     def _run(self) -> dict[str, str]:
+        try:
+            return self._execute()
+        finally:
+            _compact_if_due(self.runs)
+
+    def _execute(self) -> dict[str, str]:
         devices = worker_devices(self.runs_per_gpu, visible_gpus())
         workers = min(len(devices), len(self.runs))
         if workers <= 1:
@@ -188,6 +194,19 @@ class RunTask(_Requeueable):
 
     def _again(self) -> "RunTask":
         return RunTask(self.runs, self.runs_per_gpu, self.resources)
+
+
+def _compact_if_due(runs: list[RunSpec]) -> None:
+    """After a task's runs: compact the suite when it is due (1,000 run files, or a compacted run redone — a
+    retried failure), so the results folder keeps one row per run. Tasks that end together take turns on the
+    store's lock; a failure here never fails the task (its rows are stored)."""
+    from bench_harness.results.compaction import maybe_compact
+
+    for root, suite in sorted({(r.results_root, r.suite) for r in runs}):
+        try:
+            maybe_compact(root, suite)
+        except Exception as exc:  # noqa: BLE001 - the rows are stored; the next command compacts
+            log(f"note: {suite}: run files not compacted ({type(exc).__name__}: {exc})")
 
 
 class PretrainTask(_Requeueable):
