@@ -80,9 +80,9 @@ def _compact_after_run(suite) -> None:
             continue
         try:
             maybe_compact(root, suite.name)
-        except (OSError, BenchError) as exc:  # the rows are stored; compaction waits for the next command
-            print(f"note: {suite.name}: run files not compacted ({getattr(exc, 'strerror', None) or exc})",
-                  file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the rows are stored; compaction waits for the next command
+            print(f"note: {suite.name}: run files not compacted ({type(exc).__name__}: "
+                  f"{getattr(exc, 'strerror', None) or exc})", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -323,8 +323,9 @@ def cmd_aggregate(args) -> int:
             done = maybe_compact(root, suite, force=args.compact)
             if done:
                 print(f"{suite}: {done['compacted']} run files compacted into a part of {suite}/runs/", file=sys.stderr)
-        except OSError as exc:  # a read-only results folder: aggregate without compacting
-            print(f"note: {suite}: run files not compacted ({exc.strerror or exc})", file=sys.stderr)
+        except (OSError, BenchError, RuntimeError) as exc:  # a read-only folder: aggregate without compacting
+            print(f"note: {suite}: run files not compacted ({getattr(exc, 'strerror', None) or exc})",
+                  file=sys.stderr)
     result = aggregate(root, suites, rebuild=args.rebuild)
     elapsed = time.perf_counter() - t0
     for suite in suites:

@@ -24,6 +24,11 @@ C. **Hostile plugins**: a pruner plugin (installed the way a third-party package
    ok row in the right folder), every ``magnitude`` run ok, and `bench run` must say so and exit 1.
 D. **Disk full** (root only: a 3 MB tmpfs): `bench run` must stop with one line naming the folder and its free
    space, no traceback, and every row it stored must read back.
+E. **Planted files** in a compacted store of 200 rows, each in its own copy: FIFOs where the cache, the journal, a
+   run file or a legacy index belong; a journal naming real files whose "new part" does not hold them; a garbage
+   part with the highest sequence number; another suite's part; a symbolic link in ``runs/`` to another suite's
+   file; a legacy index with stale rows; a crafted cache; a folder merged in with ``../`` run ids. After a reader
+   (in a subprocess: a hang is a failure) and a compaction, the harness and pandas must read exactly the 200 rows.
 
 A "silent failure" is a fault the harness neither tolerated nor reported: a marker created, a run without a row
 after a command said it finished, a hostile run recorded ok, exit status 0 with failures, a traceback instead of
@@ -120,7 +125,8 @@ def _compare(reference: pd.DataFrame, got: pd.DataFrame, tally: Tally, what: str
     lost = len(set(reference.index) - set(got.index))
     dup = int(got.index.duplicated().sum())
     common = reference.index.intersection(got.index)
-    wrong = int((reference.loc[common, COMPARED] != got.loc[common, COMPARED]).any(axis=1).sum())
+    a, b = reference.loc[common, COMPARED], got.loc[common, COMPARED]
+    wrong = int(((a != b) & ~(a.isna() & b.isna())).any(axis=1).sum())
     tally.lost += lost
     tally.duplicated += dup
     tally.wrong += wrong
@@ -314,7 +320,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--store-rounds", type=int, default=12)
-    parser.add_argument("--phases", default="ABCD", help="which phases to run (default: all)")
+    parser.add_argument("--phases", default="ABCDE", help="which phases to run (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", help="keep the work folder here")
     args = parser.parse_args()
@@ -332,6 +338,8 @@ def main() -> int:
         runs["hostile"] = phase_hostile(work, tally)
     if "D" in args.phases:
         runs["disk full"] = phase_disk_full(work, tally)
+    if "E" in args.phases:
+        runs["planted"] = phase_planted(work, tally)
     injected = sum(tally.faults.values())
     print("faults injected:")
     for kind, count in sorted(tally.faults.items()):
@@ -453,6 +461,112 @@ def phase_disk_full(work: Path, tally: Tally) -> int:
         finally:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
     return stored
+
+
+PLANTED_READER = """
+import sys, warnings
+warnings.simplefilter("ignore")
+from bench_harness.results.store import load_results
+from bench_harness.results.compaction import compact
+df = load_results(sys.argv[1], ["race"])
+print(len(df), df["run_id"].nunique(), flush=True)
+compact(sys.argv[1], "race")
+"""
+
+
+def _plant(kind: str, root: Path, other: Path) -> None:
+    """One planted or crafted file in the store ``root/race`` (``other`` is another suite's store)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    suite, runs = root / "race", root / "race" / "runs"
+    part = next(p for p in runs.iterdir() if p.name.startswith("part-"))
+    row = pq.read_table(part).slice(0, 1).to_pylist()[0]
+    if kind.startswith("fifo "):
+        target = {"fifo cache": suite / "index.arrow", "fifo journal": suite / "compaction.json",
+                  "fifo run file": runs / f"{'f' * 40}.parquet", "fifo legacy index": suite / "index.parquet"}[kind]
+        target.unlink(missing_ok=True)
+        os.mkfifo(target)
+    elif kind == "journal naming real files":
+        decoy = "part-00000009-0badc0de.parquet"
+        pq.write_table(pa.Table.from_pylist([row]), runs / decoy)  # a copy of one row, not the folded ones
+        (suite / "compaction.json").write_text(json.dumps(
+            {"new_part": decoy, "replaced": [part.name],
+             "consumed": {p.name: [0, 0, 0] for p in runs.iterdir() if not p.name.startswith("part-")}}))
+    elif kind == "garbage part with the highest sequence":
+        (runs / "part-99999999-deadbeef.parquet").write_bytes(b"garbage")
+    elif kind == "another suite's part":
+        pq.write_table(pa.Table.from_pylist([dict(row, suite="other", run_id="d" * 40)]),
+                       runs / "part-00000042-00000042.parquet")
+    elif kind == "symlink to another suite's file":
+        os.symlink(next((other / "race" / "runs").iterdir()), runs / f"{'c' * 40}.parquet")
+    elif kind == "legacy index with stale rows":
+        stale = pd.read_parquet(part).head(20).assign(status="failed")
+        stale.to_parquet(suite / "index.parquet", index=False)
+    elif kind == "crafted cache":
+        from bench_harness.results.shard_index import update_index
+
+        update_index(root, "race")
+        cache = suite / "index.arrow"
+        table = pa.ipc.open_file(pa.OSFile(str(cache))).read_all()
+        crafted = pa.concat_tables([table, table.slice(0, 3)])
+        with pa.OSFile(str(cache), "wb") as sink, pa.ipc.new_file(sink, crafted.schema) as writer:
+            writer.write_table(crafted)
+    elif kind == "merge of a folder with ../ run ids":
+        import warnings
+
+        from bench_harness.results.aggregate import merge_results
+
+        evil = other / "evil" / "race" / "runs"
+        evil.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([dict(row, run_id="../../../../escaped")]),
+                       evil / "part-00000001-00000001.parquet")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            merge_results([other / "evil"], root)
+    else:
+        raise ValueError(kind)
+
+
+PLANTS = ["fifo cache", "fifo journal", "fifo run file", "fifo legacy index", "journal naming real files",
+          "garbage part with the highest sequence", "another suite's part", "symlink to another suite's file",
+          "legacy index with stale rows", "crafted cache", "merge of a folder with ../ run ids"]
+
+
+def phase_planted(work: Path, tally: Tally) -> int:
+    base, other = work / "planted-base", work / "planted-other"
+    for root, start in ((base, 0), (other, 10_000)):
+        subprocess.run([sys.executable, "-c", STORE_WRITER, str(root), str(start), str(start + 150), "", "0"],
+                       check=True)
+        subprocess.run([sys.executable, "-c", STORE_COMPACT, str(root)], check=True)
+        subprocess.run([sys.executable, "-c", STORE_WRITER, str(root), str(start + 150), str(start + 200), "", "0"],
+                       check=True)
+    expected = _rows(base, "race")
+    for kind in PLANTS:
+        root = work / f"planted-{PLANTS.index(kind)}"
+        shutil.copytree(base, root, symlinks=True)
+        _plant(kind, root, other)
+        tally.faults[f"planted: {kind}"] += 1
+        try:
+            proc = subprocess.run([sys.executable, "-c", PLANTED_READER, str(root)], capture_output=True, text=True,
+                                  timeout=600)
+        except subprocess.TimeoutExpired:
+            tally.silent_failure(f"planted {kind}: a reader hung")
+            continue
+        if proc.returncode != 0:
+            tally.silent_failure(f"planted {kind}: the reader failed: {proc.stderr[-300:]}")
+            continue
+        got = _rows(root, "race")
+        _compare(expected, got, tally, f"planted {kind}")
+        extra = len(set(got.index) - set(expected.index))
+        glob = pd.read_parquet(root / "race" / "runs")
+        if extra or len(glob) != len(expected) or not glob["run_id"].is_unique:
+            tally.silent_failure(f"planted {kind}: {extra} foreign rows read, pandas read {len(glob)} rows")
+        if list(work.rglob("escaped*")):
+            tally.silent_failure(f"planted {kind}: a file was written outside the results folder")
+    return len(expected)
 
 
 if __name__ == "__main__":

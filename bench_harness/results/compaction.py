@@ -296,13 +296,19 @@ def compact(results_root: str | Path, suite: str) -> dict:
         run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)], damaged=damaged,
                                        suite=suite)
         parts = dataset.read_parts(runs, listing.parts, damaged=damaged)
+        for name in [n for n, t in parts.items() if not dataset.conforms(t)]:
+            try:
+                parts[name] = dataset.conform(parts[name])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                damaged.append((str(runs / name), f"ValueError: columns of the wrong type ({exc})"))
+                del parts[name]
         quarantined = _quarantine(results_root, suite, damaged, {**listing.runs, **listing.parts})
         newer_ids = set(run_rows.column("run_id").to_pylist()) if run_rows is not None else set()
         kept_from_parts, folded = [], []
         merge_all = len(parts) >= MAX_PARTS
         for name, table in dataset.newest_parts_first(parts):
             ids = table.column("run_id").to_pylist()
-            if merge_all or newer_ids.intersection(ids) or len(set(ids)) != len(ids):
+            if merge_all or newer_ids.intersection(ids) or len(set(ids)) != len(ids) or not dataset.conforms(table):
                 folded.append(name)
                 kept_from_parts.append(dataset.one_row_per_run(dataset.without_ids(table, newer_ids)))
             newer_ids.update(ids)

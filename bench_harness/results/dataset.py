@@ -257,9 +257,30 @@ def part_sequence(name: str) -> int:
     return int(PART.match(name).group(1))
 
 
+def conforms(table: pa.Table) -> bool:
+    """Whether every column the result schema knows has the schema's type (a null-typed column from a hand-made
+    file would break the schema inference of glob readers)."""
+    from bench_harness.results.store import SCHEMA
+
+    known = {f.name: f.type for f in SCHEMA}
+    return all(known.get(f.name, f.type) == f.type for f in table.schema)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """The table with every column the result schema knows cast to the schema's type."""
+    from bench_harness.results.store import SCHEMA
+
+    known = {f.name: f.type for f in SCHEMA}
+    for i, f in enumerate(table.schema):
+        if f.name in known and f.type != known[f.name]:
+            table = table.set_column(i, f.name, pc.cast(table.column(i), known[f.name]))
+    return table
+
+
 def write_part(runs: Path, name: str, table: pa.Table) -> Path:
-    """Write a part atomically (hidden temporary file, then rename), rows sorted by run id."""
-    table = table.drop_columns([c for c in table.column_names if c.startswith("_")])
+    """Write a part atomically (hidden temporary file, then rename), rows sorted by run id, columns in the
+    result schema's types."""
+    table = conform(table.drop_columns([c for c in table.column_names if c.startswith("_")]))
     table = table.take(pc.sort_indices(table, sort_keys=[("run_id", "ascending")]))
     return atomic_write(runs / name, lambda tmp: pq.write_table(table, tmp))
 
