@@ -233,7 +233,8 @@ def _migrate_legacy_index(results_root: str | Path, suite: str) -> int:
     runs = paths.runs_dir(results_root, suite)
     try:
         with open_regular(legacy) as fh:
-            table = pq.read_table(fh)
+            data = fh.read()
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as exc:
         keep = legacy.with_name(legacy.name + ".damaged")
         os.replace(legacy, keep)

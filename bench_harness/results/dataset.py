@@ -83,8 +83,8 @@ def _read_file(path: str) -> tuple[pa.Table, Signature]:
     listing and reading is read whole, with its own signature). Not a regular file: NotARegularFile."""
     with open_regular(path) as fh:
         sig = signature(os.fstat(fh.fileno()))
-        table = pq.ParquetFile(fh).read(use_threads=False)
-    return table, sig
+        data = fh.read()  # whole, into memory: no reader thread calls back into a Python file object
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False), sig
 
 
 def foreign_suite(table: pa.Table, suite: str | None) -> str | None:
