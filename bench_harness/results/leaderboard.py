@@ -66,7 +66,7 @@ def method_label(pruner: str, params_json: str | None, ablation: str | None) -> 
 
 
 def _model_label(model: str, params_json: str | None) -> str:
-    params = json.loads(params_json) if params_json else {}
+    params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}  # NaN: a row without
     if not params:
         return model
     return model + "(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
