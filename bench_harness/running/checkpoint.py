@@ -27,14 +27,25 @@ well-formed checkpoint of wrong tensors, but not one that runs code.
 A missing checkpoint loads as ``None``; a damaged, foreign, old-format or unloadable one is removed, a
 :class:`CheckpointDiscarded` warning names the file and why (the runner puts it in the row's ``warnings``),
 and it loads as ``None``: the caller redoes that step from its last good state.
+
+**No link is followed.** ``work/`` and ``work/<run_id>/`` are opened with ``O_NOFOLLOW | O_DIRECTORY`` and every
+file in them through that folder's descriptor: when either is a symbolic link (or not a directory), no checkpoint
+is read, written, removed or cleared there (a :class:`CheckpointDiscarded` warning says so and the run goes on
+without resuming). A checkpoint file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and must be a regular file whose
+size is the one its header declares, checked before the body is read: a symbolic link (to ``/dev/zero``, to another
+user's file), a FIFO or a device is discarded (the entry itself removed, never its target) without reading it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
+import os
 import pickle
 import random
+import stat
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -43,10 +54,10 @@ from typing import Any
 import torch
 
 from bench_harness import paths
-from bench_harness.atomic import atomic_write
 
 MAGIC = b"bench-harness checkpoint\n"
 FORMAT = 1
+MAX_HEADER_BYTES = 4096  # the JSON line after MAGIC is far shorter; a longer one is damage
 
 
 class CheckpointDiscarded(UserWarning):
@@ -78,10 +89,56 @@ def run_owner(suite: str, run_id: str) -> str:
 
 def clear(results_root: str | Path, suite: str, run_id: str) -> None:
     """Remove a finished run's checkpoints (its artifact folder and lock stay)."""
-    folder = work_dir(results_root, suite, run_id)
-    if folder.is_dir():
-        for f in folder.glob("*.pt"):
-            f.unlink(missing_ok=True)
+    clear_files(work_dir(results_root, suite, run_id), "", ".pt")
+
+
+def clear_files(folder: str | Path, prefix: str, suffix: str) -> None:
+    """Remove the regular files named ``<prefix>*<suffix>`` directly in ``folder``, a run's work folder. Nothing
+    is removed when ``folder`` or the folder above it (``work/``) is a symbolic link or not a directory (a
+    :class:`CheckpointDiscarded` warning says so); symbolic links, FIFOs and sub-folders in it are left alone."""
+    try:
+        with _work_folder(Path(folder)) as fd:
+            for name in os.listdir(fd):
+                if name.startswith(prefix) and name.endswith(suffix) and _is_regular(name, fd):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        return
+    except _Rejected as why:
+        _warn(Path(folder), f"{why}; nothing was cleared there")
+
+
+def _is_regular(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def _work_folder(folder: Path):
+    """A descriptor of ``folder`` (a run's work folder), opened without following a symbolic link at
+    ``folder`` or at its parent (``work/``). Raises FileNotFoundError when either is missing and _Rejected when
+    either is a symbolic link or not a directory."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    parent = _open_folder(str(folder.parent), flags, None)
+    try:
+        fd = _open_folder(folder.name, flags, parent)
+    finally:
+        os.close(parent)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_folder(name: str, flags: int, dir_fd: int | None) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _Rejected(f"its folder {name!r} is a symbolic link or not a directory: never followed") from None
+        raise
 
 
 # -- RNG states -------------------------------------------------------------------------------------------------
@@ -219,33 +276,112 @@ def _load_weights_only(body: bytes) -> dict[str, Any]:
 
 
 def save(path: Path, payload: dict[str, Any], owner: str) -> None:
-    """Write ``payload`` (tensors and plain types, see :func:`to_plain`) atomically as ``owner``'s checkpoint."""
+    """Write ``payload`` (tensors and plain types, see :func:`to_plain`) atomically as ``owner``'s checkpoint.
+    Its folder (and ``work/`` above it) is created if missing; when either is a symbolic link or not a directory,
+    nothing is written (a :class:`CheckpointDiscarded` warning says so: the run goes on without this checkpoint).
+    The file replaces whatever entry had its name (a link is replaced, never written through)."""
+    path = Path(path)
     data = encode(payload, owner)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _work_folder(path.parent) as fd:
+            _write_in(fd, path.name, data)
+    except _Rejected as why:
+        _warn(path, f"{why}; not written")
+
+
+def _write_in(dir_fd: int, name: str, data: bytes) -> None:
+    """Write ``data`` to a new temporary file in the folder ``dir_fd`` (the umask's permissions), then rename it
+    to ``name``."""
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666,
+                 dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
 
 
 def load(path: Path, owner: str) -> dict[str, Any] | None:
     """The payload ``owner`` saved at ``path``; ``None`` when there is none, or when the file cannot be used:
-    then it is removed and a :class:`CheckpointDiscarded` warning names it and says why."""
+    then it is removed (when its folder is a real one: see the module docstring) and a
+    :class:`CheckpointDiscarded` warning names it and says why. Never blocks on a FIFO, never follows a link,
+    never reads more than the size the file's header declares."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with _work_folder(path.parent) as dir_fd:
+            try:
+                data = _read_checkpoint(dir_fd, path.name)
+                return decode(data, owner)
+            except _Rejected as why:
+                return _discard_in(dir_fd, path, str(why))
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                return _discard_in(dir_fd, path, f"unreadable: {exc}")
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        return _discard(path, f"unreadable: {exc}")
-    try:
-        return decode(data, owner)
     except _Rejected as why:
-        return _discard(path, str(why))
+        _warn(path, f"{why}; not read, not removed")
+        return None
 
 
-def _discard(path: Path, reason: str) -> None:
-    """Remove an unusable checkpoint and warn; the caller redoes its step."""
+def _read_checkpoint(dir_fd: int, name: str) -> bytes:
+    """The bytes of the regular file ``name`` in the folder ``dir_fd``; raises _Rejected for a symbolic link, a
+    FIFO, a device or a file whose size is not the one its header declares (checked before reading the body)."""
     try:
-        path.unlink(missing_ok=True)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0),
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Rejected("a symbolic link: never followed") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _Rejected("not a regular file (a FIFO, a device or a folder): not read")
+        head = f.read(len(MAGIC) + MAX_HEADER_BYTES)
+        if not head.startswith(MAGIC):
+            raise _Rejected(f"not in checkpoint format {FORMAT} (an old-format or unknown file)")
+        line, sep, _ = head[len(MAGIC):].partition(b"\n")
+        if not sep:
+            raise _Rejected("damaged: truncated header")
+        declared = _parse_header(line).get("size")
+        expected = len(MAGIC) + len(line) + 1 + declared if type(declared) is int and declared >= 0 else None
+        if expected != info.st_size:
+            raise _Rejected(f"damaged: {info.st_size} bytes, its header declares a body of {declared!r} bytes")
+        f.seek(0)
+        return f.read(info.st_size)
+
+
+def discard(path: Path, reason: str) -> None:
+    """Remove ``path``, a checkpoint its reader found unusable after loading it (e.g. a pruned state that does
+    not fit the run's model), with a :class:`CheckpointDiscarded` warning; the caller redoes its step."""
+    path = Path(path)
+    try:
+        with _work_folder(path.parent) as dir_fd:
+            _discard_in(dir_fd, path, reason)
+    except (OSError, _Rejected) as exc:
+        _warn(path, f"{reason}; not removed: {exc}")
+
+
+def _discard_in(dir_fd: int, path: Path, reason: str) -> None:
+    """Remove the unusable checkpoint ``path`` (the entry itself, in the folder ``dir_fd``) and warn."""
+    try:
+        os.unlink(path.name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
         reason += f"; could not remove it: {exc}"
-    warnings.warn(f"checkpoint {path} discarded ({reason}); that step is redone", CheckpointDiscarded,
-                  stacklevel=3)
+    _warn(path, reason)
     return None
+
+
+def _warn(path: Path, reason: str) -> None:
+    warnings.warn(f"checkpoint {path} discarded ({reason}); that step is redone", CheckpointDiscarded,
+                  stacklevel=4)

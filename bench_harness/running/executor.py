@@ -7,6 +7,12 @@ fails becomes a failure row and the sweep goes on. A run is claimed (a kernel lo
 `bench run` of one suite — two shells, a login node and a SLURM job — share the work instead of repeating it.
 With ``--workers N`` the machine's cores are divided between the workers (torch, OpenMP and MKL threads), so N
 workers are never slower than one.
+
+A run's ``timeout_min`` is enforced inside the process that runs it (SIGALRM, see runner.time_limit); in worker
+mode (``--workers N``, ``--isolate``) the parent enforces it from outside as well: a worker still busy
+:func:`timeout_grace` seconds after its run's timeout is killed and the run gets a failure row. Whatever mode,
+a run reported "ok" or "failed" whose row is not in the store (plugin code broke the harness's writer) is
+counted as failed, never as ok.
 """
 from __future__ import annotations
 
@@ -155,15 +161,57 @@ def _worker_loop(conn, threads: int, parent_pid: int) -> None:
 def record_dead_worker(run: RunSpec, how: str) -> str:
     """Write the failure row of a run whose worker process died (unless another runner holds or finished it);
     returns the error."""
+    error = (f"worker process died ({how}) while running this run: the pruner or a library ended or crashed the "
+             f"process (os._exit, a segfault, out of memory)")
+    return record_failure_here(run, error)
+
+
+def record_failure_here(run: RunSpec, error: str, replace_ok: bool = False) -> str:
+    """Write ``run``'s failure row from this process, under the run's claim (unless another runner holds it, or
+    the stored row is "ok" and not ``replace_ok``); returns the error. A write that fails (the writer broken
+    in this process) leaves the error to the caller's report."""
     from bench_harness.locks import Claim
     from bench_harness.running.runner import write_failure_row
 
-    error = (f"worker process died ({how}) while running this run: the pruner or a library ended or crashed the "
-             f"process (os._exit, a segfault, out of memory)")
     with Claim(paths.run_dir(run.results_root, run.suite, run.run_id) / "lock") as claim:
-        if claim.acquired and results.shard_status(run.results_root, run.suite, run.run_id) != "ok":
-            write_failure_row(run, error)
+        if claim.acquired and (replace_ok or results.shard_status(run.results_root, run.suite, run.run_id) != "ok"):
+            try:
+                write_failure_row(run, error)
+            except Exception as exc:  # noqa: BLE001 - the report says it; the sweep goes on
+                error += f" (its failure row could not be written either: {type(exc).__name__}: {exc})"
     return error
+
+
+NOT_STORED = ("the run reported {status} but no {status} row was stored (plugin code replaced or broke the "
+              "harness's writer?)")
+
+
+def checked_stored(run: RunSpec, status: str, error: str | None) -> tuple[str, str | None]:
+    """(status, error) of a run that reported ``status``, checked against the store: an "ok" run must have an
+    "ok" row, a "failed" run a row. Otherwise the run is failed (a failure row is written from here when
+    possible) and the error says that its row is missing. Other statuses (busy, skipped) pass unchanged."""
+    if status not in ("ok", "failed"):
+        return status, error
+    stored = results.shard_status(run.results_root, run.suite, run.run_id)
+    if stored == status or (status == "failed" and stored is not None):
+        return status, error
+    missing = NOT_STORED.format(status=status) + (f"; its error was: {error}" if error else "")
+    return "failed", record_failure_here(run, missing, replace_ok=True)
+
+
+MIN_TIMEOUT_GRACE_S = 10.0
+
+
+def timeout_grace(timeout_min: float) -> float:
+    """Seconds a worker may run past its run's ``timeout_min`` (its own SIGALRM should have ended the run and
+    written the failure row by then) before the parent kills it: 10 % of the timeout, at least
+    MIN_TIMEOUT_GRACE_S."""
+    return max(MIN_TIMEOUT_GRACE_S, 0.1 * timeout_min * 60.0)
+
+
+def overdue_error(timeout_min: float) -> str:
+    return (f"timed out after {timeout_min:g} min; the worker was killed because the run did not stop at its "
+            f"timeout (it ignored or reset SIGALRM, or hung in code that signals cannot interrupt)")
 
 
 @dataclass
@@ -173,12 +221,24 @@ class _Slot:
     process: mp.process.BaseProcess
     conn: mpc.Connection
     run: RunSpec | None = None
+    deadline: float | None = None  # time.monotonic() past which the run is overdue (its timeout plus grace)
+
+    def give(self, run: RunSpec, force: bool) -> None:
+        """Hand ``run`` to the worker; its deadline starts now."""
+        self.run = run
+        self.deadline = (time.monotonic() + run.timeout_min * 60.0 + timeout_grace(run.timeout_min)
+                         if run.timeout_min else None)
+        self.conn.send((run, force))
+
+    def overdue(self, now: float) -> bool:
+        return self.run is not None and self.deadline is not None and now >= self.deadline
 
 
 class WorkerPool:
     """Worker processes (spawn) that each execute one run at a time. Unlike concurrent.futures' pool, a worker
     that dies (os._exit, a segfault, the OOM killer) costs only its own run, which gets a failure row; a new
-    worker replaces it. Workers die with the parent."""
+    worker replaces it; so does a worker still running past its run's timeout plus :func:`timeout_grace`
+    (killed with SIGKILL). Workers die with the parent."""
 
     def __init__(self, workers: int, threads: int) -> None:
         self.context = mp.get_context("spawn")
@@ -208,12 +268,28 @@ class WorkerPool:
             busy = self._busy()
             if not busy:
                 continue
-            ready = mpc.wait([s.conn for s in busy] + [s.process.sentinel for s in busy])
+            ready = mpc.wait([s.conn for s in busy] + [s.process.sentinel for s in busy],
+                             timeout=self._seconds_to_deadline(busy))
             for slot in busy:
                 if slot.conn in ready or slot.process.sentinel in ready:
                     stopped = self._collect(slot, record) or stopped
+                elif slot.overdue(time.monotonic()):
+                    self._kill_overdue(slot, record)
         if stopped is not None:
             raise stopped
+
+    @staticmethod
+    def _seconds_to_deadline(busy: list[_Slot]) -> float | None:
+        deadlines = [s.deadline for s in busy if s.deadline is not None]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _kill_overdue(self, slot: _Slot, record) -> None:
+        """Kill a worker whose run is past its deadline and record the run's failure; the slot is replaced
+        when it is next handed a run."""
+        run, slot.run, slot.deadline = slot.run, None, None
+        slot.process.kill()
+        slot.process.join()
+        record(run.run_id, "failed", record_failure_here(run, overdue_error(run.timeout_min)))
 
     def _busy(self) -> list[_Slot]:
         return [s for s in self.slots if s.run is not None]
@@ -227,8 +303,7 @@ class WorkerPool:
                     self.slots[i] = slot = self._start()
                 if before_start is not None:
                     before_start(pending[0])
-                slot.run = pending.pop(0)
-                slot.conn.send((slot.run, force))
+                slot.give(pending.pop(0), force)
 
     def _collect(self, slot: _Slot, record) -> DiskFullError | None:
         """Record the run a worker finished, or the failure of a worker that died; a DiskFullError it reported."""
@@ -241,7 +316,7 @@ class WorkerPool:
             return None
         if status == "disk-full":
             return DiskFullError(error)
-        record(run_id, status, error)
+        record(run_id, *checked_stored(run, status, error))
         return None
 
     def close(self) -> None:
@@ -328,8 +403,9 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
             for group in pack_groups(todo, packing):
                 bar.set_description(f"{suite.name} packed x{len(group)}")
                 space(group[0])
+                by_id = {run.run_id: run for run in group}
                 for run_id, status, error in execute_packed_claimed(group, force):
-                    record(run_id, status, error)
+                    record(run_id, *checked_stored(by_id[run_id], status, error))
         elif workers <= 1 and not isolate:
             for run in todo:
                 bar.set_description(f"{suite.name} {run.pruner.name} s={run.sparsity:g}")
@@ -359,7 +435,8 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
                 if row is None:
                     record(run.run_id, "busy", None)
                 else:
-                    record(run.run_id, "skipped" if row.get("skipped") else row["status"], row.get("error"))
+                    record(run.run_id, *checked_stored(run, "skipped" if row.get("skipped") else row["status"],
+                                                       row.get("error")))
         else:
             devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())] or [None]
             jobs = []

@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import random
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -149,9 +151,16 @@ def _load_pretrained(run: RunSpec, model, data: RunData, device, store: Artifact
     row["top1_pretrained"] = evaluate(model, data.test, device).top1
 
 
-BEFORE_TRAINING_KEYS = ("pretrain_seconds", "storage_bits", "top1_pretrained", "prune_seconds", "pruner_info",
-                        "top1_before_training", "top5_before_training", "loss_before_training", "pretrained_source",
-                        "pretrained_sha256", "artifacts", "train_from_epoch")
+_NUMBER = (int, float)
+_TEXT = (str, type(None))
+# The row columns the runner computes before training, saved in pruned.pt and taken back on resume, with the
+# types a resumed value must have (a checkpoint is untrusted: nothing else of its row is ever used).
+BEFORE_TRAINING_TYPES: dict[str, tuple[type, ...]] = {
+    "pretrain_seconds": _NUMBER, "storage_bits": (int, type(None)), "top1_pretrained": _NUMBER,
+    "prune_seconds": _NUMBER, "pruner_info": _TEXT, "top1_before_training": _NUMBER,
+    "top5_before_training": _NUMBER, "loss_before_training": _NUMBER, "pretrained_source": _TEXT,
+    "pretrained_sha256": _TEXT, "artifacts": _TEXT, "train_from_epoch": (int,)}
+BEFORE_TRAINING_KEYS = tuple(BEFORE_TRAINING_TYPES)
 
 
 def _progress(on_epoch, prefix: str):
@@ -278,13 +287,14 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     registry.call_lifecycle("bench_run_started", run=run)
     with watch_sigint(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            with time_limit(run.timeout_min):
-                device = _execute(run, registry, row, on_epoch, resume, device)
-        except RunTimeout as exc:  # delivered outside the run's body (while recording another failure)
-            if row.get("status") is None:
-                _record_failure(row, exc)
-            device = row.pop("_device", device)
+        with process_state_kept(row):
+            try:
+                with time_limit(run.timeout_min):
+                    device = _execute(run, registry, row, on_epoch, resume, device)
+            except RunTimeout as exc:  # delivered outside the run's body (while recording another failure)
+                if row.get("status") is None:
+                    _record_failure(row, exc)
+                device = row.pop("_device", device)
     seen = []
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
@@ -297,12 +307,17 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
 
 
 def _start_row(run: RunSpec) -> dict[str, Any]:
+    return {**identity_columns(run), "started_at": _now()}
+
+
+def identity_columns(run: RunSpec) -> dict[str, Any]:
+    """The row columns that say which run a row is (its file name comes from ``run_id``): derived from the
+    RunSpec only, never from a checkpoint or plugin code."""
     return {
         "run_id": run.run_id, "suite": run.suite, "pruner": run.pruner.name,
         "pruner_params": results.to_json(run.identity().get("pruner_params", {})), "ablation": run.ablation,
         "model": run.model.name, "model_params": results.to_json(run.model.params), "dataset": run.dataset.name,
         "seed": run.seed, "target_sparsity": run.sparsity, "config": results.to_json(run.identity()),
-        "started_at": _now(),
     }
 
 
@@ -312,6 +327,7 @@ def _write_row(run: RunSpec, row: dict[str, Any], device: torch.device, resume: 
     row["peak_memory_bytes"] = peak_memory_bytes(device)
     row.update(provenance(device))
     row["finished_at"] = _now()
+    row.update(identity_columns(run))  # whatever changed the row meanwhile, it is stored as this run's
     try:
         results.write_shard(row, run.results_root, run.suite)
     except OSError as exc:
@@ -333,6 +349,103 @@ def write_failure_row(run: RunSpec, error: str, registry: Registry | None = None
 
 class RunTimeout(Exception):
     """The run exceeded the suite's ``timeout_min``."""
+
+
+class PluginSideEffect(UserWarning):
+    """Plugin code changed the process's state (umask, working directory, stdout/stderr); the runner restored it."""
+
+
+@dataclass
+class _ProcessState:
+    """What plugin code running in this process may change and the runner puts back after each run."""
+
+    umask: int
+    cwd_fd: int | None
+    stdio_fds: dict[int, int]  # fd 1/2 -> a duplicate of it
+    stdio_objects: tuple
+    writer: Callable
+
+    @classmethod
+    def save(cls) -> "_ProcessState":
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return cls(umask, _dup_or_none(".", directory=True), {fd: d for fd in (1, 2)
+                   if (d := _dup_or_none(fd)) is not None}, (sys.stdout, sys.stderr), results.write_shard)
+
+    def restore(self) -> list[str]:
+        """Put everything back; returns what had been changed (for a warning)."""
+        changed = []
+        umask = os.umask(self.umask)
+        if umask != self.umask:
+            changed.append(f"the umask ({umask:04o}, restored to {self.umask:04o})")
+        changed += self._restore_cwd() + self._restore_stdio()
+        if results.write_shard is not self.writer:
+            results.write_shard = self.writer
+            changed.append("the harness's result writer bench_harness.results.store.write_shard (restored)")
+        return changed
+
+    def _restore_cwd(self) -> list[str]:
+        if self.cwd_fd is None:
+            return []
+        try:
+            before = os.fstat(self.cwd_fd)
+            now = os.stat(".")
+            moved = (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino)
+        except OSError:  # the working directory was removed
+            moved = True
+        try:
+            if moved:
+                os.fchdir(self.cwd_fd)
+        finally:
+            os.close(self.cwd_fd)
+        return ["the working directory (restored)"] if moved else []
+
+    def _restore_stdio(self) -> list[str]:
+        changed = []
+        for fd, saved in self.stdio_fds.items():
+            if not _same_file(fd, saved):
+                changed.append(f"file descriptor {fd} ({'stdout' if fd == 1 else 'stderr'}; restored)")
+                os.dup2(saved, fd)
+            os.close(saved)
+        if (sys.stdout, sys.stderr) != self.stdio_objects:
+            sys.stdout, sys.stderr = self.stdio_objects
+            changed.append("sys.stdout/sys.stderr (restored)")
+        return changed
+
+
+def _dup_or_none(what: int | str, directory: bool = False) -> int | None:
+    """A new descriptor of the file descriptor or folder ``what``; None when it is closed or unreadable."""
+    try:
+        return os.open(what, os.O_RDONLY | os.O_DIRECTORY) if directory else os.dup(what)
+    except OSError:
+        return None
+
+
+def _same_file(fd: int, saved: int) -> bool:
+    try:
+        a, b = os.fstat(fd), os.fstat(saved)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+@contextlib.contextmanager
+def process_state_kept(row: dict[str, Any]):
+    """Run plugin code, then restore what it changed in the process: the umask, the working directory, file
+    descriptors 1 and 2 (and sys.stdout/sys.stderr), and the harness's result writer. Each change is a
+    PluginSideEffect warning (in the row's warnings); replacing the result writer also fails the run: plugin code
+    that rewires how results are stored has no trustworthy result."""
+    state = _ProcessState.save()
+    try:
+        yield
+    finally:
+        changed = state.restore()
+        if changed:
+            warnings.warn(f"plugin code changed {'; '.join(changed)}", PluginSideEffect, stacklevel=3)
+        if any("result writer" in c for c in changed):
+            row.update(status="failed", traceback=None,
+                       error="plugin code replaced the harness's result writer (bench_harness.results.store."
+                             "write_shard): the writer was restored and this run counts as failed")
 
 
 @contextlib.contextmanager
@@ -399,6 +512,11 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
     pruned_path = checkpoint.pruned_path(run.results_root, run.suite, run.run_id)
     owner = checkpoint.run_owner(run.suite, run.run_id)
     resumed = checkpoint.load(pruned_path, owner) if resume else None
+    if resumed is not None:
+        problem = resume_problem(resumed, model)
+        if problem:
+            checkpoint.discard(pruned_path, problem)
+            resumed = None
     if resumed is None:
         masks, end, start = _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume)
         if resume and end > start:
@@ -413,11 +531,43 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
     else:
         model.load_state_dict(resumed["model"])
         masks = {n: m.to(device) for n, m in resumed["masks"].items()}
-        row.update(resumed["row"])
+        row.update({k: v for k, v in resumed["row"].items() if k in BEFORE_TRAINING_TYPES})
         end, start = resumed["end"], resumed["start"]
         checkpoint.restore_rng(resumed["rng"], data.train.generator)
         row["resumed_from_epoch"] = start
     return PreparedRun(run, registry, pruner_cls, device, data, model, masks, end, start, row, resume)
+
+
+def resume_problem(resumed: dict[str, Any], model: torch.nn.Module) -> str | None:
+    """Why a loaded pruned.pt payload cannot be resumed from (None: it can): its row values must have the types
+    of BEFORE_TRAINING_TYPES (other keys are ignored, never used), its plan must be epochs
+    ``0 <= start <= end``, its model state must have the model's keys and shapes and its masks name the model's
+    parameters with their shapes. A well-formed forgery of wrong numbers passes: the checksum is no signature."""
+    row, end, start = resumed.get("row"), resumed.get("end"), resumed.get("start")
+    if not isinstance(row, dict):
+        return "damaged: its row is not a mapping"
+    wrong = [k for k, types in BEFORE_TRAINING_TYPES.items() if k in row and not isinstance(row[k], types)]
+    if wrong:
+        return f"damaged: row values of the wrong type: {', '.join(sorted(wrong))}"
+    if not (type(end) is int and type(start) is int and 0 <= start <= end):
+        return f"damaged: training plan start={start!r} end={end!r}"
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state, masks, rng = resumed.get("model"), resumed.get("masks"), resumed.get("rng")
+    if not _tensor_shapes_fit(state, expected, exact=True):
+        return "damaged: its model state does not fit the run's model"
+    parameters = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    if not _tensor_shapes_fit(masks, parameters, exact=False):
+        return "damaged: its masks do not fit the run's model"
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
+        return "damaged: no RNG state"
+    return None
+
+
+def _tensor_shapes_fit(tensors: Any, shapes: dict[str, tuple], exact: bool) -> bool:
+    """``tensors`` maps names of ``shapes`` (all of them when ``exact``) to tensors of those shapes."""
+    if not isinstance(tensors, dict) or (exact and set(tensors) != set(shapes)):
+        return False
+    return all(isinstance(t, torch.Tensor) and shapes.get(n) == tuple(t.shape) for n, t in tensors.items())
 
 
 def _train(p: PreparedRun, on_epoch) -> None:
@@ -516,15 +666,16 @@ def _execute_packed(runs, registry, on_epoch):
     for run in runs:
         row = _start_row(run)
         registry.call_lifecycle("bench_run_started", run=run)
-        try:
-            with time_limit(run.timeout_min):
-                try:
-                    prepared.append(_prepare(run, registry, row, None, False))
-                except BaseException as exc:
-                    _fail(row, exc, run)
-        except RunTimeout as exc:  # delivered while recording another failure, or as pruning ended
-            if row.get("status") is None:
-                _record_failure(row, exc)
+        with process_state_kept(row):
+            try:
+                with time_limit(run.timeout_min):
+                    try:
+                        prepared.append(_prepare(run, registry, row, None, False))
+                    except BaseException as exc:
+                        _fail(row, exc, run)
+            except RunTimeout as exc:  # delivered while recording another failure, or as pruning ended
+                if row.get("status") is None:
+                    _record_failure(row, exc)
         rows.append(row)
     groups: dict[Any, list[PreparedRun]] = {}
     for p in prepared:

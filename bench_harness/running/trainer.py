@@ -208,10 +208,9 @@ class Trainer:
         checkpoint.save(path, payload, self.checkpoint_owner)
 
     def clear_checkpoints(self) -> None:
-        """Remove the fit checkpoints (the run has saved its own state past them)."""
-        if self.checkpoint_dir is not None and self.checkpoint_dir.is_dir():
-            for f in self.checkpoint_dir.glob("fit-*.pt"):
-                f.unlink(missing_ok=True)
+        """Remove the fit checkpoints (the run has saved its own state past them); never through a link."""
+        if self.checkpoint_dir is not None:
+            checkpoint.clear_files(self.checkpoint_dir, "fit-", ".pt")
 
 
 def _tensors_of(params) -> list[torch.Tensor]:
