@@ -73,6 +73,25 @@ _held: dict[str, _Held] = {}
 _held_guard = threading.RLock()
 
 
+def _forget_in_child() -> None:
+    """In a forked child: close the inherited lock files and forget them. An open-file-description lock is shared
+    with every copy of its descriptor, so a child that outlived its parent (a pruner's stray grandchild) would
+    otherwise keep the parent's claims; the child never held them itself."""
+    global _held_guard
+    for held in _held.values():
+        if held.fh is not None:
+            try:
+                held.fh.close()  # the child's copy only: the parent's lock stays
+            except OSError:
+                pass
+    _held.clear()
+    _held_guard = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _stamp(fh: IO) -> None:
     try:
         fh.seek(0)

@@ -429,3 +429,71 @@ def test_bench_run_folds_a_compacted_run_redone_by_an_earlier_killed_command(tmp
     assert out.returncode == 0, out.stderr
     glob = pd.read_parquet(runs)
     assert len(glob) == 2 and glob["run_id"].is_unique
+
+
+# ---- second hostile pass ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", [".compacting", "damaged", "runs"])
+def test_a_store_folder_that_is_a_link_never_moves_files_outside(tmp_path, where):
+    from bench_harness.errors import BenchError
+
+    root = tmp_path / "results"
+    _fill(root, 3)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "mydata.parquet").write_bytes(b"someone else's file")
+    target = paths.suite_dir(root, SUITE) / where
+    if where == "runs":
+        os.replace(target, outside / "runs-moved")
+        os.symlink(outside, target)
+    else:
+        os.symlink(outside, target)
+    bad = paths.shard_path(root, SUITE, f"{1:040x}") if where != "runs" else None
+    if bad is not None:
+        bad.write_bytes(b"garbage")  # a damaged file compaction would move to damaged/
+    with pytest.raises(BenchError, match="not a folder"):
+        _rows(root) if where == "runs" else compact(root, SUITE)
+    assert sorted(p.name for p in outside.iterdir()) == sorted(["mydata.parquet"] + (["runs-moved"] if where == "runs" else []))
+    assert (outside / "mydata.parquet").read_bytes() == b"someone else's file"
+
+
+def test_a_planted_file_with_the_harness_own_columns_or_bad_types_is_only_damaged(tmp_path):
+    """A run file with a `_shard` column made every reader fail; one with `top1: "abc"` blocked compaction."""
+    _fill(tmp_path, 3)
+    own = dict(_row(1), _shard="x")
+    pq.write_table(pa.Table.from_pylist([own]), paths.shard_path(tmp_path, SUITE, f"{1:040x}"))
+    typed = dict(_row(2), top1="abc")
+    pq.write_table(pa.Table.from_pylist([typed]), paths.shard_path(tmp_path, SUITE, f"{2:040x}"))
+    with pytest.warns(UserWarning):
+        assert len(_rows(tmp_path)) == 1
+    with pytest.warns(UserWarning):
+        assert compact(tmp_path, SUITE)["quarantined"] == 2
+    assert len(_glob_rows(tmp_path)) == 1
+
+
+def test_a_forked_child_does_not_keep_its_parents_claim(tmp_path):
+    """Open-file-description locks are shared with a forked child: a pruner's stray child outliving its worker
+    kept the run's claim, so the run's failure row was never written."""
+    from bench_harness.locks import Claim
+
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from bench_harness.locks import Claim
+        c = Claim(Path({str(tmp_path / 'lock')!r})); assert c.acquired
+        child = os.fork()
+        if child == 0:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 1); os.dup2(devnull, 2)
+            time.sleep(600); os._exit(0)
+        print(child, flush=True)
+        os._exit(0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    child = int(proc.stdout.strip())
+    try:
+        claim = Claim(tmp_path / "lock")
+        assert claim.acquired  # the parent is gone; its stray child does not hold the claim
+        claim.release()
+    finally:
+        os.kill(child, 9)

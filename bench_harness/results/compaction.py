@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench_harness import locks, paths
+from bench_harness.errors import BenchError
 from bench_harness.atomic import atomic_write
 from bench_harness.files import open_regular
 from bench_harness.results import dataset
@@ -62,13 +63,17 @@ def needs_recovery(results_root: str | Path, suite: str) -> bool:
     aside = paths.compaction_aside(results_root, suite)
     return (paths.compaction_journal(results_root, suite).exists()
             or paths.legacy_index(results_root, suite).exists()
-            or (aside.is_dir() and any(aside.iterdir())))
+            or (_real_dir(aside) and any(aside.iterdir())))
 
 
 @contextmanager
 def reading(results_root: str | Path, suite: str) -> Iterator[None]:
     """Hold the store's lock shared, after repairing an interrupted compaction if there is one. On a folder this
     user cannot write, the repair is skipped (with a warning) and the folder is read as it is."""
+    runs = paths.runs_dir(results_root, suite)
+    if os.path.lexists(runs) and not _real_dir(runs):
+        raise BenchError(f"{runs} is not a folder (a symbolic link or a file): the harness reads and moves files "
+                         f"only inside a results folder's own folders; replace it with the folder itself")
     lock = paths.store_lock(results_root, suite)
     if needs_recovery(results_root, suite) and not _holds(lock):
         try:
@@ -176,7 +181,9 @@ def _finish(results_root: str | Path, suite: str, journal: dict) -> dict:
         if dataset.is_part(name) and name != journal["new_part"]:
             (runs / name).unlink(missing_ok=True)
     aside = paths.compaction_aside(results_root, suite)
-    aside.mkdir(exist_ok=True)
+    if not _real_dir(aside, create=True):
+        raise BenchError(f"{aside} is not a folder the harness made (a link or a file): remove it, then run the "
+                         f"command again (nothing was removed)")
     removed = put_back = 0
     for name, sig in journal["consumed"].items():
         if not dataset.is_row_file(name) or dataset.is_part(name) or os.sep in name:
@@ -212,7 +219,7 @@ def _link_back(held: Path, dest: Path) -> None:
 def _put_back_aside(results_root: str | Path, suite: str) -> int:
     """Run files left in ``.compacting/`` without a journal (a compaction of an earlier version killed): back."""
     aside = paths.compaction_aside(results_root, suite)
-    if not aside.is_dir():
+    if not _real_dir(aside):
         return 0
     runs = paths.runs_dir(results_root, suite)
     count = 0
@@ -285,6 +292,16 @@ def _superseded(runs: Path, listing: dataset.Listing) -> bool:
     return any(pc.any(pc.is_in(t.column("run_id"), value_set=ids)).as_py() for t in parts.values())
 
 
+def _check_folders(results_root: str | Path, suite: str) -> None:
+    """Refuse (BenchError, before anything is written) a store whose own folders are links or files: compaction
+    would otherwise move files in or out of a folder outside the results tree."""
+    for folder in (paths.runs_dir(results_root, suite), paths.compaction_aside(results_root, suite),
+                   paths.quarantine_dir(results_root, suite)):
+        if os.path.lexists(folder) and not _real_dir(folder):
+            raise BenchError(f"{folder} is not a folder the harness made (a symbolic link or a file): remove it, "
+                             f"then run the command again (nothing was changed)")
+
+
 def compact(results_root: str | Path, suite: str) -> dict:
     """Fold the suite's run files (and parts holding superseded rows) into one new part; see the module
     docstring for the protocol. Returns counts: compacted (run files removed), put_back, parts_merged, rows."""
@@ -292,17 +309,12 @@ def compact(results_root: str | Path, suite: str) -> dict:
     if not runs.is_dir():
         return {"compacted": 0}
     with exclusive(results_root, suite):
+        _check_folders(results_root, suite)
         listing = dataset.list_store(runs)
         damaged: list[tuple[str, str]] = []
         run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)], damaged=damaged,
                                        suite=suite)
         parts = dataset.read_parts(runs, listing.parts, damaged=damaged)
-        for name in [n for n, t in parts.items() if not dataset.conforms(t)]:
-            try:
-                parts[name] = dataset.conform(parts[name])
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                damaged.append((str(runs / name), f"ValueError: columns of the wrong type ({exc})"))
-                del parts[name]
         quarantined = _quarantine(results_root, suite, damaged, {**listing.runs, **listing.parts})
         newer_ids = set(run_rows.column("run_id").to_pylist()) if run_rows is not None else set()
         kept_from_parts, folded = [], []
@@ -343,17 +355,41 @@ def compact(results_root: str | Path, suite: str) -> dict:
             "rows": rows.num_rows if rows is not None else 0, "quarantined": quarantined}
 
 
+# problems that say a file is malformed (and so is moved out of the dataset), as opposed to a passing failure to
+# read it (an I/O error, memory): those files stay where they are
+MALFORMED = ("ValueError", "NotARegularFile", "ArrowInvalid", "ArrowTypeError", "ArrowNotImplementedError")
+
+
+def _real_dir(path: Path, create: bool = False) -> bool:
+    """Whether ``path`` is a directory reached without a symbolic link (created when ``create``); a planted link,
+    file or FIFO in its place is never used."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        if not create:
+            return False
+        try:
+            path.mkdir()
+            return True
+        except FileExistsError:
+            return _real_dir(path)
+
+
 def _quarantine(results_root: str | Path, suite: str, damaged: list[tuple[str, str]],
                 listed: dict[str, dataset.Signature]) -> int:
     """Move unreadable files out of the dataset into ``<suite>/damaged/`` (kept for inspection, never deleted):
     their runs count as missing and are run again, and a glob over ``runs/`` reads again. Only files that were
     read and found malformed are moved — not ones that could not be opened (a passing I/O error)."""
     moved = 0
+    folder = paths.quarantine_dir(results_root, suite)
     for path, problem in damaged:
-        if problem.startswith(("PermissionError", "OSError", "FileNotFoundError", "TimeoutError")):
+        if not problem.startswith(MALFORMED):
             continue
-        dest = paths.quarantine_dir(results_root, suite) / Path(path).name
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not _real_dir(folder, create=True):
+            warnings.warn(StoreRepairWarning(f"{folder} is not a folder the harness made: damaged files stay in "
+                                             f"runs/ (remove {folder})"), stacklevel=3)
+            return moved
+        dest = folder / Path(path).name
         while dest.exists():
             dest = dest.with_name(f"{dest.stem}.{os.urandom(2).hex()}{dest.suffix}")
         try:

@@ -87,6 +87,22 @@ def _read_file(path: str) -> tuple[pa.Table, Signature]:
     return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False), sig
 
 
+def check_rows(table: pa.Table) -> None:
+    """Raise ValueError unless the table could have been written by the harness: no column of its own
+    bookkeeping (``_...``), a string run id on every row, and every column the result schema knows castable to
+    the schema's type (what readers and compaction need to combine it with the other files)."""
+    own = [c for c in table.column_names if c.startswith("_")]
+    if own:
+        raise ValueError(f"has columns the harness never writes ({', '.join(own[:3])})")
+    ids = table.column("run_id")
+    if not pa.types.is_string(ids.type) or ids.null_count:
+        raise ValueError(f"run ids of type {ids.type} or missing ({ids.null_count} null)")
+    try:
+        conform(table)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise ValueError(f"a column of the wrong type ({str(exc).splitlines()[0]})") from None
+
+
 def foreign_suite(table: pa.Table, suite: str | None) -> str | None:
     """The other suite a file's rows belong to (its ``suite`` column), or None when they are this suite's."""
     if suite is None or "suite" not in table.column_names:
@@ -107,6 +123,7 @@ def _read_chunk(files: list[str], suite: str | None = None) -> tuple[pa.Table | 
             table, sig = _read_file(f)
             if table.num_rows != 1 or "run_id" not in table.column_names or "status" not in table.column_names:
                 raise ValueError(f"{table.num_rows} rows, columns {table.column_names[:3]}…")
+            check_rows(table)
             run_id = table.column("run_id")[0].as_py()
             if f"{run_id}.parquet" != os.path.basename(f):
                 raise ValueError(f"holds run {run_id!r}, not the run its name says")
@@ -180,6 +197,7 @@ def read_part(path: Path, sig: Signature, suite: str | None = None) -> pa.Table:
     table, real = _read_file(key)
     if "run_id" not in table.column_names or "status" not in table.column_names:
         raise ValueError(f"a compacted part without run_id/status columns: {table.column_names[:4]}")
+    check_rows(table)
     other = foreign_suite(table, suite)
     if other is not None:
         raise ValueError(f"holds rows of suite {other!r}, not of {suite!r}")
