@@ -176,6 +176,13 @@ def acquire(path: Path, kind: str = "ex", wait: bool = True, poll_s: float = 0.2
         return True
 
 
+def held(path: Path) -> str | None:
+    """'ex' or 'sh' when this process holds the lock ``path``, else None."""
+    with _held_guard:
+        entry = _held.get(os.path.abspath(path))
+        return entry.kind if entry is not None else None
+
+
 def release(path: Path) -> None:
     key = os.path.abspath(path)
     with _held_guard:

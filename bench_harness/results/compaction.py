@@ -97,7 +97,7 @@ def exclusive(results_root: str | Path, suite: str) -> Iterator[None]:
 
 
 def _holds(lock: Path) -> bool:
-    return os.path.abspath(lock) in locks._held
+    return locks.held(lock) is not None
 
 
 # ---- repair ------------------------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def _read_journal(path: Path) -> dict | None:
 def _part_lacks(runs: Path, name: str, ids: set[str]) -> str | None:
     """Why the part ``name`` cannot be trusted to hold ``ids`` (None: it holds them all)."""
     try:
-        table, _ = dataset._read_file(str(runs / name))
+        table, _ = dataset.read_file(str(runs / name))
         held = set(table.column("run_id").to_pylist())
     except Exception as exc:
         return f"cannot be read back ({type(exc).__name__}: {exc})"

@@ -78,7 +78,7 @@ def _problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _read_file(path: str) -> tuple[pa.Table, Signature]:
+def read_file(path: str) -> tuple[pa.Table, Signature]:
     """A file's table and the signature of the very file read (fstat of the open handle: a file replaced between
     listing and reading is read whole, with its own signature). Not a regular file: NotARegularFile."""
     with open_regular(path) as fh:
@@ -120,7 +120,7 @@ def _read_chunk(files: list[str], suite: str | None = None) -> tuple[pa.Table | 
     bad: list[tuple[str, str]] = []
     for f in files:
         try:
-            table, sig = _read_file(f)
+            table, sig = read_file(f)
             if table.num_rows != 1 or "run_id" not in table.column_names or "status" not in table.column_names:
                 raise ValueError(f"{table.num_rows} rows, columns {table.column_names[:3]}…")
             check_rows(table)
@@ -194,7 +194,7 @@ def read_part(path: Path, sig: Signature, suite: str | None = None) -> pa.Table:
     cached = _PARTS.get(key)
     if cached is not None and cached[0] == sig:
         return cached[1]
-    table, real = _read_file(key)
+    table, real = read_file(key)
     if "run_id" not in table.column_names or "status" not in table.column_names:
         raise ValueError(f"a compacted part without run_id/status columns: {table.column_names[:4]}")
     check_rows(table)

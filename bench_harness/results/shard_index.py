@@ -148,7 +148,7 @@ def run_status(results_root: str | Path, suite: str, run_id: str) -> str | None:
     with reading(results_root, suite):
         if path.exists():
             try:
-                table, _ = dataset._read_file(str(path))
+                table, _ = dataset.read_file(str(path))
                 if table.column("run_id")[0].as_py() == run_id:
                     return table.column("status")[0].as_py()
                 return None
