@@ -44,6 +44,19 @@ def example_plugin_installed():
     get_registry(refresh=True)
 
 
+def runs_of(text: str, results_root, name: str = "suite.yaml") -> list:
+    """The validated runs of a suite given as YAML text, storing their results under ``results_root``."""
+    import yaml
+
+    from bench_harness.suite import parse_suite, validate_suite
+
+    suite = parse_suite(yaml.safe_load(text), name)
+    validate_suite(suite)
+    for run in suite.runs:
+        run.results_root = str(results_root)
+    return suite.runs
+
+
 def write_suite(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -15,14 +15,14 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from bench_harness.api import make_recipe
 from bench_harness.running import checkpoint
 from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
-from bench_harness.suite import parse_suite, validate_suite
+
+from tests.conftest import runs_of
 
 SUITE = """
 name: ckpt
@@ -38,11 +38,7 @@ COMPARED = ("status", "top1", "top5", "loss", "top1_before_training", "loss_befo
 
 
 def _runs(root):
-    suite = parse_suite(yaml.safe_load(SUITE), "ckpt.yaml")
-    validate_suite(suite)
-    for run in suite.runs:
-        run.results_root = str(root)
-    return suite.runs
+    return runs_of(SUITE, root, "ckpt.yaml")
 
 
 def _interrupted(run, at_epoch):

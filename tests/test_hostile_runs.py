@@ -11,14 +11,15 @@ import sys
 import textwrap
 
 import pytest
-import yaml
 
 from bench_harness import paths
 from bench_harness.results.store import load_results
 from bench_harness.running import checkpoint
 from bench_harness.running.runner import execute_run
-from bench_harness.suite import load_suite, parse_suite, validate_suite
+from bench_harness.suite import load_suite
 from tests.test_hostile_plugins import BENCH, _bench, _rows, _suite, hostile_env  # noqa: F401 - hostile_env: a fixture
+
+from tests.conftest import runs_of
 
 SUITE = """
 name: forge
@@ -33,11 +34,7 @@ recipe: {epochs: 3, batch_size: 32, lr: 0.05}
 
 
 def _runs(root):
-    suite = parse_suite(yaml.safe_load(SUITE), "forge.yaml")
-    validate_suite(suite)
-    for run in suite.runs:
-        run.results_root = str(root)
-    return suite.runs
+    return runs_of(SUITE, root, "forge.yaml")
 
 
 def _interrupted(run, at_epoch=1):

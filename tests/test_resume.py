@@ -8,7 +8,8 @@ from bench_harness.running import checkpoint
 from bench_harness.results.store import read_shard
 from bench_harness.paths import shard_path
 from bench_harness.running.runner import execute_run
-from bench_harness.suite import parse_suite, validate_suite
+
+from tests.conftest import runs_of
 
 SUITE = """
 name: resume
@@ -22,11 +23,7 @@ recipe: {epochs: 5, batch_size: 32, lr: 0.05, augment: true}
 
 
 def _run(root):
-    suite = parse_suite(__import__("yaml").safe_load(SUITE), "resume.yaml")
-    validate_suite(suite)
-    run = suite.runs[0]
-    run.results_root = str(root)
-    return run
+    return runs_of(SUITE, root, "resume.yaml")[0]
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):

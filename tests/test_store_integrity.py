@@ -16,6 +16,7 @@ import pytest
 from bench_harness import paths
 from bench_harness.results.compaction import compact
 from bench_harness.results.store import load_results, shard_status, write_shard
+from tests.conftest import bench
 
 SUITE = "s"
 
@@ -189,8 +190,7 @@ def test_files_left_by_a_killed_compaction_are_repaired(tmp_path):
 
 
 def _bench(*args):
-    exe = os.path.join(os.path.dirname(sys.executable), "bench")
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=900)
+    return bench(*args, check=False, timeout=900)
 
 
 def test_verify_understands_compacted_rows_and_damaged_parts(tmp_path):
