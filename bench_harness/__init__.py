@@ -5,10 +5,9 @@ module paths inside the package may move, these names do not.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from bench_harness.contract.hookspecs import hookimpl  # noqa: E402
 from bench_harness.contract.numerics import DegenerateScoresWarning  # noqa: E402,F401 (warned by score pruners)
+from bench_harness.version import __version__  # noqa: E402
 
 # name -> module that defines it; imported on first use so that `import bench_harness` stays light
 _PUBLIC = {
@@ -19,8 +18,8 @@ _PUBLIC = {
     "ScorePruner": "bench_harness.contract.score_pruner", "ScoreParams": "bench_harness.contract.score_pruner",
     "Trainer": "bench_harness.running.trainer", "FitResult": "bench_harness.running.trainer",
     "ArtifactStore": "bench_harness.contract.artifacts",
-    "ModelSpec": "bench_harness.running.models", "DatasetSpec": "bench_harness.running.datasets",
-    "DatasetNotFound": "bench_harness.running.datasets", "Metric": "bench_harness.running.metrics",
+    "ModelSpec": "bench_harness.contract.specs", "DatasetSpec": "bench_harness.contract.specs",
+    "DatasetNotFound": "bench_harness.contract.specs", "Metric": "bench_harness.contract.specs",
     "masking": "bench_harness.contract.masking",
     "load_results": "bench_harness.results.store",
 }

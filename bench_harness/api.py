@@ -77,8 +77,8 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
 
 def make_recipe(values: Mapping[str, Any] | None):
     """A Recipe from a dict of fields; unknown fields name the known ones."""
+    from bench_harness.config.suite import Recipe
     from bench_harness.errors import did_you_mean
-    from bench_harness.suite import Recipe
 
     values = dict(values or {})
     known = {f.name for f in dataclasses.fields(Recipe)}

@@ -38,7 +38,7 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_check_plugin(args) -> int:
-    from bench_harness.contract.conformance import check_pruner_in_child
+    from bench_harness.conformance import check_pruner_in_child
 
     cls = _registry().get("pruner", args.name)
     raw = json.loads(args.params) if args.params else {}
@@ -54,7 +54,8 @@ def cmd_check_plugin(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bench_harness.suite import load_suite, suite_json_schema
+    from bench_harness.config.schema import suite_json_schema
+    from bench_harness.config.suite import load_suite
 
     if args.schema:
         print(json.dumps(suite_json_schema(), indent=1))
@@ -63,7 +64,7 @@ def cmd_validate(args) -> int:
         raise BenchError("bench validate SUITE (or --schema to print the suite file's JSON Schema)")
     suite = load_suite(args.suite)
     if suite.raw.get("slurm"):
-        from bench_harness.slurm.resources import slurm_plan
+        from bench_harness.config.slurm import slurm_plan
 
         slurm_plan(suite)  # the slurm: section too (checked here; the cluster is asked only at submission)
     print(f"{args.suite}: suite {suite.name!r} is valid: {len(suite.runs)} runs")
@@ -86,8 +87,8 @@ def _compact_after_run(suite) -> None:
 
 
 def cmd_run(args) -> int:
+    from bench_harness.config.suite import load_suite
     from bench_harness.running.executor import pending_runs, run_local
-    from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
     for run in suite.runs:
@@ -130,7 +131,7 @@ def cmd_run(args) -> int:
 
 
 def _load_for_slurm(args):
-    from bench_harness.suite import load_suite
+    from bench_harness.config.suite import load_suite
 
     suite = load_suite(args.suite)
     for run in suite.runs:
@@ -179,8 +180,8 @@ def cmd_status(args) -> int:
         f"{counts[k]} {k}" for k in ("done", "running", "pending", "failed", "missing") if counts[k]))
     for s in states:
         if s.state == "failed":
-            from bench_harness.results.store import read_shard
             from bench_harness.paths import shard_path
+            from bench_harness.results.store import read_shard
 
             shard = shard_path(s.run.results_root, s.run.suite, s.run.run_id)
             error = read_shard(shard).get("error") if shard.exists() else s.detail
@@ -266,8 +267,8 @@ def cmd_verify(args) -> int:
     from collections import Counter
 
     from bench_harness import paths
+    from bench_harness.config.suite import load_suite
     from bench_harness.results.store import verify_store
-    from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
     counts: Counter = Counter()
@@ -289,7 +290,7 @@ def cmd_verify(args) -> int:
 
 def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[str], str]:
     """Suite files or names -> (names, results root)."""
-    from bench_harness.suite import load_suite
+    from bench_harness.config.suite import load_suite
 
     out, root = [], results_root
     for name in names:
@@ -313,7 +314,6 @@ def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[st
 
 def cmd_aggregate(args) -> int:
     from bench_harness.results.aggregate import aggregate, leaderboard_path
-
     from bench_harness.results.compaction import maybe_compact
 
     suites, root = _resolve_suites(args.suites, args.results_root)
@@ -398,10 +398,10 @@ def cmd_publish(args) -> int:
 def cmd_artifacts(args) -> int:
     """Stage artifacts of a suite: stored ones with their users, planned ones still missing; checksums verified."""
     from bench_harness import paths
+    from bench_harness.config.suite import load_suite
     from bench_harness.contract.artifacts import ArtifactStore, list_artifacts
     from bench_harness.results.store import load_results
     from bench_harness.running.runner import pretrain_key
-    from bench_harness.suite import load_suite
 
     suite = load_suite(args.suite)
     if args.results_root:

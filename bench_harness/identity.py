@@ -10,7 +10,6 @@ import hashlib
 import json
 from typing import Any
 
-
 _PLAIN = (str, int, bool, type(None))
 
 

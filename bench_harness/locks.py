@@ -224,7 +224,7 @@ class Claim:
             self.acquired = False
             release(self._path)
 
-    def __enter__(self) -> "Claim":
+    def __enter__(self) -> Claim:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench_harness.results.leaderboard import build_leaderboard
-from bench_harness.results.store import write_shard
 from bench_harness.results.compaction import compact
+from bench_harness.results.leaderboard import build_leaderboard
 from bench_harness.results.shard_index import update_index
+from bench_harness.results.store import write_shard
 
 MODELS = ["resnet20", "resnet32", "vgg16_bn", "conv4", "lenet5"]
 DATASETS = ["cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"]

@@ -45,7 +45,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -68,7 +67,7 @@ COMPARED = ["top1", "top5", "loss", "top1_before_training", "achieved_sparsity",
 SLURM_TASK = """
 import sys, warnings
 warnings.simplefilter("ignore")
-from bench_harness.suite import load_suite
+from bench_harness.config.suite import load_suite
 from bench_harness.slurm.task import execute_once
 for run in load_suite(sys.argv[1]).runs:
     execute_once(run)
@@ -138,7 +137,7 @@ def _compare(reference: pd.DataFrame, got: pd.DataFrame, tally: Tally, what: str
 
 def _plant_checkpoint(rng: random.Random, work: Path, suite_path: Path, markers: list[Path]) -> bool:
     """A malicious pruned.pt/train.pt in the work folder of a run that is not finished."""
-    from bench_harness.suite import load_suite
+    from bench_harness.config.suite import load_suite
 
     runs = load_suite(suite_path).runs
     root = Path(runs[0].results_root)

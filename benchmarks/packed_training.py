@@ -14,8 +14,8 @@ import time
 
 import yaml
 
+from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.running.runner import execute_packed, execute_run
-from bench_harness.suite import parse_suite, validate_suite
 
 SUITE = """
 name: packbench

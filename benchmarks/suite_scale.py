@@ -49,8 +49,8 @@ SLURM_PLAN = """
 import sys, time
 from collections import Counter
 t0 = time.perf_counter()
-from bench_harness.suite import load_suite
-from bench_harness.slurm.resources import slurm_plan
+from bench_harness.config.suite import load_suite
+from bench_harness.config.slurm import slurm_plan
 suite = load_suite(sys.argv[1])
 plan = slurm_plan(suite)
 profiles = Counter(plan.for_run(r) for r in suite.runs)
@@ -75,8 +75,8 @@ def finish_all(suite_path: Path) -> None:
     import pyarrow as pa
 
     from bench_harness import paths
+    from bench_harness.config.suite import load_suite
     from bench_harness.results import dataset
-    from bench_harness.suite import load_suite
 
     suite = load_suite(suite_path)
     root, name = suite.runs[0].results_root, suite.name
@@ -96,8 +96,8 @@ def main() -> None:
     base.mkdir(parents=True)
     bench = str(Path(sys.executable).parent / "bench")
     cell = len(MODELS) * len(DATASETS) * len(SPARSITIES) * len(PRUNERS)
-    wall, peak, _ = measure([sys.executable, "-c", "import torch, bench_harness.suite"])
-    print(f"reference: python -c 'import torch, bench_harness.suite': {wall:.2f} s, {peak:.0f} MB")
+    wall, peak, _ = measure([sys.executable, "-c", "import torch, bench_harness.config.suite"])
+    print(f"reference: python -c 'import torch, bench_harness.config.suite': {wall:.2f} s, {peak:.0f} MB")
     for n in args.runs:
         seeds = max(1, n // cell)
         path = base / f"scale{n}.yaml"

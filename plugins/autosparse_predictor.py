@@ -17,8 +17,8 @@ gradient, raw scale — and returns (N, 1).
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 ARCHITECTURES = ("resnet18", "mlp", "small_mlp")
 

@@ -6,7 +6,7 @@ from functools import partial
 from torch import nn
 
 from bench_harness import hookimpl
-from bench_harness.running.models import ModelSpec
+from bench_harness.contract.specs import ModelSpec
 from bench_harness_plugins.archs.cifar_resnet import CifarResNet
 from bench_harness_plugins.archs.small import MLP, VGG, ConvN, LeNet5
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench_harness import ModelSpec, PruneResult, Pruner, Regime, Requirements, Stage, hookimpl, masking, param
+from bench_harness import ModelSpec, Pruner, PruneResult, Regime, Requirements, Stage, hookimpl, masking, param
 from bench_harness_plugins.autosparse_predictor import ARCHITECTURES, ResNet18Cifar, build_predictor, predict
 from bench_harness_plugins.pruners_imp import rewind_pruning
 
@@ -146,8 +146,8 @@ def _api_teacher_config(params: AutoSparseParams, ctx) -> dict[str, Any]:
 
 def _build_teacher(config: dict[str, Any], ctx):
     """(model at initialization, training loader, feature batches, fit overrides) of a configured teacher."""
-    from bench_harness.running.models import build_model
     from bench_harness.contract.plugins import get_registry
+    from bench_harness.running.models import build_model
 
     registry = get_registry()
     spec = registry.get("dataset", config["dataset"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from bench_harness import hookimpl, masking
-from bench_harness.contract.pruner import Regime, Pruner
+from bench_harness.contract.pruner import Pruner, Regime
 from bench_harness.contract.score_pruner import ScorePruner
 
 

@@ -35,7 +35,7 @@ from typing import Literal
 
 import torch
 
-from bench_harness import PruneResult, Pruner, Regime, Requirements, hookimpl, masking, param
+from bench_harness import Pruner, PruneResult, Regime, Requirements, hookimpl, masking, param
 
 
 @dataclass

@@ -40,7 +40,6 @@ from bench_harness import Pruner, PruneResult, Regime, Requirements, hookimpl, p
 from bench_harness_plugins import snows_network as net
 from bench_harness_plugins import snows_solver as solver
 
-
 # -- parameters -----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -418,7 +417,7 @@ class Snows(Pruner):
                     grad = torch.autograd.grad(loss, weight, create_graph=True)[0] * support
                     rhs = -grad[support].detach()
                     direction, iters = solver.conjugate_gradient(
-                        lambda v: solver.hessian_vector_product(grad, weight, v, support), rhs, p.max_cg_iterations,
+                        lambda v, grad=grad: solver.hessian_vector_product(grad, weight, v, support), rhs, p.max_cg_iterations,
                         p.cg_tolerance, p.damping)
                     cg_total += iters
                     full = torch.zeros_like(weight)

@@ -16,7 +16,6 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-
 # -- masks --------------------------------------------------------------------------------------------------------
 
 def capped_magnitude_counts(weights: Mapping[str, torch.Tensor], remove: int, cap: float) -> dict[str, int]:

@@ -47,11 +47,10 @@ def _official_worker(spec: dict) -> None:
 
     sys.path.insert(0, os.getcwd())
     torch.set_num_threads(spec["threads"])
-    from globals import CONFIG  # the official global config
-
     import lib.layers as layers
-    from lib.generator import masked_parameters
     import lib.pruners as pruners
+    from globals import CONFIG  # the official global config
+    from lib.generator import masked_parameters
 
     CONFIG.device = "cpu"
     CONFIG.dataset = "CIFAR10"  # the data branch the official PX takes for (data, label) batches
@@ -157,9 +156,9 @@ CHECK_CASES = {
 
 def compare_case(T, case: dict, images, labels, trees: dict, work: Path, threads: int, float64: bool = False) -> dict:
     """Run the official code and ours on the same seeded weights and images; IoU of the final masks."""
-    import numpy as np
-    import torch
     import warnings
+
+    import torch
 
     import bench_harness
 

@@ -48,7 +48,7 @@ def runs_of(text: str, results_root, name: str = "suite.yaml") -> list:
     """The validated runs of a suite given as YAML text, storing their results under ``results_root``."""
     import yaml
 
-    from bench_harness.suite import parse_suite, validate_suite
+    from bench_harness.config.suite import parse_suite, validate_suite
 
     suite = parse_suite(yaml.safe_load(text), name)
     validate_suite(suite)

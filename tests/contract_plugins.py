@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bench_harness import hookimpl, masking
-from bench_harness.contract.pruner import (Pruner, PruneResult, Regime, Requirements, SparsityKind, Stage, param)
+from bench_harness.contract.pruner import Pruner, PruneResult, Regime, Requirements, SparsityKind, Stage, param
 
 
 class PostTrainingMagnitude(Pruner):

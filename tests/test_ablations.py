@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench_harness.running.ablations import reinitialize, shuffle_masks
-from bench_harness.errors import BenchError
+from bench_harness.config.suite import load_suite
+from bench_harness.contract.ablations import reinitialize, shuffle_masks
 from bench_harness.contract.masking import layer_densities
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import call_pruner, make_context
+from bench_harness.errors import BenchError
 from bench_harness.results.store import load_results
-from bench_harness.suite import load_suite
 from tests.conftest import bench
 
 

@@ -3,7 +3,6 @@ teacher/predictor stage artifacts (reuse, concurrent production, damaged payload
 import copy
 import json
 import multiprocessing as mp
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +11,12 @@ import yaml
 from torch import nn
 
 import bench_harness
+from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.contract import masking
 from bench_harness.contract.artifacts import ArtifactWarning
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import make_context
 from bench_harness.running.runner import execute_run
-from bench_harness.suite import parse_suite, validate_suite
 from bench_harness_plugins import pruners_autosparse as aus
 from bench_harness_plugins.autosparse_predictor import build_predictor, predict
 from bench_harness_plugins.pruners_imp import linear_count_keep, linear_count_levels, rewind_pruning

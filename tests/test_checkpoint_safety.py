@@ -21,7 +21,6 @@ from bench_harness.api import make_recipe
 from bench_harness.running import checkpoint
 from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
-
 from tests.conftest import runs_of
 
 SUITE = """

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench_harness.results.store import SCHEMA, load_results, read_shard
+from bench_harness.results.schema import SCHEMA
+from bench_harness.results.store import load_results, read_shard
 from tests.conftest import BENCH, bench
 
 

@@ -1,7 +1,6 @@
 """Pruner contract v2: the training service, training plans (rewinding), pretrained weights per pruner,
 per-pruner scoring, sparsity kinds, stage artifacts, the extended Python API, run ids with versions."""
 import json
-import math
 import multiprocessing as mp
 import os
 import signal
@@ -13,17 +12,17 @@ import yaml
 from torch import nn
 
 import bench_harness
-from bench_harness.contract import masking
 from bench_harness.api import make_recipe
+from bench_harness.config.suite import parse_suite, validate_suite
+from bench_harness.conformance import check_pruner
+from bench_harness.contract import masking
 from bench_harness.contract.artifacts import ArtifactError, ArtifactStore, file_lock
-from bench_harness.contract.conformance import check_pruner
-from bench_harness.errors import RunFailure, SuiteError
-from bench_harness.results.leaderboard import build_leaderboard, prepare_runs
 from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.contract.pruner import PruneResult, Regime, training_plan
 from bench_harness.contract.pruning import call_pruner, make_context
+from bench_harness.errors import RunFailure, SuiteError
+from bench_harness.results.leaderboard import build_leaderboard
 from bench_harness.running.runner import execute_run
-from bench_harness.suite import parse_suite, validate_suite
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.weights import WeightsNotFound, load_pretrained
 from tests import contract_plugins
@@ -482,8 +481,8 @@ recipe: {{epochs: 1, batch_size: 32, lr: 0.05}}
     records = [json.loads(r["artifacts"])["test-teacher"] for r in rows]
     assert [r["produced"] for r in records] == [True, False, False, False]
     assert len({r["sha256"] for r in records}) == 1
-    from bench_harness.running.runner import missing_stages
     from bench_harness import paths
+    from bench_harness.running.runner import missing_stages
 
     assert missing_stages(first.runs[0], registry) == []
     files = paths.run_artifacts_dir(tmp_path, "stage_a", first.runs[0].run_id)

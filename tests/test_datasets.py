@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench_harness.running.datasets import DatasetNotFound, concrete_spec, first_per_class
 from bench_harness.contract.plugins import get_registry
+from bench_harness.contract.specs import DatasetNotFound
+from bench_harness.running.datasets import concrete_spec, first_per_class
 
 
 def _spec(name):

@@ -13,13 +13,12 @@ import textwrap
 import pytest
 
 from bench_harness import paths
+from bench_harness.config.suite import load_suite
 from bench_harness.results.store import load_results
 from bench_harness.running import checkpoint
 from bench_harness.running.runner import execute_run
-from bench_harness.suite import load_suite
-from tests.test_hostile_plugins import BENCH, _bench, _rows, _suite, hostile_env  # noqa: F401 - hostile_env: a fixture
-
 from tests.conftest import runs_of
+from tests.test_hostile_plugins import BENCH, _bench, _rows, _suite, hostile_env  # noqa: F401 - hostile_env: a fixture
 
 SUITE = """
 name: forge
@@ -138,7 +137,7 @@ def test_clear_removes_only_regular_files_of_a_real_folder(tmp_path):
 CHILD = textwrap.dedent("""
     import json, resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, resource.RLIM_INFINITY))  # /dev/zero must not eat the host
-    from bench_harness.suite import load_suite
+    from bench_harness.config.suite import load_suite
     from bench_harness.running.runner import execute_run
     row = execute_run(load_suite(sys.argv[1]).runs[0], resume=True)
     print(json.dumps({"status": row["status"], "error": row.get("error"), "warnings": row["warnings"]}))

@@ -1,7 +1,7 @@
 from dataclasses import dataclass, field
 
+from bench_harness.config.suite import Component, PrunableSet, Recipe, RunSpec, Scoring
 from bench_harness.identity import config_hash, non_default_fields
-from bench_harness.suite import Component, PrunableSet, Recipe, RunSpec, Scoring
 
 
 def _run(**kw):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench_harness.config.suite import load_suite, parse_suite
 from bench_harness.errors import SuiteError
-from bench_harness.suite import load_suite, parse_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 64, test_size: 32}}"
@@ -98,10 +98,10 @@ def test_relative_weights_are_read_from_where_the_suite_was_loaded(tmp_path, mon
     import torch
     import yaml
 
+    from bench_harness.config.suite import validate_suite
     from bench_harness.contract.artifacts import file_sha256
     from bench_harness.contract.plugins import Registry
     from bench_harness.running.runner import execute_run
-    from bench_harness.suite import validate_suite
     from bench_harness_plugins.archs.small import MLP
     from tests import contract_plugins
 

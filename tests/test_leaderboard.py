@@ -8,9 +8,9 @@ import pytest
 
 from bench_harness.results.aggregate import aggregate, merge_results
 from bench_harness.results.leaderboard import build_leaderboard, display_table, to_latex, to_markdown
-from bench_harness.results.store import read_shard, write_shard
 from bench_harness.results.shard_index import update_index
 from bench_harness.results.stats import mean_std_ci, paired_difference, t975
+from bench_harness.results.store import read_shard, write_shard
 
 
 def test_t_quantiles_and_intervals_by_hand():
@@ -160,8 +160,8 @@ def test_leaderboard_files_are_read_by_pandas_polars_and_duckdb(tmp_path):
 
 
 def test_compaction_loses_and_duplicates_nothing(tmp_path):
-    from bench_harness.results.store import load_results, shard_status
     from bench_harness.results.compaction import compact
+    from bench_harness.results.store import load_results, shard_status
 
     rows = _runs().to_dict("records")
     for row in rows:

@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
+from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.running.runner import execute_packed, execute_run
-from bench_harness.suite import parse_suite, validate_suite
 
 SUITE = """
 name: packed

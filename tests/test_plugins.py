@@ -2,8 +2,8 @@ from importlib import metadata
 
 import pytest
 
-from bench_harness.errors import PluginConflictError, UnknownNameError
 from bench_harness.contract.plugins import PluginWarning, Registry
+from bench_harness.errors import PluginConflictError, UnknownNameError
 from tests.conftest import bench
 
 

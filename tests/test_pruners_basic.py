@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import bench_harness
-from bench_harness.contract.conformance import check_pruner
+from bench_harness.conformance import check_pruner
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import make_context
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bench_harness
-from bench_harness.contract.conformance import check_pruner
+from bench_harness.conformance import check_pruner
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import make_context
 from bench_harness_plugins.pruners_imp import imp_levels

@@ -12,8 +12,8 @@ from torch import nn
 
 import bench_harness
 from bench_harness.contract.masking import full_masks, global_topk_masks, prunable_parameters
-from bench_harness.running.models import build_model
 from bench_harness.contract.plugins import get_registry
+from bench_harness.running.models import build_model
 from bench_harness_plugins.pruners_px import CVPR2024, CVPR2024_INTENDED, HEAD, PXViews
 from bench_harness_plugins.relu_gates import UnsupportedActivation, relu_gates
 
@@ -216,7 +216,7 @@ def test_px_runs_on_the_model_zoo(model_name, channels, size):
 
 @pytest.mark.parametrize("name", ["px", "px_head"])  # px_cvpr2024 is px's class under its pinned name
 def test_passes_the_conformance_kit(name):
-    from bench_harness.contract.conformance import check_pruner
+    from bench_harness.conformance import check_pruner
 
     cls = get_registry().get("pruner", name)
     with warnings.catch_warnings():

@@ -6,7 +6,6 @@ import stat
 import subprocess
 import sys
 import time
-import warnings
 
 import pytest
 import torch
@@ -14,12 +13,12 @@ from torch import nn
 
 import bench_harness
 from bench_harness import hookimpl
+from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.contract.pruner import Pruner
+from bench_harness.results.shard_index import CorruptShardWarning
 from bench_harness.results.store import load_results, write_shard
 from bench_harness.running.runner import execute_run
-from bench_harness.results.shard_index import CorruptShardWarning
-from bench_harness.suite import parse_suite, validate_suite
 from tests.conftest import bench
 
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 128, test_size: 64}}"

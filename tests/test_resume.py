@@ -4,11 +4,10 @@ import signal
 
 import pytest
 
-from bench_harness.running import checkpoint
-from bench_harness.results.store import read_shard
 from bench_harness.paths import shard_path
+from bench_harness.results.store import read_shard
+from bench_harness.running import checkpoint
 from bench_harness.running.runner import execute_run
-
 from tests.conftest import runs_of
 
 SUITE = """

@@ -12,13 +12,13 @@ import yaml
 from torch import nn
 
 import bench_harness
-from bench_harness.contract import masking
 from bench_harness.api import make_recipe
-from bench_harness.contract.conformance import check_pruner
+from bench_harness.config.suite import parse_suite, validate_suite
+from bench_harness.conformance import check_pruner
+from bench_harness.contract import masking
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import call_pruner, make_context
 from bench_harness.running.runner import execute_run
-from bench_harness.suite import parse_suite, validate_suite
 from bench_harness.running.trainer import Trainer
 from bench_harness_plugins import pruners_slt, slt_allocation
 from bench_harness_plugins.slt_models import CifarResNet18

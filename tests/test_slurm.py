@@ -4,11 +4,11 @@ import time
 
 import pytest
 
+from bench_harness.config.slurm import slurm_plan
+from bench_harness.config.suite import load_suite
 from bench_harness.errors import SuiteError
 from bench_harness.results.store import load_results
 from bench_harness.slurm import ledger
-from bench_harness.slurm.resources import slurm_plan
-from bench_harness.suite import load_suite
 from tests.conftest import bench
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from bench_harness.config.suite import load_suite
 from bench_harness.errors import BenchError
 from bench_harness.results.store import load_results
 from bench_harness.slurm import ledger
 from bench_harness.slurm.cluster import ClusterLimits, SubmitLimit, _limit_used, gres_gpus, parse_time_min
 from bench_harness.slurm.preflight import explain_sbatch_error
 from bench_harness.slurm.task import visible_gpus, worker_devices
-from bench_harness.suite import load_suite
 from tests.conftest import bench
 
 GRID = """

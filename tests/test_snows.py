@@ -6,14 +6,13 @@ import yaml
 from torch import nn
 
 import bench_harness
-from bench_harness.contract.conformance import check_pruner
+from bench_harness.config.suite import parse_suite, validate_suite
+from bench_harness.conformance import check_pruner
 from bench_harness.contract.plugins import get_registry
 from bench_harness.running.runner import execute_run
-from bench_harness.suite import parse_suite, validate_suite
 from bench_harness_plugins import snows_network as net
 from bench_harness_plugins import snows_solver as solver
 from bench_harness_plugins.archs.cifar_resnet import CifarResNet
-from bench_harness_plugins.pruners_snows import MagnitudeCapped, MagnitudeLeastSquares, Snows, SparseGpt
 
 BLOCK_CONVS = r"layers\.\d+\.conv[12]\.weight"
 FAST = {"k_step": 3, "max_cg_iterations": 5, "newton_passes": 2, "batch_size": 8}

@@ -231,7 +231,7 @@ results_root: {root}
 
 HOLDER = """
     import sys, time
-    from bench_harness.suite import load_suite
+    from bench_harness.config.suite import load_suite
     from bench_harness.running import executor, runner
     from bench_harness.slurm import task
 
@@ -254,9 +254,9 @@ def test_slurm_tasks_and_local_runners_exclude_each_other(tmp_path, holder):
     executed the same run, in both directions. Now both take the same claim (real processes, real lock files)."""
     import fcntl
 
+    from bench_harness.config.suite import load_suite
     from bench_harness.running import executor
     from bench_harness.slurm import task
-    from bench_harness.suite import load_suite
 
     path = tmp_path / "c.yaml"
     path.write_text(CLAIM_SUITE.format(root=tmp_path / "results"))

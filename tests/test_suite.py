@@ -1,7 +1,7 @@
 import pytest
 
+from bench_harness.config.suite import load_suite
 from bench_harness.errors import SuiteError
-from bench_harness.suite import load_suite
 
 GOOD = """
 name: demo
@@ -84,7 +84,7 @@ def test_seed_ranges(tmp_path):
 def test_the_json_schema_lists_sections_allowed_values_and_pruner_parameters():
     import json
 
-    from bench_harness.suite import suite_json_schema
+    from bench_harness.config.schema import suite_json_schema
 
     schema = json.loads(json.dumps(suite_json_schema()))
     defs = schema["$defs"]

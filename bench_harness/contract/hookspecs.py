@@ -32,7 +32,7 @@ def bench_register_pruners():
 def bench_register_models():
     """Called once, when the registry is built.
 
-    Returns a list of :class:`bench_harness.running.models.ModelSpec`: a name, a builder
+    Returns a list of :class:`bench_harness.contract.specs.ModelSpec`: a name, a builder
     ``build(num_classes, in_channels, image_size, **params) -> torch.nn.Module`` and help text. A spec may
     set ``prefix=True``: it then serves every name ``"<spec.name>:<anything>"`` (e.g. ``torchvision:resnet18``)
     and its builder receives the part after the colon as ``arch``.
@@ -43,10 +43,10 @@ def bench_register_models():
 def bench_register_datasets():
     """Called once, when the registry is built.
 
-    Returns a list of :class:`bench_harness.running.datasets.DatasetSpec`: name, number of classes, input
+    Returns a list of :class:`bench_harness.contract.specs.DatasetSpec`: name, number of classes, input
     channels, image size, normalization and a loader ``load(root, split, augment, download, **params)``
     returning a ``torch.utils.data.Dataset`` of ``(image_tensor, label)``. A missing data set must raise
-    :class:`bench_harness.running.datasets.DatasetNotFound` saying where the files are expected and how to get them.
+    :class:`bench_harness.contract.specs.DatasetNotFound` saying where the files are expected and how to get them.
     """
 
 
@@ -54,7 +54,7 @@ def bench_register_datasets():
 def bench_register_metrics():
     """Called once, when the registry is built.
 
-    Returns a list of :class:`bench_harness.running.metrics.Metric`: a name and a function
+    Returns a list of :class:`bench_harness.contract.specs.Metric`: a name and a function
     ``compute(model, masks, test_loader, device) -> float`` evaluated after training. Each metric becomes a
     column ``metric_<name>`` of the results.
     """
@@ -64,7 +64,7 @@ def bench_register_metrics():
 def bench_run_started(run):
     """Called in the process that executes a run, before the model is built.
 
-    ``run`` is the :class:`bench_harness.suite.RunSpec`. Return value ignored; an exception is reported
+    ``run`` is the :class:`bench_harness.config.suite.RunSpec`. Return value ignored; an exception is reported
     as a warning and does not fail the run.
     """
 
@@ -73,6 +73,6 @@ def bench_run_started(run):
 def bench_run_finished(run, row):
     """Called after a run's result row is written (also for failed runs).
 
-    ``run`` is the :class:`bench_harness.suite.RunSpec`, ``row`` the result row as a dict (see
+    ``run`` is the :class:`bench_harness.config.suite.RunSpec`, ``row`` the result row as a dict (see
     :mod:`bench_harness.results.store` for its columns). Return value ignored; exceptions become warnings.
     """

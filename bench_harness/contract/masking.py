@@ -31,9 +31,9 @@ def prunable_parameters(
     exclude_first: bool = False,
     exclude_last: bool = False,
     types: tuple[type[nn.Module], ...] = PRUNABLE_TYPES,
-    include: "str | list[str] | None" = None,
-    exclude: "str | None" = None,
-) -> "OrderedDict[str, nn.Parameter]":
+    include: str | list[str] | None = None,
+    exclude: str | None = None,
+) -> OrderedDict[str, nn.Parameter]:
     """The ``weight`` of every conv and linear layer, and the q/k/v projections of ``nn.MultiheadAttention``, in
     module order (first/last layer optionally left out).
 

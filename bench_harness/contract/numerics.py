@@ -93,27 +93,27 @@ class HealthReport:
         return DegenerateScoresWarning(pruner, layers, self.iou, self.nonfinite, detail)
 
 
-def nonfinite_layers(scores: Mapping[str, "torch.Tensor"]) -> list[str]:
+def nonfinite_layers(scores: Mapping[str, torch.Tensor]) -> list[str]:
     import torch
 
     return [n for n, s in scores.items() if not bool(torch.isfinite(s).all())]
 
 
-def kept_sets(scores: Mapping[str, "torch.Tensor"], density: float, scope: str = "global") -> dict[str, "torch.Tensor"]:
+def kept_sets(scores: Mapping[str, torch.Tensor], density: float, scope: str = "global") -> dict[str, torch.Tensor]:
     """The weights kept at ``density``: exactly ``round(d·N)`` (per layer with scope layerwise), NaN lowest."""
     from bench_harness.contract import masking
 
     return masking.topk_masks(scores, density, scope, "exact")
 
 
-def iou(a: Mapping[str, "torch.Tensor"], b: Mapping[str, "torch.Tensor"]) -> float:
+def iou(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
     """Intersection over union of two sets of boolean masks with the same keys (1.0 when both are empty)."""
     inter = sum(int((a[n] & b[n].to(a[n].device)).sum()) for n in a)
     union = sum(int((a[n] | b[n].to(a[n].device)).sum()) for n in a)
     return inter / union if union else 1.0
 
 
-def compare_precisions(scores32: Mapping[str, "torch.Tensor"], scores64: Mapping[str, "torch.Tensor"],
+def compare_precisions(scores32: Mapping[str, torch.Tensor], scores64: Mapping[str, torch.Tensor],
                        density: float, scope: str = "global") -> HealthReport:
     """Compare float32 scores with the same scores computed in float64 (same model, same data)."""
     import torch

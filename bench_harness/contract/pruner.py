@@ -106,7 +106,7 @@ class PruneResult:
     achieved_sparsity: float | None = None  # filled by the core (over the prunable set)
 
 
-def training_plan(result: PruneResult, regime: "Regime", recipe_epochs: int) -> tuple[int, int]:
+def training_plan(result: PruneResult, regime: Regime, recipe_epochs: int) -> tuple[int, int]:
     """(end epoch, start epoch) of the run's training after pruning."""
     if result.weights_frozen:
         return 0, 0
@@ -132,7 +132,7 @@ class Stage:
 
     name: str
     config: Mapping[str, Any]
-    produce: Callable[["PruneContext"], Any]
+    produce: Callable[[PruneContext], Any]
 
 
 @dataclass
@@ -223,7 +223,7 @@ class Pruner:
         try:
             return _params_adapter(cls.Params).validate_python(values)
         except ValidationError as exc:
-            from bench_harness.suite import validation_problems
+            from bench_harness.validation import validation_problems
 
             key, message = validation_problems(exc, known)[0]
             raise ValueError(f"pruner {cls.name!r} parameter {key!r}: {message}") from None

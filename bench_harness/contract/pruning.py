@@ -8,11 +8,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from bench_harness.running import ablations
-
-from bench_harness.contract import masking
-from bench_harness.errors import InvalidMaskError
+from bench_harness.contract import ablations, masking
 from bench_harness.contract.pruner import PruneContext, Pruner, PruneResult, SparsityKind
+from bench_harness.errors import InvalidMaskError
 
 
 class SparsityOffTargetWarning(UserWarning):

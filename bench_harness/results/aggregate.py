@@ -10,8 +10,8 @@ import pandas as pd
 from bench_harness import paths
 from bench_harness.atomic import atomic_write
 from bench_harness.results.leaderboard import build_leaderboard, prepare_runs
-from bench_harness.results.store import write_shard
 from bench_harness.results.shard_index import update_index
+from bench_harness.results.store import write_shard
 
 
 def suite_runs(results_root: str | Path, suite: str, rebuild: bool = False) -> pd.DataFrame:

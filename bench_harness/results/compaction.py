@@ -44,8 +44,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench_harness import locks, paths
-from bench_harness.errors import BenchError
 from bench_harness.atomic import atomic_write
+from bench_harness.errors import BenchError
 from bench_harness.files import open_regular
 from bench_harness.results import dataset
 

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from bench_harness.atomic import atomic_write
 from bench_harness.files import open_regular
+from bench_harness.results.schema import SCHEMA
 
 PART = re.compile(r"^part-(\d{8,})-[0-9a-f]{8}\.parquet$")  # 8 digits, more once past 99,999,999
 
@@ -278,16 +279,12 @@ def part_sequence(name: str) -> int:
 def conforms(table: pa.Table) -> bool:
     """Whether every column the result schema knows has the schema's type (a null-typed column from a hand-made
     file would break the schema inference of glob readers)."""
-    from bench_harness.results.store import SCHEMA
-
     known = {f.name: f.type for f in SCHEMA}
     return all(known.get(f.name, f.type) == f.type for f in table.schema)
 
 
 def conform(table: pa.Table) -> pa.Table:
     """The table with every column the result schema knows cast to the schema's type."""
-    from bench_harness.results.store import SCHEMA
-
     known = {f.name: f.type for f in SCHEMA}
     for i, f in enumerate(table.schema):
         if f.name in known and f.type != known[f.name]:

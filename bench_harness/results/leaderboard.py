@@ -47,7 +47,6 @@ import pandas as pd
 
 from bench_harness.results.stats import ci95_halfwidth, paired_t_pvalue
 
-
 LEADERBOARD_VERSION = 2
 MIN_SEEDS = 3
 OFF_TARGET = 0.005

@@ -22,8 +22,7 @@ from bench_harness import paths
 from bench_harness.atomic import atomic_write
 from bench_harness.files import open_regular
 from bench_harness.results import dataset
-from bench_harness.results.compaction import (COMPACT_AT, compact, maybe_compact, reading,  # noqa: F401
-                                              run_files)
+from bench_harness.results.compaction import COMPACT_AT, compact, maybe_compact, reading, run_files  # noqa: F401
 from bench_harness.results.dataset import CorruptShardWarning, read_shards  # noqa: F401
 
 _CACHE_COLUMNS = ("_shard", "_mtime_ns", "_size", "_ino")

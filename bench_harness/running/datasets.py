@@ -6,34 +6,14 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from bench_harness.errors import BenchError
+from bench_harness.contract.specs import DatasetNotFound, DatasetSpec  # noqa: F401 (the providers of the data helpers below)
 from bench_harness.locks import file_lock
-
-
-class DatasetNotFound(BenchError, FileNotFoundError):
-    """A data set's files are missing; the message says where they are expected and how to get them."""
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    load: Callable[..., Dataset]  # load(root=, split="train"|"test", augment=bool, download=bool, **params)
-    description: str = ""
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    # For data sets whose shape depends on parameters (a folder, the synthetic set): resolve(root=, **params)
-    # returns the concrete spec; its ``load`` then receives the same parameters.
-    resolve: Callable[..., "DatasetSpec"] | None = None
 
 
 def prepare_once(root: str | Path, name: str, ready: Callable[[], bool], build: Callable[[Path], None]) -> None:
@@ -76,7 +56,7 @@ def move_into_place(source: Path, target: Path) -> None:
             os.replace(entry, destination)
 
 
-_LOADED: "OrderedDict[tuple, Dataset]" = OrderedDict()
+_LOADED: OrderedDict[tuple, Dataset] = OrderedDict()
 LOADED_KEEP = 3  # data sets (name, split, augmentation, parameters) a process keeps for its next runs
 
 

@@ -28,11 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bench_harness import paths
+from bench_harness.config.suite import RunSpec, Suite
 from bench_harness.diskspace import ensure_free_space
 from bench_harness.errors import DiskFullError
 from bench_harness.processes import describe_exit, die_with_parent
 from bench_harness.results import store as results
-from bench_harness.suite import RunSpec, Suite
 
 
 @dataclass

@@ -1,24 +1,13 @@
 """Cost and sparsity metrics of a pruned model; the metric-plugin contract."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench_harness.contract import masking
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric registered by a plugin: ``compute(model, masks, test_loader, device) -> float``."""
-
-    name: str
-    compute: Callable[..., float]
-    description: str = ""
-
 
 _TORCH_BEFORE_2_4 = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 4)
 

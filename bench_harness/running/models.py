@@ -1,18 +1,11 @@
 """The model provider contract (registered by plugins through ``bench_register_models``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    build: Callable[..., nn.Module]  # build(num_classes=, in_channels=, image_size=, **params)
-    description: str = ""
-    prefix: bool = False  # serves "<name>:<arch>" names; build then receives arch=<arch>
+from bench_harness.contract.specs import ModelSpec
 
 
 def build_model(spec: ModelSpec, name: str, num_classes: int, in_channels: int, image_size: int,

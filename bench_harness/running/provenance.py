@@ -28,7 +28,7 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance(device: torch.device) -> dict[str, str | None]:
-    from bench_harness import __version__
+    from bench_harness.version import __version__
 
     return {
         "harness_version": __version__,

@@ -19,26 +19,21 @@ import torch
 from torch.utils.data import Subset
 
 from bench_harness import paths
-from bench_harness.diskspace import disk_full_error, is_disk_full
-from bench_harness.interrupts import escape_from_plugin, watch_sigint
-
-from bench_harness.running import ablations, checkpoint
-
-from bench_harness.contract import masking
-
-from bench_harness.results import store as results
+from bench_harness.config.suite import RunSpec
+from bench_harness.contract import ablations, masking
 from bench_harness.contract.artifacts import ArtifactStore
-from bench_harness.running.datasets import (concrete_spec, first_per_class, head, load_split, make_loader,
-                                            tensor_batches)
+from bench_harness.contract.plugins import Registry, get_registry
+from bench_harness.contract.pruner import Regime, training_plan
+from bench_harness.contract.pruning import call_pruner, changed_weights, make_context, mask_summary, weights_fingerprint
+from bench_harness.diskspace import disk_full_error, is_disk_full
 from bench_harness.errors import BenchError, DiskFullError, RunFailure
+from bench_harness.interrupts import escape_from_plugin, watch_sigint
+from bench_harness.results import store as results
+from bench_harness.running import checkpoint
+from bench_harness.running.datasets import concrete_spec, first_per_class, head, load_split, make_loader, tensor_batches
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.running.models import build_model
-from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.running.provenance import provenance, resolve_device
-from bench_harness.contract.pruner import Regime, training_plan
-from bench_harness.contract.pruning import (call_pruner, changed_weights, make_context, mask_summary,
-                                            weights_fingerprint)
-from bench_harness.suite import RunSpec
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.training import evaluate, train
 from bench_harness.running.weights import load_pretrained
@@ -366,7 +361,7 @@ class _ProcessState:
     writer: Callable
 
     @classmethod
-    def save(cls) -> "_ProcessState":
+    def save(cls) -> _ProcessState:
         umask = os.umask(0o022)
         os.umask(umask)
         return cls(umask, _dup_or_none(".", directory=True), {fd: d for fd in (1, 2)

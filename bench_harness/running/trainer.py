@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench_harness.running import checkpoint
 from bench_harness.errors import RunFailure
+from bench_harness.running import checkpoint
 from bench_harness.running.training import evaluate, train
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench_harness.errors import RunFailure
 from bench_harness.contract.masking import MaskEnforcer
+from bench_harness.errors import RunFailure
 
 
 @dataclass

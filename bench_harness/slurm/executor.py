@@ -16,15 +16,20 @@ import submitit
 from submitit.core.utils import FailedJobError
 
 from bench_harness import paths
-
-from bench_harness.results import store as results
+from bench_harness.config.slurm import Resources, slurm_plan
+from bench_harness.config.suite import RunSpec, Suite
 from bench_harness.errors import BenchError
+from bench_harness.results import store as results
 from bench_harness.slurm import ledger, preflight
-from bench_harness.slurm.cluster import (ClusterLimits, cancel, expand_array_states, is_submit_limit_error,
-                                         read_limits, sacct_states)
-from bench_harness.slurm.resources import Resources, slurm_plan
+from bench_harness.slurm.cluster import (
+    ClusterLimits,
+    cancel,
+    expand_array_states,
+    is_submit_limit_error,
+    read_limits,
+    sacct_states,
+)
 from bench_harness.slurm.task import PretrainTask, RunTask, StageTask
-from bench_harness.suite import RunSpec, Suite
 
 
 @dataclass

@@ -59,7 +59,7 @@ def cmd_logs(args) -> int:
     """The `bench logs` command (registered in bench_harness.cli)."""
     suite_name, root = None, args.results_root or "results"
     if args.suite:
-        from bench_harness.suite import load_suite
+        from bench_harness.config.suite import load_suite
 
         if Path(args.suite).is_file():
             suite = load_suite(args.suite)

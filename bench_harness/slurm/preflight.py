@@ -12,9 +12,9 @@ import re
 import sys
 from dataclasses import dataclass
 
+from bench_harness.config.slurm import Resources
 from bench_harness.errors import BenchError
 from bench_harness.slurm import cluster
-from bench_harness.slurm.resources import Resources
 
 
 @dataclass

@@ -19,10 +19,9 @@ import time
 import submitit
 
 from bench_harness import paths
+from bench_harness.config.suite import RunSpec
 from bench_harness.locks import Claim
-
 from bench_harness.results import store as results
-from bench_harness.suite import RunSpec
 
 
 def log(message: str) -> None:
@@ -192,7 +191,7 @@ class RunTask(_Requeueable):
                                     initargs=(slots, devices, cpus // workers)) as pool:
             return dict(zip([r.run_id for r in self.runs], pool.map(execute_once, self.runs)))
 
-    def _again(self) -> "RunTask":
+    def _again(self) -> RunTask:
         return RunTask(self.runs, self.runs_per_gpu, self.resources)
 
 
@@ -223,7 +222,7 @@ class PretrainTask(_Requeueable):
         log(f"pretraining for {self.run.describe()}")
         return pretrain_only(self.run)
 
-    def _again(self) -> "PretrainTask":
+    def _again(self) -> PretrainTask:
         return PretrainTask(self.run, self.resources)
 
 
@@ -242,5 +241,5 @@ class StageTask(_Requeueable):
         log(f"stage artifacts for {self.run.describe()}")
         return produce_stages(self.run)
 
-    def _again(self) -> "StageTask":
+    def _again(self) -> StageTask:
         return StageTask(self.run, self.resources)

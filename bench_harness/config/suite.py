@@ -35,7 +35,7 @@ from bench_harness.errors import BenchError, SuiteError, UnknownNameError, did_y
 from bench_harness.identity import config_hash, non_default_fields
 from bench_harness.paths import absolute_path
 from bench_harness.safe_yaml import YamlInputError, load_yaml_file
-
+from bench_harness.validation import validation_problems
 
 # Suite sections are dataclasses (hashable, frozen, used everywhere at run time) validated by pydantic: types,
 # allowed values (Literal), ranges and unknown keys, with errors that name the key; `bench validate --schema`
@@ -217,27 +217,6 @@ class Suite:
 TOP_KEYS = {"name", "description", "grid", "recipe", "scoring", "prunable", "pretrain", "device", "data_root",
             "download", "results_root", "ablations", "slurm", "timeout_min", "packing"}
 GRID_KEYS = {"models", "datasets", "sparsities", "seeds", "pruners"}
-
-
-def validation_problems(exc: ValidationError, fields: list[str]) -> list[tuple[str, str]]:
-    """(key, message) for every error of a pydantic validation, with allowed values and did-you-mean."""
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        kind = err["type"]
-        if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-            key = str(err["loc"][-1])
-            out.append((loc, f"unknown setting.{did_you_mean(key, fields)} Known settings: {', '.join(fields)}."))
-        elif kind == "literal_error":
-            out.append((loc, f"{err['input']!r} is not allowed: use {err['ctx']['expected']}"
-                             f".{did_you_mean(str(err['input']), _literal_choices(err['ctx']['expected']))}"))
-        else:
-            out.append((loc, f"{err['msg'].rstrip('.')} (got {err.get('input')!r})"))
-    return out
-
-
-def _literal_choices(expected: str) -> list[str]:
-    return [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
 
 
 def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
@@ -474,7 +453,7 @@ def validate_suite(suite: Suite, registry=None) -> None:
         if pruner_cls.ignores_sparsity:
             run.sparsity = 0.0
         if run.ablation is not None:
-            from bench_harness.running.ablations import ABLATIONS
+            from bench_harness.contract.ablations import ABLATIONS
 
             if run.ablation not in ABLATIONS:
                 raise SuiteError(suite.path, "ablations", f"unknown ablation {run.ablation!r}."
@@ -489,47 +468,3 @@ def validate_suite(suite: Suite, registry=None) -> None:
         seen_ids.add(run_id)
         kept.append(run)
     suite.runs = kept
-
-
-def suite_json_schema(registry=None) -> dict[str, Any]:
-    """The JSON Schema of a suite file (every section, every registered model/data set/pruner and each pruner's
-    parameters), for editors: ``bench validate --schema > suite.schema.json``."""
-    from typing import Union
-
-    from pydantic import BaseModel, create_model
-
-    from bench_harness.contract.plugins import get_registry
-    from bench_harness.slurm.resources import slurm_section_model
-
-    registry = registry or get_registry()
-    forbid = ConfigDict(extra="forbid")
-
-    def names(kind: str):
-        return Literal[tuple(sorted(registry.names(kind)))]  # type: ignore[misc]
-
-    pruner_entries = []
-    for name in sorted(registry.names("pruner")):
-        cls = registry.get("pruner", name)
-        pruner_entries.append(create_model(
-            f"pruner_{name}", __config__=forbid, __doc__=cls.description or None,
-            name=(Literal[name], ...), params=(Union[cls.Params, None], None),  # type: ignore[valid-type]
-            scoring=(Union[Scoring, None], None)))
-    model_entry = create_model("model_entry", __config__=forbid, name=(str, ...), params=(dict[str, Any], {}),
-                               weights=(Union[str, None], None))
-    dataset_entry = create_model("dataset_entry", __config__=forbid, name=(str, ...), params=(dict[str, Any], {}))
-    seed_range = create_model("seed_range", __config__=forbid, range=(Union[int, tuple[int, int]], ...))
-    grid = create_model(
-        "grid", __config__=forbid,
-        models=(list[Union[names("model"), str, model_entry]], ...),  # type: ignore[valid-type]
-        datasets=(list[Union[names("dataset"), dataset_entry]], ...),  # type: ignore[valid-type]
-        sparsities=(list[Annotated[float, Field(ge=0.0, lt=1.0)]], [0.0]),
-        seeds=(Union[list[Count], seed_range], [0]),
-        pruners=(list[Union[names("pruner"), Union[tuple(pruner_entries)]]], ...))  # type: ignore[valid-type]
-    model: type[BaseModel] = create_model(
-        "suite", __config__=forbid, name=(str, ...), description=(str, ""), grid=(grid, ...),
-        recipe=(Recipe, Recipe()), scoring=(Scoring, Scoring()), prunable=(PrunableSet, PrunableSet()),
-        pretrain=(Union[Recipe, None], None), device=(str, "auto"), data_root=(str, "data"), download=(bool, False),
-        results_root=(str, "results"), packing=(Annotated[int, Field(ge=1)], 1), timeout_min=(Union[TimeoutMinutes, None], None),
-        ablations=(list[Union[Literal["shuffle", "reinit", "invert"], None]], [None]),
-        slurm=(Union[slurm_section_model(), None], None))
-    return model.model_json_schema()

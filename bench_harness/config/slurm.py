@@ -30,11 +30,21 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from typing_extensions import Annotated
 
+from bench_harness.config.suite import Count, RunSpec, Suite
 from bench_harness.errors import SuiteError, did_you_mean
-from bench_harness.suite import Count, RunSpec, Suite, validation_problems
+from bench_harness.validation import validation_problems
 
 
 def _setup_lines(value: Any) -> Any:

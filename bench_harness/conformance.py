@@ -21,16 +21,15 @@ folder, and checks that:
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import os
-import tempfile
-from pathlib import Path
 
 from bench_harness.contract import masking
 from bench_harness.contract.artifacts import ArtifactStore

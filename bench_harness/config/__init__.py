@@ -1,0 +1,1 @@
+"""Configuration: suite files, their sections and their JSON Schema (the layer above the contract)."""

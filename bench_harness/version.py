@@ -1,0 +1,2 @@
+"""The version of bench-harness (recorded in every result row)."""
+__version__ = "0.1.0"
