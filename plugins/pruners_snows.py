@@ -26,7 +26,6 @@ The official layer selection is a ``prunable:`` regex (docs/snows.md): CIFAR Res
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -316,19 +315,13 @@ class Snows(Pruner):
         p = self.params
         if p.mask_from == "mp":
             return mp_masks(model, sparsity, dict(ctx.prunable), p)
-        from bench_harness.contract.plugins import get_registry
-
-        cls = get_registry().get("pruner", p.mask_from)
         prunable_total = sum(w.numel() for w in ctx.prunable.values())
         if p.sparsity_of == "all":
             remove = int(round(sparsity * _trainable_total(model)))
             inner = remove / prunable_total
         else:
             inner = sparsity
-        clone = copy.deepcopy(model)
-        sub = dataclasses.replace(ctx, prunable={n: clone.get_parameter(n) for n in ctx.prunable}, model=clone)
-        out = cls(cls.make_params({})).prune(clone, inner, sub)
-        masks = out.masks if isinstance(out, PruneResult) else out
+        masks = ctx.services.run_pruner(p.mask_from, copy.deepcopy(model), inner, ctx).masks
         return {n: masks[n].to(torch.bool).to(w.device) for n, w in ctx.prunable.items()}
 
     def prune(self, model, sparsity, ctx):

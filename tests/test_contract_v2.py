@@ -254,7 +254,7 @@ def test_missing_torchvision_and_timm_weights_name_where_they_were_looked_for(tm
 
 def test_timm_pretrained_tags_are_model_names():
     spec = get_registry().get("model", "timm")
-    from bench_harness.running.models import build_model
+    from bench_harness.contract.models import build_model
 
     model = build_model(spec, "timm:resnet18.a1_in1k", 10, 3, 32)
     assert model.fc.out_features == 10

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench_harness.contract.datasets import concrete_spec, first_per_class
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.specs import DatasetNotFound
-from bench_harness.running.datasets import concrete_spec, first_per_class
 
 
 def _spec(name):
@@ -174,7 +174,7 @@ def test_mnist_format_values_batches_and_bad_files(tmp_path, monkeypatch):
 
 
 def test_a_process_loads_each_data_set_once(tmp_path, monkeypatch):
-    from bench_harness.running import datasets as core
+    from bench_harness.contract import datasets as core
 
     calls = []
     spec = _spec("synthetic")

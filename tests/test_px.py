@@ -12,8 +12,8 @@ from torch import nn
 
 import bench_harness
 from bench_harness.contract.masking import full_masks, global_topk_masks, prunable_parameters
+from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import get_registry
-from bench_harness.running.models import build_model
 from bench_harness_plugins.pruners_px import CVPR2024, CVPR2024_INTENDED, HEAD, PXViews
 from bench_harness_plugins.relu_gates import UnsupportedActivation, relu_gates
 

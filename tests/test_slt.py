@@ -69,7 +69,7 @@ def _prune(name="slt_frozen", sparsity=0.6, epochs=2, model=None, **params):
 
 def _shapes(model_name):
     registry = get_registry()
-    from bench_harness.running.models import build_model
+    from bench_harness.contract.models import build_model
 
     model = build_model(registry.get("model", model_name), model_name, 10, 3, 32)
     return [tuple(p.shape) for p in masking.prunable_parameters(model).values()]
@@ -291,7 +291,7 @@ def test_the_slt_pruners_pass_the_conformance_kit(name, params):
 @pytest.mark.parametrize("model_name", ["conv2", "conv4", "conv6", "resnet20", "cifar_resnet18",
                                         "torchvision:resnet18", "torchvision:resnet50"])
 def test_one_score_step_on_every_model_family(model_name):
-    from bench_harness.running.models import build_model
+    from bench_harness.contract.models import build_model
 
     spec = get_registry().get("model", model_name.split(":")[0])
     torch.manual_seed(0)

@@ -23,8 +23,11 @@ What a pruner receives: the model (on the run's device; pretrained when required
 :class:`PruneContext`: the prunable weights, a seeded generator, scoring/calibration batches (``ctx.data()``),
 the training loader, the training service ``ctx.trainer`` (see :mod:`bench_harness.running.trainer`: the suite's recipe,
 parameter groups, a loss override, progress, NaN detection, per-epoch checkpoints resumed after preemption),
-the stage artifact store ``ctx.artifacts`` (see :mod:`bench_harness.contract.artifacts`) and a per-run folder
-``ctx.run_dir`` for files of its own.
+the stage artifact store ``ctx.artifacts`` (see :mod:`bench_harness.contract.artifacts`), a per-run folder
+``ctx.run_dir`` for files of its own, and the harness's services ``ctx.services`` (see
+:mod:`bench_harness.contract.services`): a registered model, data set or training loader built as a run builds
+it (e.g. a teacher of another model or data set), and another registered pruner run as the core runs it (e.g. a
+mask to start from). A plugin never needs the registry or the runner's modules.
 
 What it returns: a dict ``{parameter name: bool tensor}`` covering exactly ``ctx.prunable`` (``True`` =
 kept), or a :class:`PruneResult` that also says whether weights were changed or frozen, how the run trains
@@ -158,6 +161,9 @@ class PruneContext:
     pretrained: bool = False  # the model holds pretrained weights
     run: Any = None  # the RunSpec in a suite run (model/data set names, recipe), None in the Python API
     model: nn.Module | None = None  # the model being pruned (stage producers copy it; prune() receives it anyway)
+    # The harness's services (bench_harness.contract.services.Services): build a model, a data set or a training
+    # loader as a run would, run another registered pruner. make_context always sets them.
+    services: Any = None
 
     def data(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the scoring batches (moved to ``device``); a clear error if there are none."""

@@ -10,6 +10,7 @@ from torch import nn
 
 from bench_harness.contract import ablations, masking
 from bench_harness.contract.pruner import PruneContext, Pruner, PruneResult, SparsityKind
+from bench_harness.contract.services import Services
 from bench_harness.errors import InvalidMaskError
 
 
@@ -128,12 +129,13 @@ def select_prunable(model: nn.Module, prunable: Any = None, exclude_first: bool 
 
 def make_context(model: nn.Module, *, seed: int = 0, device: torch.device | None = None, batches=None,
                  exclude_first: bool = False, exclude_last: bool = False, prunable: Any = None,
-                 exclude: str | None = None, **kw: Any) -> PruneContext:
+                 exclude: str | None = None, services: Services | None = None, **kw: Any) -> PruneContext:
+    """A pruner's context; ``services`` default: the process registry's, data in ``./data`` (the Python API)."""
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
     selected = select_prunable(model, prunable, exclude_first, exclude_last, exclude)
     return PruneContext(prunable=selected, device=device, generator=generator, seed=seed, batches=batches,
-                        model=model, **kw)
+                        model=model, services=services or Services(call_pruner), **kw)
 
 
 def mask_summary(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:
