@@ -214,7 +214,7 @@ pretrain: {{epochs: 2, batch_size: 32, lr: 0.05}}
 
 def test_weights_from_a_file_are_loaded_and_hashed(tmp_path, registry):
     from bench_harness.contract.artifacts import file_sha256
-    from bench_harness_plugins.archs.small import MLP
+    from bench_harness_plugins.providers.archs.small import MLP
 
     model = MLP(4, 3, 8, (300, 100))
     with torch.no_grad():

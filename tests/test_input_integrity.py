@@ -102,7 +102,7 @@ def test_relative_weights_are_read_from_where_the_suite_was_loaded(tmp_path, mon
     from bench_harness.contract.artifacts import file_sha256
     from bench_harness.contract.plugins import Registry
     from bench_harness.running.runner import execute_run
-    from bench_harness_plugins.archs.small import MLP
+    from bench_harness_plugins.providers.archs.small import MLP
     from tests import contract_plugins
 
     weights = tmp_path / "w" / "mlp.pt"

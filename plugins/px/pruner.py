@@ -55,7 +55,7 @@ from bench_harness import hookimpl
 from bench_harness.contract.datasets import first_per_class
 from bench_harness.contract.pruner import Requirements, param
 from bench_harness.contract.score_pruner import ScoreParams, ScorePruner
-from bench_harness_plugins.relu_gates import relu_gates
+from bench_harness_plugins.px.relu_gates import relu_gates
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench_harness import Pruner, PruneResult, Regime, Requirements, hookimpl, param
-from bench_harness_plugins import snows_network as net
-from bench_harness_plugins import snows_solver as solver
+from bench_harness_plugins.snows import network as net
+from bench_harness_plugins.snows import solver
 
 # -- parameters -----------------------------------------------------------------------------------------------------
 

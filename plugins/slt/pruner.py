@@ -50,8 +50,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bench_harness import ModelSpec, Pruner, PruneResult, Regime, Requirements, hookimpl, param
-from bench_harness_plugins import slt_allocation
-from bench_harness_plugins.slt_models import build_cifar_resnet18
+from bench_harness_plugins.slt import allocation as slt_allocation
+from bench_harness_plugins.slt.models import build_cifar_resnet18
 
 SEED_BITS = 64
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench_harness import ModelSpec, Pruner, PruneResult, Regime, Requirements, Stage, hookimpl, masking, param
-from bench_harness_plugins.autosparse_predictor import ARCHITECTURES, ResNet18Cifar, build_predictor, predict
-from bench_harness_plugins.pruners_imp import rewind_pruning
+from bench_harness_plugins.autosparse.predictor import ARCHITECTURES, ResNet18Cifar, build_predictor, predict
+from bench_harness_plugins.imp.pruner import rewind_pruning
 
 TEACHER = "autosparse-teacher"
 PREDICTOR = "autosparse-predictor"
