@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from bench_harness import hookimpl, masking
-from bench_harness.contract.pruner import Pruner, Regime
-from bench_harness.contract.score_pruner import ScorePruner
+from bench_harness import Pruner, Regime, ScorePruner, hookimpl, masking
 
 
 class Dense(Pruner):

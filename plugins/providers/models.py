@@ -5,8 +5,7 @@ from functools import partial
 
 from torch import nn
 
-from bench_harness import hookimpl
-from bench_harness.contract.specs import ModelSpec
+from bench_harness import ModelSpec, hookimpl
 from bench_harness_plugins.providers.archs.cifar_resnet import CifarResNet
 from bench_harness_plugins.providers.archs.small import MLP, VGG, ConvN, LeNet5
 

@@ -51,10 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench_harness import hookimpl
-from bench_harness.contract.datasets import first_per_class
-from bench_harness.contract.pruner import Requirements, param
-from bench_harness.contract.score_pruner import ScoreParams, ScorePruner
+from bench_harness import Requirements, ScoreParams, ScorePruner, first_per_class, hookimpl, param
 from bench_harness_plugins.px.relu_gates import relu_gates
 
 
