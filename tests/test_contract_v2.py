@@ -152,7 +152,7 @@ def test_training_plan_defaults_by_regime():
     assert training_plan(PruneResult(masks), Regime.AT_INIT, 10) == (10, 0)
     assert training_plan(PruneResult(masks), Regime.POST_TRAINING, 10) == (0, 0)
     assert training_plan(PruneResult(masks, train_epochs=3), Regime.POST_TRAINING, 10) == (3, 0)
-    assert training_plan(PruneResult(masks, weights_frozen=True), Regime.AT_INIT, 10) == (0, 0)
+    assert training_plan(PruneResult(masks, train_epochs=5), Regime.MASK_LEARNING, 10) == (0, 0)  # frozen weights
     assert training_plan(PruneResult(masks, train_from_epoch=2), Regime.ITERATIVE, 10) == (10, 2)
     with pytest.raises(ValueError):
         training_plan(PruneResult(masks, train_from_epoch=12), Regime.ITERATIVE, 10)

@@ -162,7 +162,7 @@ BEFORE_TRAINING_TYPES: dict[str, tuple[type, ...]] = {
     "pretrain_seconds": _NUMBER, "storage_bits": (int, type(None)), "top1_pretrained": _NUMBER,
     "prune_seconds": _NUMBER, "pruner_info": _TEXT, "top1_before_training": _NUMBER,
     "top5_before_training": _NUMBER, "loss_before_training": _NUMBER, "pretrained_source": _TEXT,
-    "pretrained_sha256": _TEXT, "artifacts": _TEXT, "train_from_epoch": (int,)}
+    "pretrained_sha256": _TEXT, "artifacts": _TEXT, "train_from_epoch": (int,), "granularity": _TEXT}
 BEFORE_TRAINING_KEYS = tuple(BEFORE_TRAINING_TYPES)
 
 
@@ -229,6 +229,7 @@ def _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on
     run_files = ctx.run_dir
     run_files.mkdir(parents=True, exist_ok=True)
     params = pruner_cls.make_params(run.pruner.params)
+    row["granularity"] = pruner_cls.granularity_of(params).value
     weights_before = None if pruner_cls.changes_weights else weights_fingerprint(model)
     t0 = time.perf_counter()
     result = call_pruner(pruner_cls, params, model, run.sparsity, ctx, run.ablation)

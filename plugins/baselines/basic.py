@@ -11,8 +11,7 @@ class Dense(Pruner):
 
     name = "dense"
     description = "no pruning (reference)"
-    regime = Regime.NONE
-    ignores_sparsity = True
+    regime = Regime.NONE  # the dense reference: one run, no sparsity axis
 
     def prune(self, model, sparsity, ctx):
         return masking.full_masks(ctx.prunable)

@@ -292,7 +292,7 @@ class SltFrozen(Pruner):
         if self.scope == "global":
             search.refresh()
             info["threshold"] = search.threshold
-        return PruneResult(masks, weights_frozen=True, weights_changed=True, info=info, storage_bits=storage)
+        return PruneResult(masks, weights_changed=True, info=info, storage_bits=storage)
 
     def adjust_counts(self, counts: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
         return counts

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench_harness import Pruner, PruneResult, Regime, Requirements, hookimpl, param
+from bench_harness import Granularity, Pruner, PruneResult, Regime, Requirements, hookimpl, param
 from bench_harness_plugins.snows import network as net
 from bench_harness_plugins.snows import solver
 from bench_harness_plugins.snows.layerwise import Layer, Walk, mask_weights, set_weight
@@ -137,18 +137,30 @@ def _result(masks, p: MaskParams, changed: bool, info: dict[str, Any]) -> PruneR
 
 # -- pruners --------------------------------------------------------------------------------------------------------
 
-class MagnitudeCapped(Pruner):
+class MaskPruner(Pruner):
+    """The pruners of this module: post-training, on the official SNOWS mask (``MaskParams``): the capped global
+    magnitude mask, or N:M masks when ``nm`` is set."""
+
+    regime = Regime.POST_TRAINING
+
+    @classmethod
+    def granularity_of(cls, params: MaskParams) -> Granularity:
+        return Granularity.N_M if solver.parse_nm(params.nm) else Granularity.UNSTRUCTURED
+
+    def masks(self, model: nn.Module, sparsity: float, ctx) -> dict[str, torch.Tensor]:
+        return mp_masks(model, sparsity, dict(ctx.prunable), self.params)
+
+
+class MagnitudeCapped(MaskPruner):
     name = "mp"
     description = "global magnitude with a per-layer cap (the official SNOWS mask), weights unchanged"
-    regime = Regime.POST_TRAINING
     Params = MaskParams
 
     def prune(self, model, sparsity, ctx):
-        masks = mp_masks(model, sparsity, dict(ctx.prunable), self.params)
-        return _result(masks, self.params, False, {})
+        return _result(self.masks(model, sparsity, ctx), self.params, False, {})
 
 
-class LayerwiseReconstruction(Pruner):
+class LayerwiseReconstruction(MaskPruner):
     """The skeleton of the post-training pruners that reconstruct: fix a mask (:meth:`masks`: the ``mp`` mask
     unless overridden), walk the network layer by layer in forward order (:class:`layerwise.Walk`: each layer's
     inputs are computed by the network re-fitted so far, and by the dense network), re-fit each layer on the mask's
@@ -156,12 +168,8 @@ class LayerwiseReconstruction(Pruner):
     the walk (a step enables what it differentiates). ``info``: the chain the walk found, the subclass's
     :meth:`summary` of the layers it re-fitted, the seconds spent."""
 
-    regime = Regime.POST_TRAINING
     requires = Requirements(data=True)
     changes_weights = True
-
-    def masks(self, model: nn.Module, sparsity: float, ctx) -> dict[str, torch.Tensor]:
-        return mp_masks(model, sparsity, dict(ctx.prunable), self.params)
 
     def reconstruct(self, walk: Walk, lay: Layer, masks: dict[str, torch.Tensor], xp: torch.Tensor,
                     xd: torch.Tensor) -> Any:
