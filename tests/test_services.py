@@ -159,12 +159,12 @@ def test_a_runs_row_records_the_granularity(tmp_path):
     from bench_harness import param
 
     @dataclass
-    class Params:
+    class TwoFourParams:
         nm: bool = param(False, "2:4 masks along the input dimension")
 
     class TwoFour(Pruner):
         name = "two_four"
-        Params = Params
+        Params = TwoFourParams
 
         @classmethod
         def granularity_of(cls, params):
