@@ -38,7 +38,7 @@ it (e.g. a teacher of another model or data set), and another registered pruner 
 mask to start from). A plugin never needs the registry or the runner's modules.
 
 What it returns: a dict ``{parameter name: bool tensor}`` covering exactly ``ctx.prunable`` (``True`` =
-kept), or a :class:`PruneResult` that also says whether weights were changed or frozen, how the run trains
+kept), or a :class:`PruneResult` that also says whether weights were changed, how the run trains
 afterwards (``train_epochs``, ``train_from_epoch``) and free-form ``info``. The core validates the masks
 (names, shapes, dtype, sparsity by kind) and the weights (finite), applies the masks and trains.
 """
