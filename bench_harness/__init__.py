@@ -1,7 +1,8 @@
 """bench-harness: a benchmark harness for neural-network pruning methods.
 
 The public API for plugin authors is importable from here (``from bench_harness import Pruner, param, ...``);
-module paths inside the package may move, these names do not.
+module paths inside the package may move, these names do not. Plugins import nothing else of the package (the
+built-ins are held to it by an import-linter contract, ``pyproject.toml``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ _PUBLIC = {
     "ArtifactStore": "bench_harness.contract.artifacts",
     "ModelSpec": "bench_harness.contract.specs", "DatasetSpec": "bench_harness.contract.specs",
     "DatasetNotFound": "bench_harness.contract.specs", "Metric": "bench_harness.contract.specs",
+    "Services": "bench_harness.contract.services",
+    "prepare_once": "bench_harness.contract.datasets", "first_per_class": "bench_harness.contract.datasets",
+    "BenchError": "bench_harness.errors",
     "masking": "bench_harness.contract.masking",
     "load_results": "bench_harness.results.store",
 }

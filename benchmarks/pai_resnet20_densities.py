@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 import bench_harness
+from bench_harness.contract.datasets import head, make_loader
 from bench_harness.contract.masking import layer_densities
+from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import get_registry
-from bench_harness.running.datasets import head, make_loader
-from bench_harness.running.models import build_model
 
 
 def scoring_batch(n: int = 100) -> tuple[torch.Tensor, torch.Tensor]:

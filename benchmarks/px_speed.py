@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 import bench_harness
+from bench_harness.contract.datasets import first_per_class
 from bench_harness.contract.masking import layer_densities
+from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import get_registry
-from bench_harness.running.datasets import first_per_class
-from bench_harness.running.models import build_model
 
 
 def main() -> None:

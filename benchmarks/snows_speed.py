@@ -23,7 +23,7 @@ BLOCK_CONVS = r"layers\.\d+\.conv[12]\.weight"
 
 
 def harness_model(seed: int):
-    from bench_harness_plugins.archs.cifar_resnet import CifarResNet
+    from bench_harness_plugins.providers.archs.cifar_resnet import CifarResNet
 
     torch.manual_seed(seed)
     model = CifarResNet(20)

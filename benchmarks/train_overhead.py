@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bench_harness.api import make_recipe
 from bench_harness.contract import masking
+from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import get_registry
-from bench_harness.running.models import build_model
 from bench_harness.running.training import train
 
 

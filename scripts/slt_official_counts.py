@@ -8,7 +8,7 @@ pruned (-1) and as kept (+1). Nothing of the official code is copied: it is impo
 
     .venv/bin/python scripts/slt_official_counts.py /tmp/slt-official [--out tests/fixtures/slt/official_counts.json]
 
-The test tests/test_slt.py compares plugins/slt_allocation.py against the stored file only.
+The test tests/test_slt.py compares plugins/slt/allocation.py against the stored file only.
 """
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ class ScorePopup(Pruner):
             for n, p in model.named_parameters():
                 p.requires_grad_(frozen[n])
         masks = masking.topk_masks({n: s.detach() for n, s in scores.items()}, density, "layerwise")
-        return PruneResult(masks, weights_frozen=True, info={"score_sum": float(sum(s.detach().sum() for s in scores.values()))})
+        return PruneResult(masks, info={"score_sum": float(sum(s.detach().sum() for s in scores.values()))})
 
 
 class WritesNaN(Pruner):

@@ -17,9 +17,9 @@ from bench_harness.contract.artifacts import ArtifactWarning
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import make_context
 from bench_harness.running.runner import execute_run
-from bench_harness_plugins import pruners_autosparse as aus
-from bench_harness_plugins.autosparse_predictor import build_predictor, predict
-from bench_harness_plugins.pruners_imp import linear_count_keep, linear_count_levels, rewind_pruning
+from bench_harness_plugins.autosparse import pruner as aus
+from bench_harness_plugins.autosparse.predictor import build_predictor, predict
+from bench_harness_plugins.imp.pruner import linear_count_keep, linear_count_levels, rewind_pruning
 
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 128, test_size: 64}}"
 FAST = "{levels: 3, predictor: small_mlp, predictor_epochs: 2, predictor_batch_size: 512}"

@@ -152,7 +152,7 @@ def test_training_plan_defaults_by_regime():
     assert training_plan(PruneResult(masks), Regime.AT_INIT, 10) == (10, 0)
     assert training_plan(PruneResult(masks), Regime.POST_TRAINING, 10) == (0, 0)
     assert training_plan(PruneResult(masks, train_epochs=3), Regime.POST_TRAINING, 10) == (3, 0)
-    assert training_plan(PruneResult(masks, weights_frozen=True), Regime.AT_INIT, 10) == (0, 0)
+    assert training_plan(PruneResult(masks, train_epochs=5), Regime.MASK_LEARNING, 10) == (0, 0)  # frozen weights
     assert training_plan(PruneResult(masks, train_from_epoch=2), Regime.ITERATIVE, 10) == (10, 2)
     with pytest.raises(ValueError):
         training_plan(PruneResult(masks, train_from_epoch=12), Regime.ITERATIVE, 10)
@@ -214,7 +214,7 @@ pretrain: {{epochs: 2, batch_size: 32, lr: 0.05}}
 
 def test_weights_from_a_file_are_loaded_and_hashed(tmp_path, registry):
     from bench_harness.contract.artifacts import file_sha256
-    from bench_harness_plugins.archs.small import MLP
+    from bench_harness_plugins.providers.archs.small import MLP
 
     model = MLP(4, 3, 8, (300, 100))
     with torch.no_grad():
@@ -254,7 +254,7 @@ def test_missing_torchvision_and_timm_weights_name_where_they_were_looked_for(tm
 
 def test_timm_pretrained_tags_are_model_names():
     spec = get_registry().get("model", "timm")
-    from bench_harness.running.models import build_model
+    from bench_harness.contract.models import build_model
 
     model = build_model(spec, "timm:resnet18.a1_in1k", 10, 3, 32)
     assert model.fc.out_features == 10

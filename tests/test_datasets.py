@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench_harness.contract.datasets import concrete_spec, first_per_class
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.specs import DatasetNotFound
-from bench_harness.running.datasets import concrete_spec, first_per_class
 
 
 def _spec(name):
@@ -75,7 +75,7 @@ def test_cifar_real_format(tmp_path, classes):
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_family_real_format(tmp_path, monkeypatch, name, folder):
-    import bench_harness_plugins.datasets as ds
+    import bench_harness_plugins.providers.datasets as ds
 
     monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     _write_idx(tmp_path / folder / "raw", "train", 30)
@@ -88,7 +88,7 @@ def test_mnist_family_real_format(tmp_path, monkeypatch, name, folder):
 
 
 def test_fashion_mnist_from_debian_package_layout(tmp_path, monkeypatch):
-    import bench_harness_plugins.datasets as ds
+    import bench_harness_plugins.providers.datasets as ds
 
     debian = tmp_path / "debian"
     _write_idx(debian, "train", 20, gz=True)
@@ -100,7 +100,7 @@ def test_fashion_mnist_from_debian_package_layout(tmp_path, monkeypatch):
 
 
 def test_missing_data_says_where_and_how(tmp_path, monkeypatch):
-    import bench_harness_plugins.datasets as ds
+    import bench_harness_plugins.providers.datasets as ds
 
     monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(DatasetNotFound, match="cifar-10-batches-py.*download: true"):
@@ -153,7 +153,7 @@ def test_first_per_class_takes_the_first_k_grouped_by_class():
 
 
 def test_mnist_format_values_batches_and_bad_files(tmp_path, monkeypatch):
-    import bench_harness_plugins.datasets as ds
+    import bench_harness_plugins.providers.datasets as ds
 
     monkeypatch.setattr(ds, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     raw = tmp_path / "FashionMNIST" / "raw"
@@ -174,7 +174,7 @@ def test_mnist_format_values_batches_and_bad_files(tmp_path, monkeypatch):
 
 
 def test_a_process_loads_each_data_set_once(tmp_path, monkeypatch):
-    from bench_harness.running import datasets as core
+    from bench_harness.contract import datasets as core
 
     calls = []
     spec = _spec("synthetic")

@@ -102,7 +102,7 @@ def test_relative_weights_are_read_from_where_the_suite_was_loaded(tmp_path, mon
     from bench_harness.contract.artifacts import file_sha256
     from bench_harness.contract.plugins import Registry
     from bench_harness.running.runner import execute_run
-    from bench_harness_plugins.archs.small import MLP
+    from bench_harness_plugins.providers.archs.small import MLP
     from tests import contract_plugins
 
     weights = tmp_path / "w" / "mlp.pt"
@@ -281,7 +281,7 @@ def test_two_runners_prepare_a_fresh_data_root_at_once(tmp_path):
 
 def test_ready_data_is_read_without_writing(tmp_path, monkeypatch):
     """A data folder that is complete (a read-only shared one, say) gets no lock file and no scratch folder."""
-    from bench_harness.running.datasets import prepare_once
+    from bench_harness.contract.datasets import prepare_once
 
     (tmp_path / "set").mkdir()
     before = sorted(os.listdir(tmp_path))
@@ -290,7 +290,7 @@ def test_ready_data_is_read_without_writing(tmp_path, monkeypatch):
 
 
 def test_a_failed_preparation_leaves_nothing_half_done(tmp_path):
-    from bench_harness.running.datasets import prepare_once
+    from bench_harness.contract.datasets import prepare_once
 
     def broken(scratch: Path) -> None:
         (scratch / "set").mkdir()

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from bench_harness.contract.masking import prunable_parameters
+from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import get_registry
-from bench_harness.running.models import build_model
 
 
 def _build(name, classes=10, channels=3, size=32, **params):

@@ -8,8 +8,8 @@ import bench_harness
 from bench_harness.conformance import check_pruner
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import make_context
-from bench_harness_plugins.pruners_imp import imp_levels
-from bench_harness_plugins.pruners_pai import grasp_scores, snip_scores, synflow_scores
+from bench_harness_plugins.baselines.pai import grasp_scores, snip_scores, synflow_scores
+from bench_harness_plugins.imp.pruner import imp_levels
 
 W1 = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
 W2 = torch.tensor([[1.0, -0.5], [-2.0, 3.0]])

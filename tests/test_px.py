@@ -12,10 +12,10 @@ from torch import nn
 
 import bench_harness
 from bench_harness.contract.masking import full_masks, global_topk_masks, prunable_parameters
+from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import get_registry
-from bench_harness.running.models import build_model
-from bench_harness_plugins.pruners_px import CVPR2024, CVPR2024_INTENDED, HEAD, PXViews
-from bench_harness_plugins.relu_gates import UnsupportedActivation, relu_gates
+from bench_harness_plugins.px.pruner import CVPR2024, CVPR2024_INTENDED, HEAD, PXViews
+from bench_harness_plugins.px.relu_gates import UnsupportedActivation, relu_gates
 
 W1 = torch.tensor([[1.0, -0.5], [0.5, 2.0], [-1.0, 1.0]])
 W2 = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.5, -0.5]])

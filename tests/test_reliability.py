@@ -184,7 +184,7 @@ def test_attention_projections_are_prunable():
 
 
 def test_torchvision_vit_at_cifar_size_and_model_params_pass_through():
-    from bench_harness.running.models import build_model
+    from bench_harness.contract.models import build_model
 
     spec = get_registry().get("model", "torchvision")
     model = build_model(spec, "torchvision:vit_b_16", 10, 3, 32, {"image_size": 32, "dropout": 0.1})

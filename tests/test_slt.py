@@ -1,4 +1,4 @@
-"""Strong lottery tickets (plugins/pruners_slt.py): partially frozen networks, Edge-Popup, the random control.
+"""Strong lottery tickets (plugins/slt/pruner.py): partially frozen networks, Edge-Popup, the random control.
 
 The per-layer frozen counts are compared with counts produced by running the official code
 (scripts/slt_official_counts.py -> tests/fixtures/slt/official_counts.json); no test needs the official code.
@@ -20,8 +20,9 @@ from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruning import call_pruner, make_context
 from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
-from bench_harness_plugins import pruners_slt, slt_allocation
-from bench_harness_plugins.slt_models import CifarResNet18
+from bench_harness_plugins.slt import allocation as slt_allocation
+from bench_harness_plugins.slt import pruner as pruners_slt
+from bench_harness_plugins.slt.models import CifarResNet18
 
 FIXTURE = Path(__file__).parent / "fixtures" / "slt" / "official_counts.json"
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 128, test_size: 64}}"
@@ -69,7 +70,7 @@ def _prune(name="slt_frozen", sparsity=0.6, epochs=2, model=None, **params):
 
 def _shapes(model_name):
     registry = get_registry()
-    from bench_harness.running.models import build_model
+    from bench_harness.contract.models import build_model
 
     model = build_model(registry.get("model", model_name), model_name, 10, 3, 32)
     return [tuple(p.shape) for p in masking.prunable_parameters(model).values()]
@@ -291,7 +292,7 @@ def test_the_slt_pruners_pass_the_conformance_kit(name, params):
 @pytest.mark.parametrize("model_name", ["conv2", "conv4", "conv6", "resnet20", "cifar_resnet18",
                                         "torchvision:resnet18", "torchvision:resnet50"])
 def test_one_score_step_on_every_model_family(model_name):
-    from bench_harness.running.models import build_model
+    from bench_harness.contract.models import build_model
 
     spec = get_registry().get("model", model_name.split(":")[0])
     torch.manual_seed(0)

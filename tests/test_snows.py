@@ -1,5 +1,5 @@
-"""The post-training pruners mp, mp_ls, snows, sparsegpt (plugins/pruners_snows.py) and their mathematics
-(plugins/snows_solver.py): closed forms, finite differences, hand-computed masks, small end-to-end runs."""
+"""The post-training pruners mp, mp_ls, snows, sparsegpt (plugins/snows/pruners.py) and their mathematics
+(plugins/snows/solver.py): closed forms, finite differences, hand-computed masks, small end-to-end runs."""
 import pytest
 import torch
 import yaml
@@ -10,9 +10,9 @@ from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.conformance import check_pruner
 from bench_harness.contract.plugins import get_registry
 from bench_harness.running.runner import execute_run
-from bench_harness_plugins import snows_network as net
-from bench_harness_plugins import snows_solver as solver
-from bench_harness_plugins.archs.cifar_resnet import CifarResNet
+from bench_harness_plugins.providers.archs.cifar_resnet import CifarResNet
+from bench_harness_plugins.snows import network as net
+from bench_harness_plugins.snows import solver
 
 BLOCK_CONVS = r"layers\.\d+\.conv[12]\.weight"
 FAST = {"k_step": 3, "max_cg_iterations": 5, "newton_passes": 2, "batch_size": 8}

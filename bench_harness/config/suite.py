@@ -411,9 +411,7 @@ def _is_score_pruner(cls: type) -> bool:
 
 
 def needs_pretrained(pruner_cls: type) -> bool:
-    from bench_harness.contract.pruner import Regime
-
-    return bool(pruner_cls.requires.pretrained or pruner_cls.regime == Regime.POST_TRAINING)
+    return bool(pruner_cls.requires.pretrained)  # POST_TRAINING pruners have it (derived from the regime)
 
 
 def validate_suite(suite: Suite, registry=None) -> None:

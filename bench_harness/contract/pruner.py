@@ -7,11 +7,19 @@ over the prunable set (``ctx.prunable``); density = 1 - sparsity.
 
 What a pruner declares (class attributes):
 
-- ``regime``: when in a network's life it acts (:class:`Regime`). ``POST_TRAINING`` implies a pretrained model
-  and, by default, no training after pruning; ``MASK_LEARNING`` implies frozen weights.
-- ``requires``: :class:`Requirements`: scoring/calibration data, true labels, a pretrained model. Pretraining is
-  per pruner: a run gets pretrained weights only when its pruner requires them (from the model entry's
-  ``weights:`` or the suite's ``pretrain:`` recipe), never because the suite has a ``pretrain:`` section.
+- ``regime``: when in a network's life it acts (:class:`Regime`); it alone says what follows from it (derived
+  on every subclass, never declared twice): ``NONE`` is the dense reference (``ignores_sparsity``: one run, no
+  sparsity axis), ``POST_TRAINING`` requires a pretrained model (``requires.pretrained``) and, by default, no
+  training after pruning, ``MASK_LEARNING`` freezes the weights (``PruneResult.weights_frozen``: no training
+  after pruning). A class that still declares ``ignores_sparsity`` is accepted when it agrees with its regime and
+  refused (TypeError naming the fix) when it contradicts it.
+- ``requires``: :class:`Requirements`: scoring/calibration data, true labels, a pretrained model (any regime may
+  ask for one; ``POST_TRAINING`` always has it). Pretraining is per pruner: a run gets pretrained weights only
+  when its pruner requires them (from the model entry's ``weights:`` or the suite's ``pretrain:`` recipe), never
+  because the suite has a ``pretrain:`` section.
+- ``granularity``: the sparsity pattern of its masks (:class:`Granularity`); a pruner whose pattern depends on
+  its parameters (an ``nm`` parameter) overrides :meth:`Pruner.granularity_of`. Recorded per run (column
+  ``granularity``).
 - ``sparsity_kind``: :class:`SparsityKind`: ``exact`` (the mask hits the target; checked within
   ``sparsity_tolerance``), ``target`` (aims at it; off by more than the tolerance is a warning and a flag, not a
   failure) or ``learned`` (the method decides; validated for sanity only, and leaderboards, plots and paired
@@ -23,11 +31,14 @@ What a pruner receives: the model (on the run's device; pretrained when required
 :class:`PruneContext`: the prunable weights, a seeded generator, scoring/calibration batches (``ctx.data()``),
 the training loader, the training service ``ctx.trainer`` (see :mod:`bench_harness.running.trainer`: the suite's recipe,
 parameter groups, a loss override, progress, NaN detection, per-epoch checkpoints resumed after preemption),
-the stage artifact store ``ctx.artifacts`` (see :mod:`bench_harness.contract.artifacts`) and a per-run folder
-``ctx.run_dir`` for files of its own.
+the stage artifact store ``ctx.artifacts`` (see :mod:`bench_harness.contract.artifacts`), a per-run folder
+``ctx.run_dir`` for files of its own, and the harness's services ``ctx.services`` (see
+:mod:`bench_harness.contract.services`): a registered model, data set or training loader built as a run builds
+it (e.g. a teacher of another model or data set), and another registered pruner run as the core runs it (e.g. a
+mask to start from). A plugin never needs the registry or the runner's modules.
 
 What it returns: a dict ``{parameter name: bool tensor}`` covering exactly ``ctx.prunable`` (``True`` =
-kept), or a :class:`PruneResult` that also says whether weights were changed or frozen, how the run trains
+kept), or a :class:`PruneResult` that also says whether weights were changed, how the run trains
 afterwards (``train_epochs``, ``train_from_epoch``) and free-form ``info``. The core validates the masks
 (names, shapes, dtype, sparsity by kind) and the weights (finite), applies the masks and trains.
 """
@@ -64,8 +75,10 @@ class SparsityKind(str, enum.Enum):
 
 
 class Granularity(str, enum.Enum):
-    UNSTRUCTURED = "unstructured"
-    N_M = "n:m"
+    """The sparsity pattern of a pruner's masks."""
+
+    UNSTRUCTURED = "unstructured"  # any weight may be removed
+    N_M = "n:m"  # N kept of every M consecutive weights (of a group the pruner defines)
 
 
 @dataclass(frozen=True)
@@ -88,7 +101,9 @@ class PruneResult:
 
     masks: dict[str, torch.Tensor]
     weights_changed: bool = False  # e.g. post-training reconstruction wrote new weights
-    weights_frozen: bool = False  # mask learning: weights must not be trained afterwards (no training follows)
+    # Filled by the core from the regime: MASK_LEARNING freezes the weights (no training follows). A pruner need not
+    # set it; a value that contradicts its regime fails the run.
+    weights_frozen: bool | None = None
     info: dict[str, Any] = field(default_factory=dict)  # free-form, stored as JSON in the result row
     # How the run trains after pruning: schedule epochs [train_from_epoch, train_epochs). train_epochs None: the
     # recipe's epochs, except for POST_TRAINING and MASK_LEARNING pruners (0: no fine-tuning). Rewinding to
@@ -107,8 +122,8 @@ class PruneResult:
 
 
 def training_plan(result: PruneResult, regime: Regime, recipe_epochs: int) -> tuple[int, int]:
-    """(end epoch, start epoch) of the run's training after pruning."""
-    if result.weights_frozen:
+    """(end epoch, start epoch) of the run's training after pruning: none for frozen weights (mask learning)."""
+    if regime == Regime.MASK_LEARNING:
         return 0, 0
     end = result.train_epochs
     if end is None:
@@ -158,6 +173,9 @@ class PruneContext:
     pretrained: bool = False  # the model holds pretrained weights
     run: Any = None  # the RunSpec in a suite run (model/data set names, recipe), None in the Python API
     model: nn.Module | None = None  # the model being pruned (stage producers copy it; prune() receives it anyway)
+    # The harness's services (bench_harness.contract.services.Services): build a model, a data set or a training
+    # loader as a run would, run another registered pruner. make_context always sets them.
+    services: Any = None
 
     def data(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the scoring batches (moved to ``device``); a clear error if there are none."""
@@ -197,11 +215,30 @@ class Pruner:
     Params: ClassVar[type] = NoParams
     sparsity_kind: ClassVar[SparsityKind] = SparsityKind.EXACT
     sparsity_tolerance: ClassVar[float] = 1e-3  # |achieved - target| allowed over the prunable set
-    ignores_sparsity: ClassVar[bool] = False  # True for the dense reference: one run, no sparsity axis
     changes_weights: ClassVar[bool] = False  # declares that prune() may write weights
+    # Derived from ``regime`` on every subclass (see the module docstring), never declared:
+    ignores_sparsity: ClassVar[bool] = False  # regime NONE (the dense reference): one run, no sparsity axis
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("ignores_sparsity")
+        dense = cls.regime == Regime.NONE
+        if declared is not None and bool(declared) != dense:
+            raise TypeError(f"pruner class {cls.__qualname__}: ignores_sparsity = {declared!r} contradicts regime "
+                            f"{cls.regime.value!r}; the regime decides (Regime.NONE: the dense reference, no sparsity "
+                            f"axis): remove ignores_sparsity and set the regime")
+        cls.ignores_sparsity = dense
+        if cls.regime == Regime.POST_TRAINING and not cls.requires.pretrained:
+            cls.requires = dataclasses.replace(cls.requires, pretrained=True)
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def granularity_of(cls, params: Any) -> Granularity:
+        """The granularity of this pruner's masks with these parameters (default: the declared ``granularity``);
+        override it when a parameter chooses the pattern."""
+        return cls.granularity
 
     @classmethod
     def make_params(cls, values: Mapping[str, Any] | None) -> Any:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from bench_harness.contract import ablations, masking
-from bench_harness.contract.pruner import PruneContext, Pruner, PruneResult, SparsityKind
+from bench_harness.contract.pruner import PruneContext, Pruner, PruneResult, Regime, SparsityKind
+from bench_harness.contract.services import Services
 from bench_harness.errors import InvalidMaskError
 
 
@@ -31,6 +32,7 @@ def call_pruner(pruner_cls: type[Pruner], params: Any, model: nn.Module, sparsit
         raise InvalidMaskError(f"pruner {pruner_cls.name!r} returned invalid output: " + "; ".join(problems))
     result.masks = {n: m.to(ctx.prunable[n].device) for n, m in result.masks.items()}
     result.achieved_sparsity = 1.0 - masking.global_density(result.masks)
+    result.weights_frozen = pruner_cls.regime == Regime.MASK_LEARNING
     if (pruner_cls.sparsity_kind == SparsityKind.TARGET and not pruner_cls.ignores_sparsity
             and not masking.sparsity_on_target(result.masks, sparsity, pruner_cls.sparsity_tolerance)):
         warnings.warn(SparsityOffTargetWarning(
@@ -72,6 +74,10 @@ def validate_result(pruner_cls: type[Pruner], result: PruneResult, model: nn.Mod
     exact = pruner_cls.sparsity_kind == SparsityKind.EXACT and not pruner_cls.ignores_sparsity
     if result.sparsity_of not in ("prunable", "all"):
         return [f"sparsity_of must be 'prunable' or 'all', got {result.sparsity_of!r}"]
+    frozen = pruner_cls.regime == Regime.MASK_LEARNING
+    if result.weights_frozen is not None and bool(result.weights_frozen) != frozen:
+        return [f"weights_frozen={result.weights_frozen!r} contradicts regime {pruner_cls.regime.value!r}: the regime "
+                f"decides (weights are frozen exactly for Regime.MASK_LEARNING); drop weights_frozen"]
     on_prunable = exact and result.sparsity_of == "prunable"
     problems = masking.validate_masks(result.masks, ctx.prunable, sparsity if on_prunable else None,
                                       pruner_cls.sparsity_tolerance)
@@ -128,12 +134,13 @@ def select_prunable(model: nn.Module, prunable: Any = None, exclude_first: bool 
 
 def make_context(model: nn.Module, *, seed: int = 0, device: torch.device | None = None, batches=None,
                  exclude_first: bool = False, exclude_last: bool = False, prunable: Any = None,
-                 exclude: str | None = None, **kw: Any) -> PruneContext:
+                 exclude: str | None = None, services: Services | None = None, **kw: Any) -> PruneContext:
+    """A pruner's context; ``services`` default: the process registry's, data in ``./data`` (the Python API)."""
     device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
     selected = select_prunable(model, prunable, exclude_first, exclude_last, exclude)
     return PruneContext(prunable=selected, device=device, generator=generator, seed=seed, batches=batches,
-                        model=model, **kw)
+                        model=model, services=services or Services(call_pruner), **kw)
 
 
 def mask_summary(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, Any]:

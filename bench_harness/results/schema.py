@@ -1,15 +1,17 @@
 """The result schema: one row per run, versioned, its columns documented here and only here.
 
-Schema version 2 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
+Schema version 3 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
 ``model_bits``, ``compression_ratio``, ``num_classes``, ``packed_runs``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
+Version 3 added ``granularity`` (the masks' sparsity pattern, stated by the pruner for the run's parameters);
+older shards read with it null.
 Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, renamed or changes meaning.
 """
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # (name, arrow type, meaning). The module docstring is completed from this table.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -30,6 +32,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("seed", pa.int64(), "seed of the run"),
     ("target_sparsity", pa.float64(), "requested fraction of prunable weights removed"),
     ("sparsity_kind", pa.string(), "exact | target | learned: how the pruner's sparsity relates to the target"),
+    ("granularity", pa.string(), "unstructured | n:m: the sparsity pattern of the run's masks, as the pruner states "
+                                 "it for the run's parameters (e.g. n:m for SNOWS with nm: '2:4'; null: failed "
+                                 "before pruning)"),
     ("sparsity_bin", pa.float64(), "the sparsity runs are grouped and compared by: the target, or for learned "
                                    "sparsity the achieved sparsity binned (see leaderboard.sparsity_bins)"),
     ("config", pa.string(), "the canonical configuration hashed into run_id, JSON"),

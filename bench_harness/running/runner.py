@@ -22,17 +22,26 @@ from bench_harness import paths
 from bench_harness.config.suite import RunSpec
 from bench_harness.contract import ablations, masking
 from bench_harness.contract.artifacts import ArtifactStore
+from bench_harness.contract.datasets import (
+    concrete_spec,
+    first_per_class,
+    head,
+    load_split,
+    make_loader,
+    tensor_batches,
+    train_loader,
+)
+from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.contract.pruner import Regime, training_plan
 from bench_harness.contract.pruning import call_pruner, changed_weights, make_context, mask_summary, weights_fingerprint
+from bench_harness.contract.services import Services
 from bench_harness.diskspace import disk_full_error, is_disk_full
 from bench_harness.errors import BenchError, DiskFullError, RunFailure
 from bench_harness.interrupts import escape_from_plugin, watch_sigint
 from bench_harness.results import store as results
 from bench_harness.running import checkpoint
-from bench_harness.running.datasets import concrete_spec, first_per_class, head, load_split, make_loader, tensor_batches
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
-from bench_harness.running.models import build_model
 from bench_harness.running.provenance import provenance, resolve_device
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.training import evaluate, train
@@ -60,7 +69,8 @@ class RunData:
     def __init__(self, run: RunSpec, spec, device: torch.device) -> None:
         recipe, scoring = run.recipe, run.scoring
         kw = dict(root=run.data_root, download=run.download, **run.dataset.params)
-        train_set = head(load_split(spec, "train", recipe.augment, **kw), recipe.train_subset)
+        self.train = train_loader(load_split(spec, "train", recipe.augment, **kw), recipe.batch_size, run.seed,
+                                  recipe.train_subset, recipe.num_workers)
         test_set = head(load_split(spec, "test", False, **kw), recipe.test_subset)
         score_set = head(load_split(spec, "train", scoring.augment, **kw), recipe.train_subset)
         self.scoring_source = score_set
@@ -72,8 +82,6 @@ class RunData:
             order = (torch.randperm(len(score_set), generator=torch.Generator().manual_seed(seed)).tolist()
                      if scoring.shuffle else list(range(len(score_set))))
             score_set = Subset(score_set, order[:n])
-        self.train = make_loader(train_set, recipe.batch_size, True, run.seed, recipe.num_workers,
-                                 drop_last=len(train_set) > recipe.batch_size)
         self.test = make_loader(test_set, recipe.eval_batch_size, False, run.seed, recipe.num_workers)
         self.scoring = make_loader(score_set, scoring.batch_size, False, run.seed)
         self.input_shape = (spec.in_channels, spec.image_size, spec.image_size)
@@ -154,7 +162,7 @@ BEFORE_TRAINING_TYPES: dict[str, tuple[type, ...]] = {
     "pretrain_seconds": _NUMBER, "storage_bits": (int, type(None)), "top1_pretrained": _NUMBER,
     "prune_seconds": _NUMBER, "pruner_info": _TEXT, "top1_before_training": _NUMBER,
     "top5_before_training": _NUMBER, "loss_before_training": _NUMBER, "pretrained_source": _TEXT,
-    "pretrained_sha256": _TEXT, "artifacts": _TEXT, "train_from_epoch": (int,)}
+    "pretrained_sha256": _TEXT, "artifacts": _TEXT, "train_from_epoch": (int,), "granularity": _TEXT}
 BEFORE_TRAINING_KEYS = tuple(BEFORE_TRAINING_TYPES)
 
 
@@ -164,7 +172,7 @@ def _progress(on_epoch, prefix: str):
     return lambda phase, epoch, total, loss: on_epoch(f"{prefix}{phase}", epoch, total, loss)
 
 
-def _context(run, model, data, dspec, device, store, on_epoch, resume, regime):
+def _context(run, registry, model, data, dspec, device, store, on_epoch, resume, regime):
     work = checkpoint.work_dir(run.results_root, run.suite, run.run_id)
     trainer = Trainer(data.train, run.recipe, device, checkpoint_dir=work if resume else None,
                       on_epoch=_progress(on_epoch, "prune:"), test_loader=data.test,
@@ -177,6 +185,7 @@ def _context(run, model, data, dspec, device, store, on_epoch, resume, regime):
         num_classes=dspec.num_classes, input_shape=data.input_shape, artifacts=store, dataset=data.scoring_source,
         trainer=trainer, train_loader=data.train, pretrained=run.needs_pretrained, run=run,
         run_dir=paths.run_artifacts_dir(run.results_root, run.suite, run.run_id),
+        services=Services(call_pruner, registry, data_root=run.data_root, download=run.download),
     )
 
 
@@ -190,7 +199,7 @@ def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
     dspec, data, model, store = _data_and_model(run, registry, device)
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, {}, None)
-    ctx = _context(run, model, data, dspec, device, store, None, False, pruner_cls.regime)
+    ctx = _context(run, registry, model, data, dspec, device, store, None, False, pruner_cls.regime)
     folders = []
     for stage in pruner_cls.stages(params, run):
         ctx.stage(stage)
@@ -210,16 +219,17 @@ def missing_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
     return out
 
 
-def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
+def _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
     """Pretrained weights if the pruner needs them, prune, ablation and masks, evaluation before training.
     Returns (masks, end epoch, start epoch)."""
     row["pretrain_seconds"] = 0.0
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, row, on_epoch)
-    ctx = _context(run, model, data, dspec, device, store, on_epoch, resume, pruner_cls.regime)
+    ctx = _context(run, registry, model, data, dspec, device, store, on_epoch, resume, pruner_cls.regime)
     run_files = ctx.run_dir
     run_files.mkdir(parents=True, exist_ok=True)
     params = pruner_cls.make_params(run.pruner.params)
+    row["granularity"] = pruner_cls.granularity_of(params).value
     weights_before = None if pruner_cls.changes_weights else weights_fingerprint(model)
     t0 = time.perf_counter()
     result = call_pruner(pruner_cls, params, model, run.sparsity, ctx, run.ablation)
@@ -513,7 +523,8 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
             checkpoint.discard(pruned_path, problem)
             resumed = None
     if resumed is None:
-        masks, end, start = _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume)
+        masks, end, start = _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on_epoch,
+                                   resume)
         if resume and end > start:
             checkpoint.save(pruned_path, {
                 "run_id": run.run_id, "end": end, "start": start,

@@ -123,6 +123,14 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, num
                       persistent_workers=num_workers > 0)
 
 
+def train_loader(train_set: Dataset, batch_size: int, seed: int, train_subset: int | None = None,
+                 num_workers: int = 0) -> DataLoader:
+    """A run's training loader: the first ``train_subset`` examples of ``train_set`` (all when None), shuffled by a
+    generator seeded with ``seed``, the last partial batch dropped when there is more than one batch."""
+    train_set = head(train_set, train_subset)
+    return make_loader(train_set, batch_size, True, seed, num_workers, drop_last=len(train_set) > batch_size)
+
+
 def tensor_batches(loader: DataLoader, limit: int | None) -> Callable[[], Any]:
     """A factory over the first ``limit`` batches of a loader (all when None)."""
 

@@ -26,7 +26,6 @@ The official layer selection is a ``prunable:`` regex (docs/snows.md): CIFAR Res
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench_harness import Pruner, PruneResult, Regime, Requirements, hookimpl, param
-from bench_harness_plugins import snows_network as net
-from bench_harness_plugins import snows_solver as solver
+from bench_harness import Granularity, Pruner, PruneResult, Regime, Requirements, hookimpl, param
+from bench_harness_plugins.snows import network as net
+from bench_harness_plugins.snows import solver
+from bench_harness_plugins.snows.layerwise import Layer, Walk, mask_weights, set_weight
 
 # -- parameters -----------------------------------------------------------------------------------------------------
 
@@ -135,161 +135,90 @@ def _result(masks, p: MaskParams, changed: bool, info: dict[str, Any]) -> PruneR
     return PruneResult(masks, weights_changed=changed, sparsity_of=p.sparsity_of, info=info)
 
 
-# -- the layer-by-layer walk shared by mp_ls, snows, sparsegpt -------------------------------------------------------
-
-@dataclass
-class Layer:
-    name: str  # parameter name
-    module: nn.Module
-    dense_module: nn.Module
-    attr: str
-    block: int
-    module_name: str
-
-
-class Walk:
-    """The pruned model and a dense copy as chains of blocks, the calibration inputs of the current block in both,
-    and the prunable layers in forward order."""
-
-    def __init__(self, model: nn.Module, ctx, batch_size: int) -> None:
-        xs = [x for x, _ in ctx.data()]
-        if not xs:
-            raise ValueError("no calibration data")
-        self.x = torch.cat(xs).to(ctx.device)
-        self.n = len(self.x)
-        self.bs = max(1, min(batch_size, self.n))
-        self.model = model
-        self.dense = copy.deepcopy(model)
-        for q in self.dense.parameters():
-            q.requires_grad_(False)
-        self.dense.eval()
-        self.training = model.training
-        model.eval()
-        sample = self.x[:2]
-        self.kind, chain = net.chain_of(model, sample)
-        dense_kind, dense_chain = net.chain_of(self.dense, sample)
-        if dense_kind != self.kind:
-            self.kind, chain, dense_chain = "whole", [("model", model)], [("model", self.dense)]
-        self.blocks = [b for _, b in chain]
-        self.dense_blocks = [b for _, b in dense_chain]
-        owner = {}
-        for bi, block in enumerate(self.blocks):
-            for m in block.modules():
-                owner.setdefault(id(m), bi)
-        layers = []
-        for name in ctx.prunable:
-            module_name, attr = name.rsplit(".", 1) if "." in name else ("", name)
-            module = model.get_submodule(module_name)
-            if id(module) not in owner or not isinstance(getattr(module, attr, None), torch.Tensor):
-                continue
-            layers.append(Layer(name, module, self.dense.get_submodule(module_name), attr, owner[id(module)], module_name))
-        order = net.call_order(self.blocks, sample, [lay.module for lay in layers])
-        first = {}
-        for k, (_, m) in enumerate(order):
-            first.setdefault(id(m), k)
-        self.layers = sorted((lay for lay in layers if id(lay.module) in first), key=lambda lay: first[id(lay.module)])
-
-    def restore(self) -> None:
-        self.model.train(self.training)
-
-    def run(self, callback) -> None:
-        """callback(layer, xp, xd) for every layer, block by block; xp / xd: the block's inputs in the pruned and
-        the dense network."""
-        xp = xd = self.x
-        for bi, block in enumerate(self.blocks):
-            todo = [lay for lay in self.layers if lay.block == bi]
-            for lay in todo:
-                callback(lay, xp, xd)
-            if bi == len(self.blocks) - 1 or not any(lay.block > bi for lay in self.layers):
-                break
-            xp, xd = self._forward(block, xp), self._forward(self.dense_blocks[bi], xd)
-
-    @torch.no_grad()
-    def _forward(self, block, x):
-        return torch.cat([block(x[i:i + self.bs]) for i in range(0, self.n, self.bs)])
-
-    @torch.no_grad()
-    def grams(self, lay: Layer, xp: torch.Tensor, xd: torch.Tensor | None, chunk: int = 64):
-        """XᵀX of the layer's inputs in the pruned network and Xᵀ X_dense (inputs of the dense layer in the dense
-        network), both divided by the number of examples (the official normalisation)."""
-        xtx = xtd = None
-        for i in range(0, self.n, chunk):
-            rows = net.layer_rows(lay.module, net.capture_input([self.blocks[lay.block]], xp[i:i + chunk], lay.module))
-            xtx = rows.t() @ rows if xtx is None else xtx.addmm_(rows.t(), rows)
-            if xd is not None:
-                rows_d = net.layer_rows(lay.dense_module, net.capture_input([self.dense_blocks[lay.block]],
-                                                                             xd[i:i + chunk], lay.dense_module))
-                xtd = rows.t() @ rows_d if xtd is None else xtd.addmm_(rows.t(), rows_d)
-        return xtx / self.n, (xtd / self.n if xtd is not None else None)
-
-    def least_squares(self, lay: Layer, mask: torch.Tensor, xp, xd, ls_damping: float) -> torch.Tensor:
-        """The official warm start on the mask's support (float64 solve), as the layer's weight shape."""
-        xtx, xtd = self.grams(lay, xp, xd)
-        dense_w = lay.dense_module.weight.detach().reshape(mask.shape[0], -1).double()
-        xty = xtd.double() @ dense_w.t()
-        flat_mask = mask.reshape(mask.shape[0], -1)
-        w = solver.masked_least_squares(solver.damp(xtx.double(), ls_damping), xty, flat_mask)
-        # inputs that are zero on every calibration example leave their weights undetermined: the solve returns 0
-        # (an extra zero the official code counts as sparsity); keep the dense value instead (no effect on the fit)
-        dead = torch.diagonal(xtx) == 0
-        if bool(dead.any()):
-            w[:, dead] = (dense_w * flat_mask)[:, dead]
-        return w.reshape(mask.shape).to(lay.module.weight.dtype)
-
-
-def _set(param_tensor: torch.Tensor, value: torch.Tensor) -> None:
-    with torch.no_grad():
-        param_tensor.copy_(value)
-
-
 # -- pruners --------------------------------------------------------------------------------------------------------
 
-class MagnitudeCapped(Pruner):
+class MaskPruner(Pruner):
+    """The pruners of this module: post-training, on the official SNOWS mask (``MaskParams``): the capped global
+    magnitude mask, or N:M masks when ``nm`` is set."""
+
+    regime = Regime.POST_TRAINING
+
+    @classmethod
+    def granularity_of(cls, params: MaskParams) -> Granularity:
+        return Granularity.N_M if solver.parse_nm(params.nm) else Granularity.UNSTRUCTURED
+
+    def masks(self, model: nn.Module, sparsity: float, ctx) -> dict[str, torch.Tensor]:
+        return mp_masks(model, sparsity, dict(ctx.prunable), self.params)
+
+
+class MagnitudeCapped(MaskPruner):
     name = "mp"
     description = "global magnitude with a per-layer cap (the official SNOWS mask), weights unchanged"
-    regime = Regime.POST_TRAINING
     Params = MaskParams
 
     def prune(self, model, sparsity, ctx):
-        masks = mp_masks(model, sparsity, dict(ctx.prunable), self.params)
-        return _result(masks, self.params, False, {})
+        return _result(self.masks(model, sparsity, ctx), self.params, False, {})
 
 
-class MagnitudeLeastSquares(Pruner):
-    name = "mp_ls"
-    description = "the mp mask, then layer-wise damped least squares on the support (the SNOWS warm start, MP+)"
-    regime = Regime.POST_TRAINING
+class LayerwiseReconstruction(MaskPruner):
+    """The skeleton of the post-training pruners that reconstruct: fix a mask (:meth:`masks`: the ``mp`` mask
+    unless overridden), walk the network layer by layer in forward order (:class:`layerwise.Walk`: each layer's
+    inputs are computed by the network re-fitted so far, and by the dense network), re-fit each layer on the mask's
+    support (:meth:`reconstruct`), then zero the pruned weights. The parameters do not require gradients during
+    the walk (a step enables what it differentiates). ``info``: the chain the walk found, the subclass's
+    :meth:`summary` of the layers it re-fitted, the seconds spent."""
+
     requires = Requirements(data=True)
     changes_weights = True
-    Params = LsParams
+
+    def reconstruct(self, walk: Walk, lay: Layer, masks: dict[str, torch.Tensor], xp: torch.Tensor,
+                    xd: torch.Tensor) -> Any:
+        """Re-fit ``lay`` (``xp`` / ``xd``: its block's inputs in the pruned and the dense network); may replace
+        ``masks[lay.name]``. Returns the layer's record for :meth:`summary`, None when the layer is left as is."""
+        raise NotImplementedError
+
+    def summary(self, walk: Walk, done: dict[str, Any]) -> dict[str, Any]:
+        """The ``info`` entries of the re-fitted layers (``done``: layer name -> record)."""
+        raise NotImplementedError
 
     def prune(self, model, sparsity, ctx):
         start = time.perf_counter()
-        masks = mp_masks(model, sparsity, dict(ctx.prunable), self.params)
+        masks = self.masks(model, sparsity, ctx)
         walk = Walk(model, ctx, self.params.batch_size)
-        solved = []
+        done: dict[str, Any] = {}
 
-        def callback(lay, xp, xd):
-            if net.supports_least_squares(lay.module, lay.attr):
-                _set(lay.module.weight, self.params_ls(walk, lay, masks[lay.name], xp, xd))
-                solved.append(lay.name)
+        def step(lay, xp, xd):
+            record = self.reconstruct(walk, lay, masks, xp, xd)
+            if record is not None:
+                done[lay.name] = record
 
+        flags = {n: q.requires_grad for n, q in model.named_parameters()}
+        for q in model.parameters():
+            q.requires_grad_(False)
         try:
-            walk.run(callback)
+            walk.run(step)
         finally:
+            for n, q in model.named_parameters():
+                q.requires_grad_(flags[n])
             walk.restore()
-        _mask_weights(ctx, masks)
-        return _result(masks, self.params, True, {"chain": walk.kind, "least_squares_layers": len(solved),
-                                                  "seconds": time.perf_counter() - start})
-
-    def params_ls(self, walk, lay, mask, xp, xd):
-        return walk.least_squares(lay, mask, xp, xd, self.params.ls_damping)
+        mask_weights(ctx.prunable, masks)
+        info = {"chain": walk.kind, **self.summary(walk, done), "seconds": time.perf_counter() - start}
+        return _result(masks, self.params, True, info)
 
 
-def _mask_weights(ctx, masks) -> None:
-    with torch.no_grad():
-        for n, w in ctx.prunable.items():
-            w.mul_(masks[n].to(w.dtype))
+class MagnitudeLeastSquares(LayerwiseReconstruction):
+    name = "mp_ls"
+    description = "the mp mask, then layer-wise damped least squares on the support (the SNOWS warm start, MP+)"
+    Params = LsParams
+
+    def reconstruct(self, walk, lay, masks, xp, xd):
+        if not net.supports_least_squares(lay.module, lay.attr):
+            return None
+        set_weight(lay.module.weight, walk.least_squares(lay, masks[lay.name], xp, xd, self.params.ls_damping))
+        return True
+
+    def summary(self, walk, done):
+        return {"least_squares_layers": len(done)}
 
 
 def default_k(kind: str, model: nn.Module, lay: Layer) -> int:
@@ -303,68 +232,42 @@ def default_k(kind: str, model: nn.Module, lay: Layer) -> int:
     return 40
 
 
-class Snows(Pruner):
+class Snows(LayerwiseReconstruction):
     name = "snows"
     version = "1"
     description = "SNOWS: warm start, then the K-step objective minimized by Hessian-free Newton-CG on the support"
-    regime = Regime.POST_TRAINING
-    requires = Requirements(data=True)
-    changes_weights = True
     Params = SnowsParams
 
     def masks(self, model, sparsity, ctx) -> dict[str, torch.Tensor]:
         p = self.params
         if p.mask_from == "mp":
             return mp_masks(model, sparsity, dict(ctx.prunable), p)
-        from bench_harness.contract.plugins import get_registry
-
-        cls = get_registry().get("pruner", p.mask_from)
         prunable_total = sum(w.numel() for w in ctx.prunable.values())
         if p.sparsity_of == "all":
             remove = int(round(sparsity * _trainable_total(model)))
             inner = remove / prunable_total
         else:
             inner = sparsity
-        clone = copy.deepcopy(model)
-        sub = dataclasses.replace(ctx, prunable={n: clone.get_parameter(n) for n in ctx.prunable}, model=clone)
-        out = cls(cls.make_params({})).prune(clone, inner, sub)
-        masks = out.masks if isinstance(out, PruneResult) else out
+        masks = ctx.services.run_pruner(p.mask_from, copy.deepcopy(model), inner, ctx).masks
         return {n: masks[n].to(torch.bool).to(w.device) for n, w in ctx.prunable.items()}
 
-    def prune(self, model, sparsity, ctx):
+    def reconstruct(self, walk, lay, masks, xp, xd):
         p = self.params
-        start = time.perf_counter()
-        masks = self.masks(model, sparsity, ctx)
-        walk = Walk(model, ctx, p.batch_size)
-        watched_names = list(net.watched_modules(model))
-        report: dict[str, Any] = {"layers": {}}
-        flags = {n: q.requires_grad for n, q in model.named_parameters()}
+        mask = masks[lay.name].to(lay.module.weight.device) if lay.attr == "weight" else masks[lay.name]
+        weight = getattr(lay.module, lay.attr)
+        if p.warm_start and net.supports_least_squares(lay.module, lay.attr):
+            w0 = walk.least_squares(lay, mask, xp, xd, p.ls_damping)
+        else:
+            w0 = weight.detach().clone()
+        set_weight(weight, w0 * mask)
+        k = p.k_step if p.k_step >= 0 else default_k(walk.kind, walk.model, lay)
+        # exact HVPs need double backward: the math attention kernel has it, the fused ones do not
+        with sdpa_kernel(SDPBackend.MATH):
+            return self.newton(walk, lay, weight, mask, xp, k, list(net.watched_modules(walk.model)),
+                               xd if p.target_input == "dense" else xp)
 
-        def callback(lay, xp, xd):
-            mask = masks[lay.name].to(lay.module.weight.device) if lay.attr == "weight" else masks[lay.name]
-            weight = getattr(lay.module, lay.attr)
-            if p.warm_start and net.supports_least_squares(lay.module, lay.attr):
-                w0 = walk.least_squares(lay, mask, xp, xd, p.ls_damping)
-            else:
-                w0 = weight.detach().clone()
-            _set(weight, w0 * mask)
-            k = p.k_step if p.k_step >= 0 else default_k(walk.kind, model, lay)
-            # exact HVPs need double backward: the math attention kernel has it, the fused ones do not
-            with sdpa_kernel(SDPBackend.MATH):
-                report["layers"][lay.name] = self.newton(walk, lay, weight, mask, xp, k, watched_names,
-                                                         xd if p.target_input == "dense" else xp)
-
-        for q in model.parameters():
-            q.requires_grad_(False)
-        try:
-            walk.run(callback)
-        finally:
-            for n, q in model.named_parameters():
-                q.requires_grad_(flags[n])
-            walk.restore()
-        _mask_weights(ctx, masks)
-        report.update(chain=walk.kind, seconds=time.perf_counter() - start, calibration_examples=walk.n)
-        return _result(masks, p, True, report)
+    def summary(self, walk, done):
+        return {"layers": done, "calibration_examples": walk.n}
 
     def newton(self, walk: Walk, lay: Layer, weight: torch.Tensor, mask: torch.Tensor, xp: torch.Tensor, k: int,
                watched_names: list[str], xt: torch.Tensor) -> dict[str, Any]:
@@ -448,55 +351,39 @@ class Snows(Pruner):
                 "cg_iterations": cg_total, "armijo_rejected": rejected, "outputs": len(ordinals)}
 
 
-class SparseGpt(Pruner):
+class SparseGpt(LayerwiseReconstruction):
     name = "sparsegpt"
     description = "SparseGPT (layer-wise OBS with lazy updates), per-layer sparsities of the mp mask, or N:M"
-    regime = Regime.POST_TRAINING
-    requires = Requirements(data=True)
-    changes_weights = True
     Params = SparseGptParams
 
-    def prune(self, model, sparsity, ctx):
+    def reconstruct(self, walk, lay, masks, xp, xd):
         p = self.params
-        start = time.perf_counter()
-        prunable = dict(ctx.prunable)
-        nm = nm_or_none(p, sparsity, prunable)
-        counts = None if nm else removal_counts(model, prunable, sparsity, p)
-        masks = {n: (solver.nm_mask(w, *nm) if nm else solver.magnitude_mask(w, counts[n])) for n, w in prunable.items()}
-        walk = Walk(model, ctx, p.batch_size)
-        solved = []
+        module = lay.module
+        if not net.supports_least_squares(module, lay.attr):
+            return None
+        nm = solver.parse_nm(p.nm)
+        w = module.weight.detach()
+        out = w.shape[0]
+        flat = w.reshape(out, -1)
+        d = flat.shape[1]
+        perm = torch.arange(d, device=w.device)
+        if nm is not None and isinstance(module, nn.Conv2d):
+            cin, pos = w.shape[1], w.shape[2] * w.shape[3]
+            if cin % nm[1]:
+                return None  # groups would straddle kernel positions: keep the magnitude N:M mask
+            perm = perm.view(cin, pos).t().flatten()  # columns (position, channel): M channels per group
+        xtx, _ = walk.grams(lay, xp, None)
+        blocksize = p.blocksize if nm is None else max(nm[1], (p.blocksize // nm[1]) * nm[1])
+        remove = 0 if nm else int((~masks[lay.name]).sum())  # the mp mask's count for this layer
+        new, keep = solver.sparsegpt_prune(flat[:, perm], xtx[perm][:, perm], remove, nm, blocksize, p.percdamp)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(d, device=w.device)
+        set_weight(module.weight, new[:, inverse].reshape(w.shape))
+        masks[lay.name] = keep[:, inverse].reshape(w.shape)
+        return True
 
-        def callback(lay, xp, xd):
-            module = lay.module
-            if not net.supports_least_squares(module, lay.attr):
-                return
-            w = module.weight.detach()
-            out = w.shape[0]
-            flat = w.reshape(out, -1)
-            d = flat.shape[1]
-            perm = torch.arange(d, device=w.device)
-            if nm is not None and isinstance(module, nn.Conv2d):
-                cin, pos = w.shape[1], w.shape[2] * w.shape[3]
-                if cin % nm[1]:
-                    return  # groups would straddle kernel positions: keep the magnitude N:M mask
-                perm = perm.view(cin, pos).t().flatten()  # columns (position, channel): M channels per group
-            xtx, _ = walk.grams(lay, xp, None)
-            blocksize = p.blocksize if nm is None else max(nm[1], (p.blocksize // nm[1]) * nm[1])
-            remove = 0 if nm else counts[lay.name]
-            new, keep = solver.sparsegpt_prune(flat[:, perm], xtx[perm][:, perm], remove, nm, blocksize, p.percdamp)
-            inverse = torch.empty_like(perm)
-            inverse[perm] = torch.arange(d, device=w.device)
-            _set(module.weight, new[:, inverse].reshape(w.shape))
-            masks[lay.name] = keep[:, inverse].reshape(w.shape)
-            solved.append(lay.name)
-
-        try:
-            walk.run(callback)
-        finally:
-            walk.restore()
-        _mask_weights(ctx, masks)
-        return _result(masks, p, True, {"chain": walk.kind, "solved_layers": len(solved),
-                                        "seconds": time.perf_counter() - start})
+    def summary(self, walk, done):
+        return {"solved_layers": len(done)}
 
 
 PRUNERS = [MagnitudeCapped, MagnitudeLeastSquares, Snows, SparseGpt]

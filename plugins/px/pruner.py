@@ -51,11 +51,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench_harness import hookimpl
-from bench_harness.contract.pruner import Requirements, param
-from bench_harness.contract.score_pruner import ScoreParams, ScorePruner
-from bench_harness.running.datasets import first_per_class
-from bench_harness_plugins.relu_gates import relu_gates
+from bench_harness import Requirements, ScoreParams, ScorePruner, first_per_class, hookimpl, param
+from bench_harness_plugins.px.relu_gates import relu_gates
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_harness import hookimpl
-from bench_harness.contract.pruner import Requirements, param
-from bench_harness.contract.score_pruner import ScoreParams, ScorePruner
+from bench_harness import Requirements, ScoreParams, ScorePruner, hookimpl, param
 
 
 def _batches(ctx, limit: int):

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench_harness import ModelSpec, Pruner, PruneResult, Regime, Requirements, Stage, hookimpl, masking, param
-from bench_harness_plugins.autosparse_predictor import ARCHITECTURES, ResNet18Cifar, build_predictor, predict
-from bench_harness_plugins.pruners_imp import rewind_pruning
+from bench_harness_plugins.autosparse.predictor import ARCHITECTURES, ResNet18Cifar, build_predictor, predict
+from bench_harness_plugins.imp.pruner import rewind_pruning
 
 TEACHER = "autosparse-teacher"
 PREDICTOR = "autosparse-predictor"
@@ -145,27 +145,14 @@ def _api_teacher_config(params: AutoSparseParams, ctx) -> dict[str, Any]:
 
 
 def _build_teacher(config: dict[str, Any], ctx):
-    """(model at initialization, training loader, feature batches, fit overrides) of a configured teacher."""
-    from bench_harness.contract.plugins import get_registry
-    from bench_harness.running.models import build_model
-
-    registry = get_registry()
-    spec = registry.get("dataset", config["dataset"])
-    run = ctx.run
-    kw = dict(root=run.data_root, download=run.download, **config["dataset_params"])
-    if spec.resolve is not None:
-        spec = spec.resolve(**kw)
+    """(model at initialization, training loader, feature batches, fit overrides) of a configured teacher, built
+    by the harness's services as a run of that model, data set and seed builds them."""
     recipe = config["recipe"]
-    train_set = spec.load(split="train", augment=recipe.get("augment", True), **kw)
-    if recipe.get("train_subset"):
-        train_set = torch.utils.data.Subset(train_set, range(min(recipe["train_subset"], len(train_set))))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])  # as a run of this model/data set/seed initialises it
-        model = build_model(registry.get("model", config["model"]), config["model"], spec.num_classes,
-                            spec.in_channels, spec.image_size, config["model_params"])
-    batch = recipe.get("batch_size", 128)
-    loader = DataLoader(train_set, batch_size=batch, shuffle=True,
-                        generator=torch.Generator().manual_seed(config["seed"]), drop_last=len(train_set) > batch)
+    model = ctx.services.build_model(config["model"], config["model_params"], dataset=config["dataset"],
+                                     dataset_params=config["dataset_params"], seed=config["seed"])
+    loader = ctx.services.train_loader(config["dataset"], config["dataset_params"], seed=config["seed"],
+                                       batch_size=recipe.get("batch_size", 128), augment=recipe.get("augment", True),
+                                       train_subset=recipe.get("train_subset"))
     return model, loader, feature_batches(loader, config["grad_batch_size"]), {"loader": loader, "recipe": recipe}
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from bench_harness.errors import BenchError
+from bench_harness import BenchError
 
 GATED = {"relu", "leaky_relu"}
 UNSUPPORTED = {"gelu", "silu", "sigmoid", "tanh", "elu", "selu", "celu", "softplus", "mish", "hardswish",

@@ -8,7 +8,7 @@ The weights (conv, linear) are listed in the same order as the official code's l
 counts compare position by position. BatchNorms are affine here (as every harness model); ``slt_frozen``
 fixes them at weight 1 / bias 0, which computes exactly what a non-affine BatchNorm computes.
 
-Not the same model as ``resnet18_cifar`` (AutoSparse's, in autosparse_predictor.py), though both follow the same
+Not the same model as ``resnet18_cifar`` (AutoSparse's, in autosparse/predictor.py), though both follow the same
 layout: that one has a classifier bias, fan-out Kaiming init and its blocks in one ``layers`` sequence, as its own
 official code; each reproduces its paper's network, so they stay two registered models.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from bench_harness_plugins.archs.cifar_resnet import BasicBlock
+from bench_harness_plugins.providers.archs.cifar_resnet import BasicBlock
 
 
 class CifarResNet18(nn.Module):

@@ -5,10 +5,9 @@ from functools import partial
 
 from torch import nn
 
-from bench_harness import hookimpl
-from bench_harness.contract.specs import ModelSpec
-from bench_harness_plugins.archs.cifar_resnet import CifarResNet
-from bench_harness_plugins.archs.small import MLP, VGG, ConvN, LeNet5
+from bench_harness import ModelSpec, hookimpl
+from bench_harness_plugins.providers.archs.cifar_resnet import CifarResNet
+from bench_harness_plugins.providers.archs.small import MLP, VGG, ConvN, LeNet5
 
 
 def _resnet(depth, num_classes, in_channels, image_size, width: int = 16):

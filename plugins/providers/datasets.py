@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from bench_harness import hookimpl
-from bench_harness.contract.specs import DatasetNotFound, DatasetSpec
-from bench_harness.running.datasets import prepare_once
+from bench_harness import DatasetNotFound, DatasetSpec, hookimpl, prepare_once
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from bench_harness import hookimpl, masking
-from bench_harness.contract.pruner import Pruner, Regime
-from bench_harness.contract.score_pruner import ScorePruner
+from bench_harness import Pruner, Regime, ScorePruner, hookimpl, masking
 
 
 class Dense(Pruner):
@@ -13,8 +11,7 @@ class Dense(Pruner):
 
     name = "dense"
     description = "no pruning (reference)"
-    regime = Regime.NONE
-    ignores_sparsity = True
+    regime = Regime.NONE  # the dense reference: one run, no sparsity axis
 
     def prune(self, model, sparsity, ctx):
         return masking.full_masks(ctx.prunable)

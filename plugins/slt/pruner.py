@@ -50,8 +50,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bench_harness import ModelSpec, Pruner, PruneResult, Regime, Requirements, hookimpl, param
-from bench_harness_plugins import slt_allocation
-from bench_harness_plugins.slt_models import build_cifar_resnet18
+from bench_harness_plugins.slt import allocation as slt_allocation
+from bench_harness_plugins.slt.models import build_cifar_resnet18
 
 SEED_BITS = 64
 
@@ -292,7 +292,7 @@ class SltFrozen(Pruner):
         if self.scope == "global":
             search.refresh()
             info["threshold"] = search.threshold
-        return PruneResult(masks, weights_frozen=True, weights_changed=True, info=info, storage_bits=storage)
+        return PruneResult(masks, weights_changed=True, info=info, storage_bits=storage)
 
     def adjust_counts(self, counts: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
         return counts

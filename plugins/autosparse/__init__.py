@@ -1,0 +1,1 @@
+"""AutoSparse: the pruner, its teacher and predictor stages, the predictor networks."""

@@ -1,0 +1,2 @@
+"""Reference pruners (dense, random, magnitude) and the pruning-at-initialization baselines (SNIP, GraSP,
+SynFlow)."""

@@ -1,0 +1,1 @@
+"""Iterative magnitude pruning with rewinding (IMP) and its level schedules."""

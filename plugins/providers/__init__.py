@@ -1,0 +1,1 @@
+"""The built-in providers: models (and their architectures) and data sets."""

@@ -1,0 +1,1 @@
+"""PX: path eXclusion pruning at initialization, with its ReLU gates."""

@@ -1,0 +1,1 @@
+"""Strong lottery tickets in partially frozen random networks: the pruners, the frozen allocation, the models."""
