@@ -1,12 +1,15 @@
 """The JSON Schema of a suite file, for editors (``bench validate --schema``)."""
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any
 
 from pydantic import ConfigDict, Field
 from typing_extensions import Annotated, Literal
 
 from bench_harness.config.suite import GRID_KEYS, SECTIONS, SETTING_KEYS, TOP_KEYS, Count, RunSettings, Scoring
+from bench_harness.contract.ablations import ABLATIONS
 
 
 def suite_json_schema(registry=None) -> dict[str, Any]:
@@ -14,14 +17,11 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
     parameters), for editors: ``bench validate --schema > suite.schema.json``. Its keys are the suite's own
     declarations (config/suite.py: TOP_KEYS, GRID_KEYS, the sections, the RunSettings fields); only the types
     that depend on the registry (names, each pruner's parameters) and on the slurm section are added here."""
-    import dataclasses
-    import typing
     from typing import Union
 
     from pydantic import BaseModel, create_model
 
     from bench_harness.config.slurm import slurm_section_model
-    from bench_harness.contract.ablations import ABLATIONS
     from bench_harness.contract.plugins import get_registry
 
     registry = registry or get_registry()
