@@ -31,7 +31,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("target_sparsity", pa.float64(), "requested fraction of prunable weights removed"),
     ("sparsity_kind", pa.string(), "exact | target | learned: how the pruner's sparsity relates to the target"),
     ("sparsity_bin", pa.float64(), "the sparsity runs are grouped and compared by: the target, or for learned "
-                                   "sparsity the achieved sparsity binned (see leaderboard.sparsity_bins)"),
+                                   "sparsity the achieved sparsity binned (see masking.sparsity_bin)"),
     ("config", pa.string(), "the canonical configuration hashed into run_id, JSON"),
     # outcome
     ("status", pa.string(), "ok | failed"),
