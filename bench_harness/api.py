@@ -1,7 +1,6 @@
 """The public Python API: use any registered pruner outside a benchmark."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 import torch
@@ -76,15 +75,13 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
 
 
 def make_recipe(values: Mapping[str, Any] | None):
-    """A Recipe from a dict of fields; unknown fields name the known ones."""
-    from bench_harness.config.suite import Recipe
-    from bench_harness.errors import did_you_mean
+    """A Recipe from a dict of fields, validated as a suite's ``recipe:`` section is (types, allowed values,
+    ranges, unknown fields with did-you-mean); ValueError naming the field and the problem otherwise."""
+    from bench_harness.config.suite import InvalidSetting, Recipe, checked_dataclass
 
-    values = dict(values or {})
-    known = {f.name for f in dataclasses.fields(Recipe)}
-    for key in values:
-        if key not in known:
-            raise ValueError(f"unknown recipe field {key!r}.{did_you_mean(key, known)} Known: {', '.join(sorted(known))}")
-    if "milestones" in values:
-        values["milestones"] = tuple(values["milestones"])
-    return Recipe(**values)
+    if values is not None and not isinstance(values, Mapping):
+        raise ValueError(f"recipe: expected a mapping of settings, got {values!r}")
+    try:
+        return checked_dataclass(Recipe, dict(values or {}))
+    except InvalidSetting as exc:
+        raise ValueError(f"recipe.{exc.key}: {exc.problem}") from None

@@ -71,31 +71,38 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _load_suite(args):
+    """The suite file ``args.suite`` with the command line's overrides (``--results-root``, ``--download``)."""
+    from bench_harness.config.suite import load_suite
+
+    suite = load_suite(args.suite)
+    changes = {}
+    if getattr(args, "results_root", None):
+        changes["results_root"] = args.results_root
+    if getattr(args, "download", False):
+        changes["download"] = True
+    return suite.with_settings(**changes) if changes else suite
+
+
 def _compact_after_run(suite) -> None:
     """Fold the run files when there are many, or when a compacted run was redone (by this command or an earlier
     one that was killed): the results folder then holds one row per run. Never fails a finished sweep."""
     from bench_harness.results.compaction import maybe_compact
 
-    for root in sorted({r.results_root for r in suite.runs}):
-        if not (Path(root) / suite.name / "runs").is_dir():
-            continue
-        try:
-            maybe_compact(root, suite.name)
-        except Exception as exc:  # noqa: BLE001 - the rows are stored; compaction waits for the next command
-            print(f"note: {suite.name}: run files not compacted ({type(exc).__name__}: "
-                  f"{getattr(exc, 'strerror', None) or exc})", file=sys.stderr)
+    root = suite.results_root
+    if not (Path(root) / suite.name / "runs").is_dir():
+        return
+    try:
+        maybe_compact(root, suite.name)
+    except Exception as exc:  # noqa: BLE001 - the rows are stored; compaction waits for the next command
+        print(f"note: {suite.name}: run files not compacted ({type(exc).__name__}: "
+              f"{getattr(exc, 'strerror', None) or exc})", file=sys.stderr)
 
 
 def cmd_run(args) -> int:
-    from bench_harness.config.suite import load_suite
     from bench_harness.running.executor import pending_runs, run_local
 
-    suite = load_suite(args.suite)
-    for run in suite.runs:
-        if args.results_root:
-            run.results_root = args.results_root
-        if args.download:
-            run.download = True
+    suite = _load_suite(args)
     todo, done = pending_runs(suite, args.force)
     if args.dry_run:
         finished = {r.run_id for r in done}
@@ -126,18 +133,8 @@ def cmd_run(args) -> int:
     print(f"finished in {elapsed:.1f} s: {len(report.ok)} ok, {len(report.failed)} failed, "
           f"{len(report.skipped)} skipped (already done)"
           + (f", {len(report.busy)} left to another runner that holds them" if report.busy else ""), file=sys.stderr)
-    print_results(suite.name, suite.runs[0].results_root if suite.runs else "results")
+    print_results(suite.name, suite.results_root)
     return 1 if report.failed else 0
-
-
-def _load_for_slurm(args):
-    from bench_harness.config.suite import load_suite
-
-    suite = load_suite(args.suite)
-    for run in suite.runs:
-        if getattr(args, "results_root", None):
-            run.results_root = args.results_root
-    return suite
 
 
 def _submit(suite, runs, what: str) -> None:
@@ -163,7 +160,7 @@ def _run_slurm(suite, args) -> int:
     if args.wait:
         states = wait(suite, progress=not args.no_progress)
         failed = [s for s in states if s.state == "failed"]
-        print_results(suite.name, suite.runs[0].results_root if suite.runs else "results")
+        print_results(suite.name, suite.results_root)
         return 1 if failed else 0
     return 0
 
@@ -173,7 +170,7 @@ def cmd_status(args) -> int:
 
     from bench_harness.slurm.executor import reconcile
 
-    suite = _load_for_slurm(args)
+    suite = _load_suite(args)
     states = reconcile(suite)
     counts = Counter(s.state for s in states)
     print(f"suite {suite.name}: {len(states)} runs: " + ", ".join(
@@ -196,7 +193,7 @@ def cmd_resubmit(args) -> int:
 
     if not (args.failed or args.missing):
         raise BenchError("say what to resubmit: --failed, --missing or both")
-    suite = _load_for_slurm(args)
+    suite = _load_suite(args)
     wanted = ({"failed"} if args.failed else set()) | ({"missing"} if args.missing else set())
     runs = [s.run for s in reconcile(suite) if s.state in wanted]
     _submit(suite, runs, f"no {' or '.join(sorted(wanted))} runs")
@@ -206,7 +203,7 @@ def cmd_resubmit(args) -> int:
 def cmd_cancel(args) -> int:
     from bench_harness.slurm.executor import cancel_suite
 
-    suite = _load_for_slurm(args)
+    suite = _load_suite(args)
     jobs = cancel_suite(suite)
     print(f"cancelled {len(jobs)} jobs of suite {suite.name}" + (f": {', '.join(jobs)}" if jobs else ""))
     return 0
@@ -267,21 +264,20 @@ def cmd_verify(args) -> int:
     from collections import Counter
 
     from bench_harness import paths
-    from bench_harness.config.suite import load_suite
     from bench_harness.results.store import verify_store
 
-    suite = load_suite(args.suite)
+    suite = _load_suite(args)
     counts: Counter = Counter()
     damaged = 0
-    for root in sorted({args.results_root or run.results_root for run in suite.runs}):
-        report = verify_store(root, suite.name, [r.run_id for r in suite.runs])
-        counts.update(report.counts)
-        for path, problem in report.damaged:
-            damaged += 1
-            print(f"DAMAGED {path}: {problem}")
-        if report.extra:
-            print(f"{paths.runs_dir(root, suite.name)}: {report.extra} rows of runs that are not in the suite file "
-                  f"(an earlier version of it, or another suite's files): kept, not checked", file=sys.stderr)
+    root = suite.results_root
+    report = verify_store(root, suite.name, [r.run_id for r in suite.runs])
+    counts.update(report.counts)
+    for path, problem in report.damaged:
+        damaged += 1
+        print(f"DAMAGED {path}: {problem}")
+    if report.extra:
+        print(f"{paths.runs_dir(root, suite.name)}: {report.extra} rows of runs that are not in the suite file "
+              f"(an earlier version of it, or another suite's files): kept, not checked", file=sys.stderr)
     print(f"suite {suite.name}: {len(suite.runs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if damaged:
         print("damaged files count as missing: `bench run` runs their runs again", file=sys.stderr)
@@ -297,7 +293,7 @@ def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[st
         if Path(name).is_file():
             suite = load_suite(name)
             out.append(suite.name)
-            root = root or (suite.runs[0].results_root if suite.runs else "results")
+            root = root or suite.results_root
         elif not name.replace("-", "").replace("_", "").isalnum():
             raise BenchError(f"{name!r} is neither a suite file nor a suite name (letters, digits, '-', '_')")
         else:
@@ -398,21 +394,17 @@ def cmd_publish(args) -> int:
 def cmd_artifacts(args) -> int:
     """Stage artifacts of a suite: stored ones with their users, planned ones still missing; checksums verified."""
     from bench_harness import paths
-    from bench_harness.config.suite import load_suite
     from bench_harness.contract.artifacts import ArtifactStore, list_artifacts
     from bench_harness.results.store import load_results
     from bench_harness.running.runner import pretrain_key
 
-    suite = load_suite(args.suite)
-    if args.results_root:
-        for run in suite.runs:
-            run.results_root = args.results_root
-    root = suite.runs[0].results_root if suite.runs else (args.results_root or "results")
+    suite = _load_suite(args)
+    root = suite.results_root
     reg = _registry()
     planned: dict[tuple[str, str], list[str]] = {}  # (name, key) -> run ids of this suite that use it
     for run in suite.runs:
         cls = reg.get("pruner", run.pruner.name)
-        wanted = [(s.name, s.config) for s in cls.stages(cls.make_params(run.pruner.params), run)]
+        wanted = [(s.name, s.config) for s in cls.stages(run.pruner_params, run.info())]
         if run.needs_pretrained and not run.model.weights and run.pretrain is not None:
             wanted.append(("pretrained", pretrain_key(run)))
         for name, config in wanted:

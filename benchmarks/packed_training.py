@@ -42,11 +42,9 @@ def main() -> None:
                         device=args.device)
     times = {}
     for way in ("sequential", "packed"):
-        suite = parse_suite(yaml.safe_load(text), "packbench.yaml")
-        validate_suite(suite)
+        suite = validate_suite(parse_suite(yaml.safe_load(text), "packbench.yaml"))
         with tempfile.TemporaryDirectory() as root:
-            for run in suite.runs:
-                run.results_root = root
+            suite = suite.with_settings(results_root=root)
             t0 = time.perf_counter()
             rows = execute_packed(suite.runs) if way == "packed" else [execute_run(r) for r in suite.runs]
             times[way] = time.perf_counter() - t0

@@ -79,7 +79,7 @@ def finish_all(suite_path: Path) -> None:
     from bench_harness.results import dataset
 
     suite = load_suite(suite_path)
-    root, name = suite.runs[0].results_root, suite.name
+    root, name = suite.results_root, suite.name
     ids = [r.run_id for r in suite.runs]
     runs = paths.runs_dir(root, name)
     runs.mkdir(parents=True, exist_ok=True)

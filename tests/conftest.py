@@ -50,11 +50,8 @@ def runs_of(text: str, results_root, name: str = "suite.yaml") -> list:
 
     from bench_harness.config.suite import parse_suite, validate_suite
 
-    suite = parse_suite(yaml.safe_load(text), name)
-    validate_suite(suite)
-    for run in suite.runs:
-        run.results_root = str(results_root)
-    return suite.runs
+    suite = validate_suite(parse_suite(yaml.safe_load(text), name))
+    return list(suite.with_settings(results_root=str(results_root)).runs)
 
 
 def write_suite(path: Path, text: str) -> Path:

@@ -217,18 +217,18 @@ grid:
   pruners: [{{name: autosparse, params: {{teacher_model: resnet18_cifar, teacher_dataset: cifar10}}}}]
 recipe: {{epochs: 1}}
 """), "transfer.yaml")
-    validate_suite(suite, get_registry())
+    suite = validate_suite(suite, get_registry())
     cls = get_registry().get("pruner", "autosparse")
     keys = set()
     for run in suite.runs:
-        teacher, predictor = cls.stages(cls.make_params(run.pruner.params), run)
+        teacher, predictor = cls.stages(run.pruner_params, run.info())
         assert teacher.config["model"] == "resnet18_cifar" and teacher.config["dataset"] == "cifar10"
         assert teacher.config["seed"] == 0
         assert (teacher.name, predictor.name) == (aus.TEACHER, aus.PREDICTOR)
         keys.add((bench_harness.ArtifactStore.key(teacher.name, teacher.config),
                   bench_harness.ArtifactStore.key(predictor.name, predictor.config)))
     assert len(keys) == 1  # every model and seed shares one teacher and one predictor
-    own = cls.stages(cls.make_params({}), suite.runs[0])[0].config
+    own = cls.stages(cls.make_params({}), suite.runs[0].info())[0].config
     assert own["model"] == "mlp" and own["dataset"] == "synthetic"
 
 
@@ -240,10 +240,7 @@ name: {name}
 grid: {{models: [{{name: mlp, params: {{hidden: [16]}}}}], datasets: [{DATA}], sparsities: {sparsities}, pruners: [{{name: autosparse, params: {params}}}]}}
 recipe: {{epochs: 1, batch_size: 32, lr: 0.05}}
 """), f"{name}.yaml")
-    for run in suite.runs:
-        run.results_root = str(root)
-    validate_suite(suite, get_registry())
-    return suite
+    return validate_suite(suite, get_registry()).with_settings(results_root=str(root))
 
 
 def _records(row):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_harness.config.suite import load_suite, parse_suite
+from bench_harness.config.suite import load_suite, parse_suite, validate_suite
 from bench_harness.errors import SuiteError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,12 +83,14 @@ data_root: data
 def test_suite_paths_are_absolute_once_loaded_and_run_ids_do_not_depend_on_them(tmp_path):
     import yaml
 
-    here = parse_suite(yaml.safe_load(GOOD + "results_root: out\ndata_root: ../d\n"), "s.yaml", base_dir=tmp_path)
+    here = validate_suite(parse_suite(yaml.safe_load(GOOD + "results_root: out\ndata_root: ../d\n"), "s.yaml",
+                                      base_dir=tmp_path))
     run = here.runs[0]
     assert run.results_root == str(tmp_path / "out") and run.data_root == str(tmp_path.parent / "d")
-    assert run.base_dir == str(tmp_path)
-    there = parse_suite(yaml.safe_load(GOOD + "results_root: /x/y\n"), "s.yaml", base_dir=tmp_path / "sub")
-    assert there.runs[0].results_root == "/x/y"
+    assert run.base_dir == str(tmp_path) and run.settings is here.settings
+    there = validate_suite(parse_suite(yaml.safe_load(GOOD + "results_root: /x/y\n"), "s.yaml",
+                                       base_dir=tmp_path / "sub"))
+    assert there.runs[0].results_root == there.results_root == "/x/y"
     assert there.runs[0].run_id == run.run_id  # where results go is not part of a run's identity
 
 
@@ -98,7 +100,6 @@ def test_relative_weights_are_read_from_where_the_suite_was_loaded(tmp_path, mon
     import torch
     import yaml
 
-    from bench_harness.config.suite import validate_suite
     from bench_harness.contract.artifacts import file_sha256
     from bench_harness.contract.plugins import Registry
     from bench_harness.running.runner import execute_run
@@ -116,7 +117,7 @@ grid: {{models: [{{name: mlp, weights: "file:w/mlp.pt"}}], datasets: [{DATA}], s
 recipe: {{epochs: 1, batch_size: 32}}
 """), "relw.yaml")
     registry = Registry(extra_plugins=[("contract", contract_plugins)])
-    validate_suite(suite, registry)
+    suite = validate_suite(suite, registry)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # what an earlier run's pruner may have done
     row = execute_run(suite.runs[0], registry)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench_harness.results.aggregate import aggregate, merge_results
-from bench_harness.results.leaderboard import build_leaderboard, display_table, to_latex, to_markdown
+from bench_harness.results.leaderboard import build_leaderboard, display_table, prepare_runs, to_latex, to_markdown
 from bench_harness.results.shard_index import update_index
 from bench_harness.results.stats import mean_std_ci, paired_difference, t975
 from bench_harness.results.store import read_shard, write_shard
@@ -98,6 +98,27 @@ def test_methods_with_parameters_and_ablations_are_separate_rows():
     assert sorted(board.method) == ["magnitude", "magnitude(scope=layerwise)", "magnitude+shuffle"]
     shuffled = board.set_index("method").loc["magnitude+shuffle"]
     assert shuffled.vs_magnitude_diff == pytest.approx(-0.2)
+
+
+def test_the_sparsity_bin_is_its_own_column_and_target_sparsity_stays_the_target():
+    # a learned-sparsity method asked for 0.5 and reached 0.9: it is compared in the 0.9 bin, its target stays 0.5
+    rows = [_row("magnitude", 0.9, seed, 0.8, sparsity_bin=0.9) for seed in range(3)]
+    rows += [_row("learned", 0.5, seed, 0.85, sparsity_kind="learned", achieved_sparsity=0.9, sparsity_bin=0.9)
+             for seed in range(3)]
+    rows += [_row("random", 0.8, 0, 0.7)]  # a row of result schema 1: no sparsity_bin, its bin is its target
+    df = pd.DataFrame(rows)
+    df.loc[df.pruner == "random", "sparsity_bin"] = None
+    runs = prepare_runs(df).set_index("pruner")
+    assert set(runs.loc["learned", "target_sparsity"]) == {0.5} and set(runs.loc["learned", "sparsity_bin"]) == {0.9}
+    assert runs.loc["random", "sparsity_bin"] == 0.8 and runs.loc["random", "target_sparsity"] == 0.8
+    board = build_leaderboard(df, ["s"])
+    assert "target_sparsity" not in board and "requested_sparsity" not in board
+    assert (board.leaderboard_version == 3).all()
+    learned = board.set_index("method").loc["learned"]
+    assert learned.sparsity_bin == 0.9 and learned.density == pytest.approx(0.1)
+    assert learned.vs_magnitude_pairs == 3 and learned.vs_magnitude_diff == pytest.approx(0.05)
+    assert not learned.flag_off_target
+    assert set(board.sparsity_bin) == {0.8, 0.9}
 
 
 def test_exports():

@@ -19,11 +19,8 @@ packing: 8
 
 
 def _runs(tmp_path, model, size):
-    suite = parse_suite(yaml.safe_load(SUITE.format(model=model, size=size)), "packed.yaml")
-    validate_suite(suite)
-    for run in suite.runs:
-        run.results_root = str(tmp_path)
-    return suite.runs
+    suite = validate_suite(parse_suite(yaml.safe_load(SUITE.format(model=model, size=size)), "packed.yaml"))
+    return list(suite.with_settings(results_root=str(tmp_path)).runs)
 
 
 @pytest.mark.parametrize("model, size", [("lenet5", 28), pytest.param("resnet20", 8, marks=pytest.mark.slow)])

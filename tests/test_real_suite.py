@@ -43,7 +43,7 @@ def test_aggregate_leaderboard_and_plots(real_results, tmp_path):
     assert "66 runs -> 33 leaderboard rows" in out
     board = pd.read_parquet(real_results / "pai_fashion_mnist_small" / "leaderboard.parquet")
     assert len(board) == 33 and (board.seeds == 2).all()
-    px = board[(board.method == "px") & (board.target_sparsity == 0.9)].iloc[0]
+    px = board[(board.method == "px") & (board.sparsity_bin == 0.9)].iloc[0]
     assert px.vs_random_pairs == 2 and px.vs_magnitude_pairs == 2 and px.vs_dense_pairs == 2
     md = bench("leaderboard", SUITE, "--results-root", real_results, "--format", "md").stdout
     header = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]

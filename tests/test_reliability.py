@@ -143,9 +143,7 @@ name: hang
 grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.5], pruners: [hangs]}}
 timeout_min: 0.03
 """), "hang.yaml")
-    validate_suite(suite, registry)
-    run = suite.runs[0]
-    run.results_root = str(tmp_path)
+    run = validate_suite(suite, registry).with_settings(results_root=str(tmp_path)).runs[0]
     t0 = time.monotonic()
     row = execute_run(run, registry)
     assert row["status"] == "failed" and "timed out after 0.03 min" in row["error"]

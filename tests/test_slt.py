@@ -241,11 +241,8 @@ def test_a_preempted_score_training_resumes_with_the_same_result(tmp_path, monke
 
 
 def _suite(text, root):
-    suite = parse_suite(yaml.safe_load(text), "slt.yaml")
-    for run in suite.runs:
-        run.results_root = str(root)
-    validate_suite(suite, get_registry())
-    return suite
+    suite = validate_suite(parse_suite(yaml.safe_load(text), "slt.yaml"), get_registry())
+    return suite.with_settings(results_root=str(root))
 
 
 def test_suite_rows_carry_the_regime_and_the_model_bits(tmp_path):

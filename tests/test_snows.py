@@ -333,11 +333,9 @@ prunable: {{include: "{BLOCK_CONVS.replace(chr(92), chr(92) * 2)}"}}
 recipe: {{epochs: 0, batch_size: 32}}
 pretrain: {{epochs: 1, batch_size: 32, lr: 0.05}}
 """
-    suite = parse_suite(yaml.safe_load(text), "snows.yaml")
-    for run in suite.runs:
-        run.results_root = str(tmp_path)
     registry = get_registry()
-    validate_suite(suite, registry)
+    suite = validate_suite(parse_suite(yaml.safe_load(text), "snows.yaml"), registry)
+    suite = suite.with_settings(results_root=str(tmp_path))
     rows = [execute_run(run, registry) for run in suite.runs]
     for row in rows:
         assert row["status"] == "ok", row.get("error")

@@ -1,17 +1,22 @@
 """The JSON Schema of a suite file, for editors (``bench validate --schema``)."""
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any
 
 from pydantic import ConfigDict, Field
 from typing_extensions import Annotated, Literal
 
-from bench_harness.config.suite import Count, PrunableSet, Recipe, Scoring, TimeoutMinutes
+from bench_harness.config.suite import GRID_KEYS, SECTIONS, SETTING_KEYS, TOP_KEYS, Count, RunSettings, Scoring
+from bench_harness.contract.ablations import ABLATIONS
 
 
 def suite_json_schema(registry=None) -> dict[str, Any]:
     """The JSON Schema of a suite file (every section, every registered model/data set/pruner and each pruner's
-    parameters), for editors: ``bench validate --schema > suite.schema.json``."""
+    parameters), for editors: ``bench validate --schema > suite.schema.json``. Its keys are the suite's own
+    declarations (config/suite.py: TOP_KEYS, GRID_KEYS, the sections, the RunSettings fields); only the types
+    that depend on the registry (names, each pruner's parameters) and on the slurm section are added here."""
     from typing import Union
 
     from pydantic import BaseModel, create_model
@@ -36,18 +41,22 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
                                weights=(Union[str, None], None))
     dataset_entry = create_model("dataset_entry", __config__=forbid, name=(str, ...), params=(dict[str, Any], {}))
     seed_range = create_model("seed_range", __config__=forbid, range=(Union[int, tuple[int, int]], ...))
-    grid = create_model(
-        "grid", __config__=forbid,
-        models=(list[Union[names("model"), str, model_entry]], ...),  # type: ignore[valid-type]
-        datasets=(list[Union[names("dataset"), dataset_entry]], ...),  # type: ignore[valid-type]
-        sparsities=(list[Annotated[float, Field(ge=0.0, lt=1.0)]], [0.0]),
-        seeds=(Union[list[Count], seed_range], [0]),
-        pruners=(list[Union[names("pruner"), Union[tuple(pruner_entries)]]], ...))  # type: ignore[valid-type]
-    model: type[BaseModel] = create_model(
-        "suite", __config__=forbid, name=(str, ...), description=(str, ""), grid=(grid, ...),
-        recipe=(Recipe, Recipe()), scoring=(Scoring, Scoring()), prunable=(PrunableSet, PrunableSet()),
-        pretrain=(Union[Recipe, None], None), device=(str, "auto"), data_root=(str, "data"), download=(bool, False),
-        results_root=(str, "results"), packing=(Annotated[int, Field(ge=1)], 1), timeout_min=(Union[TimeoutMinutes, None], None),
-        ablations=(list[Union[Literal["shuffle", "reinit", "invert"], None]], [None]),
-        slurm=(Union[slurm_section_model(), None], None))
+    grid_fields: dict[str, Any] = {
+        "models": (list[Union[names("model"), str, model_entry]], ...),  # type: ignore[valid-type]
+        "datasets": (list[Union[names("dataset"), dataset_entry]], ...),  # type: ignore[valid-type]
+        "sparsities": (list[Annotated[float, Field(ge=0.0, lt=1.0)]], [0.0]),
+        "seeds": (Union[list[Count], seed_range], [0]),
+        "pruners": (list[Union[names("pruner"), Union[tuple(pruner_entries)]]], ...),  # type: ignore[valid-type]
+    }
+    grid = create_model("grid", __config__=forbid, **{key: grid_fields[key] for key in GRID_KEYS})
+    setting_types = typing.get_type_hints(RunSettings, include_extras=True)
+    setting_defaults = {f.name: f.default for f in dataclasses.fields(RunSettings)}
+    fields: dict[str, Any] = {
+        "name": (str, ...), "description": (str, ""), "grid": (grid, ...),
+        "ablations": (list[Union[Literal[ABLATIONS], None]], [None]),  # type: ignore[valid-type]
+        "slurm": (Union[slurm_section_model(), None], None),
+        **SECTIONS,
+        **{key: (setting_types[key], setting_defaults[key]) for key in SETTING_KEYS},
+    }
+    model: type[BaseModel] = create_model("suite", __config__=forbid, **{key: fields[key] for key in TOP_KEYS})
     return model.model_json_schema()

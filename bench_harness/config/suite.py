@@ -23,14 +23,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from typing_extensions import Annotated, Literal
 
+from bench_harness.contract.run_info import ComponentInfo, RunInfo
 from bench_harness.errors import BenchError, SuiteError, UnknownNameError, did_you_mean
 from bench_harness.identity import config_hash, non_default_fields
 from bench_harness.paths import absolute_path
@@ -127,8 +128,31 @@ class Component:
         return state
 
 
-@dataclass
+@dataclass(frozen=True)
+class RunSettings:
+    """Where and how a suite's runs execute: held once by the suite and referenced by each of its runs (a run
+    travels alone to a worker process or a SLURM job), never part of a run's identity. ``data_root``,
+    ``results_root`` and ``base_dir`` are absolute once the suite is loaded (see parse_suite)."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data_root: str = "data"
+    download: bool = False  # allow downloading missing data sets
+    results_root: str = "results"
+    timeout_min: TimeoutMinutes | None = None  # a run's wall-time limit in minutes; None: no limit
+    packing: PositiveInt = 1  # local executor: train up to this many compatible runs together
+    base_dir: str = "."  # where relative paths of the suite are read from (model weights `file:`): the directory
+    #                      the suite was loaded in; set when loading, not a key of the suite file
+
+
+SETTING_KEYS = tuple(f.name for f in dataclasses.fields(RunSettings) if f.name != "base_dir")
+
+
+@dataclass(frozen=True)
 class RunSpec:
+    """One run of a suite, built complete by :func:`validate_suite` and never changed afterwards (assigning a
+    field raises). Its id hashes :meth:`identity`; its settings (where results go, the device, ...) are the
+    suite's and not part of it."""
+
     suite: str
     model: Component
     dataset: Component
@@ -140,19 +164,26 @@ class RunSpec:
     prunable: PrunableSet
     pretrain: Recipe | None = None
     ablation: str | None = None
-    device: str = "auto"
-    data_root: str = "data"  # absolute once the suite is loaded (see parse_suite); not part of the identity
-    download: bool = False
-    results_root: str = "results"  # absolute once the suite is loaded (see parse_suite); not part of the identity
-    base_dir: str = "."  # where relative paths of the suite are read from (model weights `file:`): the directory
-    #                      the suite was loaded in; not part of the identity
-    timeout_min: float | None = None  # per-run wall-time limit (not part of the run's identity)
-    packing: int = 1  # local executor: train up to this many compatible runs together (not part of the identity)
-    # Filled by validation: the pruner parameters that differ from the Params dataclass defaults, the pruner's
-    # version, and whether the pruner needs a pretrained model.
-    pruner_defaults: dict[str, Any] | None = None
+    settings: RunSettings = RunSettings()
+    # Decided by validation from the registered pruner: its validated ``Params`` (built once per grid entry;
+    # None: a run built by hand and never validated, which cannot execute), its version, and whether it prunes
+    # a pretrained model.
+    pruner_params: Any = None
     pruner_version: str = "1"
     needs_pretrained: bool = False
+    # The pruner parameters hashed into the id, as runs were once built by hand (tests/test_identity.py): accepted
+    # when equal to what the run hashes, never stored.
+    pruner_defaults: InitVar[dict[str, Any] | None] = None
+
+    def __post_init__(self, pruner_defaults: dict[str, Any] | None) -> None:
+        if pruner_defaults is not None and pruner_defaults != self._hashed_pruner_params():
+            raise ValueError(f"pruner_defaults {pruner_defaults!r} differ from the run's pruner parameters "
+                             f"{self._hashed_pruner_params()!r}: give the validated parameters as pruner_params=")
+
+    def _hashed_pruner_params(self) -> dict[str, Any]:
+        if self.pruner_params is None:
+            return self.pruner.params
+        return non_default_fields(self.pruner_params)
 
     def identity(self) -> dict[str, Any]:
         """The canonical configuration hashed into the run id (defaults and empty values left out)."""
@@ -164,7 +195,7 @@ class RunSpec:
             "seed": self.seed,
             "model_params": self.model.params,
             "dataset_params": self.dataset.params,
-            "pruner_params": self.pruner.params if self.pruner_defaults is None else self.pruner_defaults,
+            "pruner_params": self._hashed_pruner_params(),
             "pruner_version": None if str(self.pruner_version) == "1" else str(self.pruner_version),
             "recipe": non_default_fields(self.recipe),
             "scoring": non_default_fields(self.scoring),
@@ -176,19 +207,61 @@ class RunSpec:
         }
         return {k: v for k, v in config.items() if v not in (None, {}, [])}
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        if "_run_id" in self.__dict__:  # any assignment may change the identity
-            del self.__dict__["_run_id"]
-
     @property
     def run_id(self) -> str:
-        """The hash of :meth:`identity`, cached until a field is assigned (the components, recipe, scoring and
-        prunable set are frozen; replace them, never mutate their dicts in place)."""
+        """The hash of :meth:`identity`, computed once (the run is frozen; its components, recipe, scoring and
+        prunable set are too: never mutate their dicts in place)."""
         rid = self.__dict__.get("_run_id")
         if rid is None:
             rid = self.__dict__["_run_id"] = config_hash(self.identity())
         return rid
+
+    def __hash__(self) -> int:  # equal runs have equal ids; the parameters inside may be unhashable
+        return hash(self.run_id)
+
+    def with_settings(self, settings: RunSettings) -> RunSpec:
+        """This run with other settings (its identity and id are unchanged)."""
+        run = object.__new__(RunSpec)  # a copy of the fields and the cached id (a suite may hold 10^6 runs)
+        run.__dict__.update(self.__dict__, settings=settings)
+        return run
+
+    def info(self) -> RunInfo:
+        """The read-only view plugins get (``PruneContext.run``, ``Pruner.stages(params, run)``)."""
+        return RunInfo(
+            suite=self.suite, run_id=self.run_id,
+            model=ComponentInfo(self.model.name, dict(self.model.params), self.model.weights),
+            dataset=ComponentInfo(self.dataset.name, dict(self.dataset.params)),
+            seed=self.seed, sparsity=self.sparsity, recipe=self.recipe, scoring=self.scoring, pretrain=self.pretrain,
+            ablation=self.ablation, data_root=self.settings.data_root, download=self.settings.download)
+
+    # the suite's settings, read through the run (a run travels alone to worker processes and SLURM jobs)
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def data_root(self) -> str:
+        return self.settings.data_root
+
+    @property
+    def download(self) -> bool:
+        return self.settings.download
+
+    @property
+    def results_root(self) -> str:
+        return self.settings.results_root
+
+    @property
+    def base_dir(self) -> str:
+        return self.settings.base_dir
+
+    @property
+    def timeout_min(self) -> float | None:
+        return self.settings.timeout_min
+
+    @property
+    def packing(self) -> int:
+        return self.settings.packing
 
     def describe(self) -> str:
         params = ",".join(f"{k}={v}" for k, v in sorted(self.pruner.params.items()))
@@ -198,25 +271,88 @@ class RunSpec:
                 f"sparsity={self.sparsity:<7g} seed={self.seed}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Suite:
+    """A validated suite: its runs, each complete, and the settings they share (see :func:`load_suite`)."""
+
     name: str
     path: str
-    runs: list[RunSpec]
+    runs: tuple[RunSpec, ...]
+    settings: RunSettings = RunSettings()
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def results_root(self) -> str:
+        return self.settings.results_root
 
     @property
     def results_dir(self) -> Path:
         from bench_harness import paths
 
-        root = self.runs[0].results_root if self.runs else "results"
-        return paths.suite_dir(root, self.name)
+        return paths.suite_dir(self.settings.results_root, self.name)
+
+    def with_settings(self, **changes: Any) -> Suite:
+        """A new suite whose settings, and every run's, have ``changes`` (e.g. ``results_root=...`` from the
+        command line); this suite and its runs are left as they are. Run ids do not change."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(RunSettings)})
+        if unknown:
+            raise TypeError(f"unknown run settings {unknown}: the settings are {', '.join(SETTING_KEYS)}")
+        settings = dataclasses.replace(self.settings, **changes)
+        return dataclasses.replace(self, settings=settings, runs=tuple(r.with_settings(settings) for r in self.runs))
 
 
-TOP_KEYS = {"name", "description", "grid", "recipe", "scoring", "prunable", "pretrain", "device", "data_root",
-            "download", "results_root", "ablations", "slurm", "timeout_min", "packing"}
-GRID_KEYS = {"models", "datasets", "sparsities", "seeds", "pruners"}
+@dataclass(frozen=True)
+class ParsedSuite:
+    """A suite file read and checked for shape by :func:`parse_suite`; :func:`validate_suite` checks its names
+    and parameters against the registered plugins and builds the runs."""
+
+    name: str
+    path: str
+    settings: RunSettings
+    models: tuple[Component, ...]
+    datasets: tuple[Component, ...]
+    pruners: tuple[Component, ...]
+    sparsities: tuple[float, ...]
+    seeds: tuple[int, ...]
+    ablations: tuple[str | None, ...]
+    recipe: Recipe
+    scoring_of: dict[Component, Scoring]  # per pruner entry: the suite's scoring with the entry's overrides
+    prunable: PrunableSet
+    pretrain: Recipe | None
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+# The suite file's keys, declared once: parse_suite accepts these and the JSON Schema (config/schema.py) is built
+# from the same declarations (the settings' types and defaults from RunSettings, the sections' from SECTIONS).
+GRID_KEYS = ("models", "datasets", "sparsities", "seeds", "pruners")
+SECTIONS: dict[str, tuple[Any, Any]] = {  # key -> (type, default)
+    "recipe": (Recipe, Recipe()),
+    "scoring": (Scoring, Scoring()),
+    "prunable": (PrunableSet, PrunableSet()),
+    "pretrain": (Recipe | None, None),
+}
+TOP_KEYS = ("name", "description", "grid", *SECTIONS, "ablations", "slurm", *SETTING_KEYS)
+
+
+class InvalidSetting(ValueError):
+    """A setting of a section (recipe, scoring, ...) that its dataclass rejects: ``key`` and ``problem``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key, self.problem = key, problem
+        super().__init__(f"{key}: {problem}")
+
+
+def checked_dataclass(cls: type, values: Mapping[str, Any]) -> Any:
+    """A section's dataclass from a mapping, validated by pydantic (types, allowed values, ranges, unknown keys
+    with did-you-mean); :class:`InvalidSetting` naming the first bad key otherwise. Suites (build_dataclass) and
+    the Python API (``make_recipe``) validate through here."""
+    try:
+        return TypeAdapter(cls).validate_python(values)
+    except ValidationError as exc:
+        key, message = validation_problems(exc, [f.name for f in dataclasses.fields(cls)])[0]
+        raise InvalidSetting(key, message) from None
 
 
 def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
@@ -226,10 +362,9 @@ def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
     if not isinstance(values, dict):
         raise SuiteError(path, section, f"expected a mapping of settings, got {values!r}")
     try:
-        return TypeAdapter(cls).validate_python(values)
-    except ValidationError as exc:
-        key, message = validation_problems(exc, [f.name for f in dataclasses.fields(cls)])[0]
-        raise SuiteError(path, f"{section}.{key}", message) from None
+        return checked_dataclass(cls, values)
+    except InvalidSetting as exc:
+        raise SuiteError(path, f"{section}.{exc.key}", exc.problem) from None
 
 
 def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = ()) -> list[Component]:
@@ -318,9 +453,9 @@ def _timeout_minutes(path: str, value: Any) -> float | None:
                          f"leave it out for no limit") from None
 
 
-def parse_suite(data: Any, path: str, base_dir: str | None = None) -> Suite:
-    """Build a Suite (names not yet checked against the registry) from parsed YAML. Relative ``data_root`` and
-    ``results_root`` are made absolute here, once, against ``base_dir`` (default: the current directory), so a
+def parse_suite(data: Any, path: str, base_dir: str | None = None) -> ParsedSuite:
+    """Read a suite from parsed YAML (names not yet checked against the registry: :func:`validate_suite` does,
+    and builds the runs). Relative ``data_root`` and ``results_root`` are made absolute here, once, against ``base_dir`` (default: the current directory), so a
     run that changes directory cannot move where later runs read data or write results."""
     base_dir = os.path.abspath(base_dir if base_dir is not None else os.getcwd())
     if not isinstance(data, dict):
@@ -366,21 +501,18 @@ def parse_suite(data: Any, path: str, base_dir: str | None = None) -> Suite:
     packing = data.get("packing", 1)
     if isinstance(packing, bool) or not isinstance(packing, int) or packing < 1:
         raise SuiteError(path, "packing", f"expected a number of runs >= 1 to train together, got {packing!r}")
-    settings = dict(
-        timeout_min=timeout,
-        packing=packing,
+    settings = RunSettings(
         device=str(data.get("device", "auto")),
         data_root=absolute_path(str(data.get("data_root", "data")), base_dir),
         download=bool(data.get("download", False)),
         results_root=absolute_path(str(data.get("results_root", "results")), base_dir),
+        timeout_min=timeout,
+        packing=packing,
         base_dir=base_dir,
     )
-    runs = []
-    for model, dataset, pruner, seed, ablation in itertools.product(models, datasets, pruners, seeds, ablations):
-        for sparsity in sparsities:
-            runs.append(RunSpec(name, model, dataset, pruner, sparsity, seed, recipe, scoring_of[pruner], prunable,
-                                pretrain, ablation, **settings))
-    return Suite(name, path, runs, str(data.get("description", "")), data)
+    return ParsedSuite(name, path, settings, tuple(models), tuple(datasets), tuple(pruners), tuple(sparsities),
+                       tuple(seeds), tuple(ablations), recipe, scoring_of, prunable, pretrain,
+                       str(data.get("description", "")), data)
 
 
 def load_suite(path: str | os.PathLike, registry=None) -> Suite:
@@ -388,9 +520,7 @@ def load_suite(path: str | os.PathLike, registry=None) -> Suite:
     path = str(path)
     if not os.path.exists(path):
         raise BenchError(f"{path}: no such suite file (suites shipped with bench-harness are in suites/)")
-    suite = parse_suite(read_suite_file(path), path, base_dir=os.getcwd())
-    validate_suite(suite, registry)
-    return suite
+    return validate_suite(parse_suite(read_suite_file(path), path, base_dir=os.getcwd()), registry)
 
 
 def read_suite_file(path: str) -> Any:
@@ -414,55 +544,73 @@ def needs_pretrained(pruner_cls: type) -> bool:
     return bool(pruner_cls.requires.pretrained)  # POST_TRAINING pruners have it (derived from the regime)
 
 
-def validate_suite(suite: Suite, registry=None) -> None:
-    """Check names and parameters against the registry; collapse the sparsity axis of dense pruners."""
+@dataclass(frozen=True)
+class _PrunerEntry:
+    """What validation decides once per pruner entry of the grid, for all of its runs."""
+
+    params: Any  # the validated Params
+    version: str
+    needs_pretrained: bool
+    ignores_sparsity: bool
+    has_scores: bool  # a score-based pruner (the `invert` ablation applies)
+
+
+def _pruner_entry(path: str, registry, pruner: Component) -> _PrunerEntry:
+    pruner_cls = registry.get("pruner", pruner.name)
+    try:
+        params = pruner_cls.make_params(pruner.params)
+    except (TypeError, ValueError) as exc:
+        raise SuiteError(path, f"grid.pruners[{pruner.name}].params", str(exc)) from None
+    return _PrunerEntry(params, str(pruner_cls.version), needs_pretrained(pruner_cls),
+                        bool(pruner_cls.ignores_sparsity), _is_score_pruner(pruner_cls))
+
+
+def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
+    """Check names and parameters against the registry and build the suite's runs, each complete when built:
+    the pruner's validated parameters (validated once per grid entry), its version, whether it needs a
+    pretrained model. Dense pruners' runs collapse over the sparsity axis; ablations that do not apply to a
+    pruner are left out."""
+    from bench_harness.contract.ablations import ABLATIONS
     from bench_harness.contract.plugins import get_registry
 
     registry = registry or get_registry()
+    path = parsed.path
     checked: set = set()
-    kept = []
-    seen_ids = set()
-    pruner_defaults: dict[Component, dict[str, Any]] = {}
-    for run in suite.runs:
-        for kind, comp, key in (("model", run.model, "grid.models"), ("dataset", run.dataset, "grid.datasets"),
-                                ("pruner", run.pruner, "grid.pruners")):
+    entries: dict[Component, _PrunerEntry] = {}
+    runs: list[RunSpec] = []
+    seen_ids: set[str] = set()
+    for model, dataset, pruner, seed, ablation in itertools.product(parsed.models, parsed.datasets, parsed.pruners,
+                                                                    parsed.seeds, parsed.ablations):
+        for kind, comp, key in (("model", model, "grid.models"), ("dataset", dataset, "grid.datasets"),
+                                ("pruner", pruner, "grid.pruners")):
             if (kind, comp.name) in checked:
                 continue
             try:
                 registry.entry(kind, comp.name)
             except UnknownNameError as exc:
-                raise SuiteError(suite.path, key, str(exc)) from None
+                raise SuiteError(path, key, str(exc)) from None
             checked.add((kind, comp.name))
-        pruner_cls = registry.get("pruner", run.pruner.name)
-        defaults = pruner_defaults.get(run.pruner)  # validated once per grid entry, not once per run
-        if defaults is None:
-            try:
-                params = pruner_cls.make_params(run.pruner.params)
-            except (TypeError, ValueError) as exc:
-                raise SuiteError(suite.path, f"grid.pruners[{run.pruner.name}].params", str(exc)) from None
-            defaults = pruner_defaults[run.pruner] = non_default_fields(params)
-        run.pruner_defaults = dict(defaults)
-        run.pruner_version = str(pruner_cls.version)
-        run.needs_pretrained = needs_pretrained(pruner_cls)
-        if run.needs_pretrained and run.pretrain is None and not run.model.weights:
-            raise SuiteError(suite.path, "pretrain", f"pruner {run.pruner.name!r} prunes a pretrained model, and "
-                             f"model {run.model.name!r} names no weights: add `weights: ...` to the model entry "
+        entry = entries.get(pruner)
+        if entry is None:
+            entry = entries[pruner] = _pruner_entry(path, registry, pruner)
+        if entry.needs_pretrained and parsed.pretrain is None and not model.weights:
+            raise SuiteError(path, "pretrain", f"pruner {pruner.name!r} prunes a pretrained model, and "
+                             f"model {model.name!r} names no weights: add `weights: ...` to the model entry "
                              f"(file:<path>, torchvision:<WEIGHTS>, timm) or a `pretrain: {{epochs: N}}` section")
-        if pruner_cls.ignores_sparsity:
-            run.sparsity = 0.0
-        if run.ablation is not None:
-            from bench_harness.contract.ablations import ABLATIONS
-
-            if run.ablation not in ABLATIONS:
-                raise SuiteError(suite.path, "ablations", f"unknown ablation {run.ablation!r}."
-                                 f"{did_you_mean(run.ablation, ABLATIONS)} Known: {', '.join(ABLATIONS)}.")
-            if pruner_cls.ignores_sparsity:
+        if ablation is not None:
+            if ablation not in ABLATIONS:
+                raise SuiteError(path, "ablations", f"unknown ablation {ablation!r}."
+                                 f"{did_you_mean(ablation, ABLATIONS)} Known: {', '.join(ABLATIONS)}.")
+            if entry.ignores_sparsity:
                 continue  # the dense reference has nothing to ablate
-            if run.ablation == "invert" and not _is_score_pruner(pruner_cls):
+            if ablation == "invert" and not entry.has_scores:
                 continue  # only score-based pruners have scores to invert
-        run_id = run.run_id
-        if run_id in seen_ids:  # dense runs collapse over sparsities
-            continue
-        seen_ids.add(run_id)
-        kept.append(run)
-    suite.runs = kept
+        for sparsity in parsed.sparsities:
+            run = RunSpec(parsed.name, model, dataset, pruner, 0.0 if entry.ignores_sparsity else sparsity, seed,
+                          parsed.recipe, parsed.scoring_of[pruner], parsed.prunable, parsed.pretrain, ablation,
+                          parsed.settings, entry.params, entry.version, entry.needs_pretrained)
+            if run.run_id in seen_ids:  # dense runs collapse over sparsities
+                continue
+            seen_ids.add(run.run_id)
+            runs.append(run)
+    return Suite(parsed.name, path, tuple(runs), parsed.settings, parsed.description, parsed.raw)

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from bench_harness.contract.artifacts import ArtifactStore, MemoryArtifactStore
+from bench_harness.contract.run_info import RunInfo
 
 
 class Regime(str, enum.Enum):
@@ -171,7 +172,7 @@ class PruneContext:
     # pruners that select their own subset (e.g. PX: the first k images of each class). May be None.
     dataset: Any = None
     pretrained: bool = False  # the model holds pretrained weights
-    run: Any = None  # the RunSpec in a suite run (model/data set names, recipe), None in the Python API
+    run: RunInfo | None = None  # the suite run, read only (model/data set, seed, recipe...); None in the Python API
     model: nn.Module | None = None  # the model being pruned (stage producers copy it; prune() receives it anyway)
     # The harness's services (bench_harness.contract.services.Services): build a model, a data set or a training
     # loader as a run would, run another registered pruner. make_context always sets them.
@@ -280,9 +281,9 @@ class Pruner:
         return out
 
     @classmethod
-    def stages(cls, params: Any, run: Any) -> list[Stage]:
-        """The stage artifacts a run of this pruner uses (``run``: the RunSpec). The SLURM executor produces
-        the missing ones in stage jobs before the runs' arrays (``--dependency=afterok``); locally they are
+    def stages(cls, params: Any, run: RunInfo) -> list[Stage]:
+        """The stage artifacts a run of this pruner uses (``params``: its validated parameters, ``run``: the
+        suite run, read only). The SLURM executor produces the missing ones in stage jobs before the runs' arrays (``--dependency=afterok``); locally they are
         produced by the first run that asks ``ctx.stage(...)`` for them. Default: none."""
         return []
 

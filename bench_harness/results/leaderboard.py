@@ -1,19 +1,21 @@
-"""Leaderboards from run rows: per (model, data set, target sparsity, method) the number of seeds, mean,
+"""Leaderboards from run rows: per (model, data set, sparsity bin, method) the number of seeds, mean,
 standard deviation and 95 % confidence interval of accuracy, achieved sparsity, cost, failures; a rank within
 each (model, data set, sparsity) cell; paired per-seed differences against the controls (random and magnitude
 at the same sparsity, dense); flags.
 
-Runs are grouped by their **sparsity cell**: the target sparsity for pruners of sparsity kind ``exact`` and
-``target``; for ``learned`` sparsity the achieved sparsity binned (the target when the achieved density is
-within a factor 1.25 of the target density, else the achieved density to two significant digits; see
-``masking.sparsity_bin``). Ranks, paired control comparisons and plots use the cell, so a learned-sparsity
-method is compared with the baselines at the sparsity it actually reached.
+Runs are grouped by their **sparsity bin** (column ``sparsity_bin``): the target sparsity for pruners of
+sparsity kind ``exact`` and ``target``; for ``learned`` sparsity the achieved sparsity binned (the target when
+the achieved density is within a factor 1.25 of the target density, else the achieved density to two
+significant digits; see ``masking.sparsity_bin``). Ranks, paired control comparisons and plots use the bin, so a
+learned-sparsity method is compared with the baselines at the sparsity it actually reached. ``target_sparsity``
+always means what a run asked for.
 
-Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sparsity, method):
+Leaderboard schema (version 3; version 2 called the bin ``target_sparsity``), one row per (suite(s), model,
+dataset, sparsity_bin, method):
 
 - ``leaderboard_version`` int; ``suites`` str (comma-separated suites the rows come from)
-- ``model``, ``dataset``, ``target_sparsity`` (float: the sparsity cell), ``density`` (1 - target_sparsity),
-  ``sparsity_kind`` (exact | target | learned)
+- ``model``, ``dataset``, ``sparsity_bin`` (float), ``density`` (1 - sparsity_bin), ``sparsity_kind``
+  (exact | target | learned)
 - ``method`` str: pruner, non-default parameters and ablation, e.g. ``magnitude(scope=layerwise)+shuffle``;
   ``pruner``, ``pruner_params`` (JSON), ``ablation`` (null: none)
 - ``seeds`` int (successful runs), ``failed`` int (failed runs)
@@ -27,11 +29,11 @@ Leaderboard schema (version 2), one row per (suite(s), model, dataset, target_sp
 - ``model_bits_mean``: storage of the pruned model (the row's ``model_bits``: the pruner's own format when it
   states one, else 32 bits per non-zero parameter + 1 bit per prunable weight; a dense model is 32 bits per
   parameter)
-- ``rank`` int: 1 = highest mean top-1 within (model, dataset, target_sparsity)
+- ``rank`` int: 1 = highest mean top-1 within (model, dataset, sparsity_bin)
 - ``vs_random_diff``, ``vs_random_ci95``, ``vs_random_pairs``, ``vs_random_p``; the same for ``vs_magnitude``
   and ``vs_dense``: mean over shared seeds of (this method's top-1 − the control's top-1), its 95 % CI
   half-width, the number of paired seeds and the paired t-test's two-sided p-value (controls: the plain ``random``/``magnitude`` pruner with default parameters and no ablation
-  at the same sparsity; ``dense`` of the same model and data set)
+  in the same sparsity bin; ``dense`` of the same model and data set)
 - ``flag_layer_collapse`` (a run had a layer with no weight left), ``flag_off_target`` (|achieved − target| >
   0.005, for exact and target sparsity kinds), ``flag_few_seeds`` (fewer than 3 successful seeds),
   ``flag_at_chance`` (mean top-1 within 2 points of chance, 1 / ``num_classes``: the network learned nothing,
@@ -47,7 +49,7 @@ import pandas as pd
 
 from bench_harness.results.stats import ci95_halfwidth, paired_t_pvalue
 
-LEADERBOARD_VERSION = 2
+LEADERBOARD_VERSION = 3
 MIN_SEEDS = 3
 OFF_TARGET = 0.005
 AT_CHANCE = 0.02  # a method whose mean top-1 is within 2 points of 1/num_classes learned nothing
@@ -72,7 +74,7 @@ def _model_label(model: str, params_json: str | None) -> str:
 
 
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run id (the newest wins) with method and model labels."""
+    """One row per run id (the newest wins) with method and model labels and the run's ``sparsity_bin``."""
     if runs.empty:
         return runs
     df = runs.copy()
@@ -94,9 +96,10 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
                                0.0, hours)
     kind = df["sparsity_kind"] if "sparsity_kind" in df else pd.Series(None, index=df.index, dtype=object)
     df["sparsity_kind"] = kind.fillna("exact")
-    df["requested_sparsity"] = df["target_sparsity"].astype(float)
-    if "sparsity_bin" in df:  # schema 2: the cell of learned-sparsity runs is their binned achieved sparsity
-        df["target_sparsity"] = pd.to_numeric(df["sparsity_bin"], errors="coerce").fillna(df["requested_sparsity"])
+    df["target_sparsity"] = df["target_sparsity"].astype(float)
+    # result schema 2 rows carry the bin (for learned sparsity: the achieved sparsity binned); older ones: the target
+    stored_bin = pd.to_numeric(df["sparsity_bin"], errors="coerce") if "sparsity_bin" in df else np.nan
+    df["sparsity_bin"] = pd.Series(stored_bin, index=df.index, dtype=float).fillna(df["target_sparsity"])
     prunable = df["params_prunable"] if "params_prunable" in df else pd.Series(np.nan, index=df.index)
     sparse = df.get("achieved_sparsity", 0).fillna(0) > 0
     fallback = np.where(sparse, 32.0 * df["params_nonzero"] + prunable.fillna(0), 32.0 * df["params_total"])
@@ -105,7 +108,7 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-KEYS = ["model_label", "dataset", "target_sparsity", "method"]
+KEYS = ["model_label", "dataset", "sparsity_bin", "method"]
 MEAN_COLUMNS = ("top5", "loss", "top1_before_training", "achieved_sparsity", "achieved_sparsity_all",
                 "prune_seconds", "train_seconds", "device_hours", "gpu_hours", "flops_effective", "params_nonzero",
                 "model_bits")
@@ -127,7 +130,6 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
     df = prepare_runs(runs)
     if df.empty:
         return pd.DataFrame()
-    df["target_sparsity"] = df["target_sparsity"].astype(float)
     ok = df[df.status == "ok"].copy()
     for col in MEAN_COLUMNS + ("top1", "flops_dense", "params_total"):
         if col not in ok:
@@ -150,12 +152,12 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
     extra = g.agg(flops_dense=("flops_dense", "mean"), params_total=("params_total", "mean"),
                   flag_layer_collapse=("layer_collapse", "any"), num_classes=("num_classes", "max"))
     board = base.join(stats).join(means).join(extra)
-    cell = ["model_label", "dataset", "target_sparsity"]
+    cell = ["model_label", "dataset", "sparsity_bin"]
     slim = ok[KEYS + ["seed", "top1"]]
     for control in CONTROLS:
         ctl = slim[slim.method == control].rename(columns={"method": "method_ctl", "top1": "top1_ctl"})
         board = board.join(_paired(slim, ctl, cell, f"vs_{control}"))
-    dense = slim[slim.method == "dense"].drop(columns=["target_sparsity"]).rename(
+    dense = slim[slim.method == "dense"].drop(columns=["sparsity_bin"]).rename(
         columns={"method": "method_ctl", "top1": "top1_ctl"})
     board = board.join(_paired(slim, dense, ["model_label", "dataset"], "vs_dense"))
     board = board.reset_index().rename(columns={"model_label": "model"})
@@ -165,16 +167,16 @@ def build_leaderboard(runs: pd.DataFrame, suites: list[str]) -> pd.DataFrame:
     board["flag_layer_collapse"] = board["flag_layer_collapse"].astype("boolean").fillna(False).astype(bool)
     board["flag_off_target"] = ((board.method != "dense") & board.achieved_sparsity_mean.notna()
                                 & (board.sparsity_kind != "learned")
-                                & ((board.achieved_sparsity_mean - board.target_sparsity).abs() > OFF_TARGET))
+                                & ((board.achieved_sparsity_mean - board.sparsity_bin).abs() > OFF_TARGET))
     board["flag_few_seeds"] = board.seeds < MIN_SEEDS
     board["flag_at_chance"] = (board.top1_mean <= 1.0 / board.num_classes + AT_CHANCE).fillna(False).astype(bool)
-    board["density"] = 1.0 - board.target_sparsity
+    board["density"] = 1.0 - board.sparsity_bin
     board["leaderboard_version"] = LEADERBOARD_VERSION
     if len(suites) == 1:
         board["suites"] = suites[0]
-    board["rank"] = (board.groupby(["model", "dataset", "target_sparsity"])["top1_mean"]
+    board["rank"] = (board.groupby(["model", "dataset", "sparsity_bin"])["top1_mean"]
                      .rank(method="min", ascending=False).fillna(0).astype(int))
-    return board.sort_values(["model", "dataset", "target_sparsity", "rank", "method"]).reset_index(drop=True)
+    return board.sort_values(["model", "dataset", "sparsity_bin", "rank", "method"]).reset_index(drop=True)
 
 
 # -- export ----------------------------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def display_table(board: pd.DataFrame) -> pd.DataFrame:
     """The human table: one line per leaderboard row, accuracy in percent."""
     out = pd.DataFrame({
         "model": board.model, "dataset": board.dataset,
-        "sparsity": [f"{s:.4g}" for s in board.target_sparsity],
+        "sparsity": [f"{s:.4g}" for s in board.sparsity_bin],
         "method": board.method, "rank": board["rank"], "seeds": board.seeds,
         "top-1 (%)": [_pm(m, c) for m, c in zip(board.top1_mean, board.top1_ci95)],
         "vs random": [_diff(d, c, p) for d, c, p in zip(board.vs_random_diff, board.vs_random_ci95,

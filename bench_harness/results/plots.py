@@ -183,7 +183,7 @@ def _short_layer(name: str) -> str:
 
 def layer_density_profile(runs: pd.DataFrame, model: str, dataset: str, sparsity: float, out: Path) -> list[Path]:
     cell = runs[(runs.model_label == model) & (runs.dataset == dataset) & (runs.status == "ok")
-                & np.isclose(runs.target_sparsity, sparsity) & ~runs.method.str.contains("+", regex=False)]
+                & np.isclose(runs.sparsity_bin, sparsity) & ~runs.method.str.contains("+", regex=False)]
     layers: list[str] = []
     curves = {}
     for method, g in cell.groupby("method"):
@@ -230,7 +230,7 @@ def make_plots(board: pd.DataFrame, runs: pd.DataFrame, out: Path, style: str = 
                                  "accuracy_vs_bits")
             sparse = cell[cell.method != "dense"]
             if len(sparse) and "layer_density" in runs:
-                counts = sparse.groupby("target_sparsity").method.nunique()
+                counts = sparse.groupby("sparsity_bin").method.nunique()
                 for sparsity in sorted(counts[counts == counts.max()].index)[-2:]:  # the two most complete cells
                     files += layer_density_profile(runs, model, dataset, float(sparsity), out)
     return files

@@ -105,7 +105,7 @@ def _table(df: pd.DataFrame, table_id: str) -> str:
             f"<tbody>{rows}</tbody></table></div>")
 
 
-RUN_COLUMNS = ["run_id", "model", "dataset", "method", "target_sparsity", "seed", "status", "top1",
+RUN_COLUMNS = ["run_id", "model", "dataset", "method", "target_sparsity", "sparsity_bin", "seed", "status", "top1",
                "achieved_sparsity", "prune_seconds", "train_seconds"]
 PROVENANCE = ["config", "pruner_version", "pruner_distribution", "harness_version", "git_commit", "torch_version",
               "cuda_version", "device", "host", "started_at", "finished_at", "error"]
@@ -128,7 +128,7 @@ def _runs_table(runs: pd.DataFrame, limit: int = 5000) -> str:
                 cells.append(_method_cell(str(v)))
                 continue
             if isinstance(v, float):
-                v = "" if math.isnan(v) else f"{v:.4f}" if c not in ("target_sparsity",) else f"{v:.4g}"
+                v = "" if math.isnan(v) else f"{v:.4f}" if c not in ("target_sparsity", "sparsity_bin") else f"{v:.4g}"
             cells.append(f"<td>{html.escape(str(v))}</td>")
         info = {k: str(r.get(k)) for k in PROVENANCE if _present(r.get(k))}  # only what the run has
         try:

@@ -36,7 +36,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
                                  "it for the run's parameters (e.g. n:m for SNOWS with nm: '2:4'; null: failed "
                                  "before pruning)"),
     ("sparsity_bin", pa.float64(), "the sparsity runs are grouped and compared by: the target, or for learned "
-                                   "sparsity the achieved sparsity binned (see leaderboard.sparsity_bins)"),
+                                   "sparsity the achieved sparsity binned (see masking.sparsity_bin)"),
     ("config", pa.string(), "the canonical configuration hashed into run_id, JSON"),
     # outcome
     ("status", pa.string(), "ok | failed"),

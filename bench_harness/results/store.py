@@ -156,7 +156,7 @@ def save_suite_file(suite) -> Path | None:
         text = Path(suite.path).read_text()
     except OSError:
         return None
-    return atomic_write(paths.suite_dir(suite.runs[0].results_root if suite.runs else "results", suite.name)
+    return atomic_write(paths.suite_dir(suite.results_root, suite.name)
                         / "suite.yaml", lambda tmp: Path(tmp).write_text(text))
 
 

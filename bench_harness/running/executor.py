@@ -126,12 +126,10 @@ def pending_runs(suite: Suite, force: bool = False) -> tuple[list[RunSpec], list
     run: linear in the number of runs, without opening every shard."""
     if force:
         return list(suite.runs), []
-    finished: dict[str, set[str]] = {}
-    for root in {r.results_root for r in suite.runs}:
-        finished[root] = results.finished_run_ids(root, suite.name)
+    finished = results.finished_run_ids(suite.results_root, suite.name)
     todo, done = [], []
     for run in suite.runs:
-        (done if run.run_id in finished[run.results_root] else todo).append(run)
+        (done if run.run_id in finished else todo).append(run)
     return todo, done
 
 
@@ -363,8 +361,7 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
     report = SweepReport(skipped=[r.run_id for r in done])
     if not todo:
         return report
-    for root in sorted({r.results_root for r in todo}):
-        results.ensure_writable(Path(root) / suite.name)
+    results.ensure_writable(Path(suite.results_root) / suite.name)
     # progress: bars on a terminal; plain log lines otherwise (a SLURM log, a CI log, a pipe)
     tty = progress and sys.stderr.isatty()
     lines = progress and not tty
@@ -398,7 +395,7 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
     space = SpaceCheck()
     pool = None
     try:
-        packing = max((r.packing for r in todo), default=1)
+        packing = suite.settings.packing
         if packing > 1 and workers <= 1 and not isolate:
             for group in pack_groups(todo, packing):
                 bar.set_description(f"{suite.name} packed x{len(group)}")
@@ -442,7 +439,8 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
             jobs = []
             for i, run in enumerate(todo):
                 device = devices[i % len(devices)]
-                jobs.append(replace(run, device=device) if device and run.device in ("auto", "cuda") else run)
+                jobs.append(run.with_settings(replace(run.settings, device=device))
+                            if device and run.device in ("auto", "cuda") else run)
             workers = max(1, workers)
             pool = WorkerPool(workers, threads_per_worker(workers))
             pool.run(jobs, force, record, before_start=space)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import os
@@ -183,10 +184,18 @@ def _context(run, registry, model, data, dspec, device, store, on_epoch, resume,
         exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
         prunable=run.prunable.include, exclude=run.prunable.exclude,
         num_classes=dspec.num_classes, input_shape=data.input_shape, artifacts=store, dataset=data.scoring_source,
-        trainer=trainer, train_loader=data.train, pretrained=run.needs_pretrained, run=run,
+        trainer=trainer, train_loader=data.train, pretrained=run.needs_pretrained, run=run.info(),
         run_dir=paths.run_artifacts_dir(run.results_root, run.suite, run.run_id),
         services=Services(call_pruner, registry, data_root=run.data_root, download=run.download),
     )
+
+
+def validated_params(run: RunSpec) -> Any:
+    """A copy of the run's validated pruner parameters (a pruner may change its own copy, never the run's)."""
+    if run.pruner_params is None:
+        raise BenchError(f"run {run.run_id} has no validated pruner parameters: build runs with load_suite or "
+                         f"validate_suite, not RunSpec(...) by hand")
+    return copy.deepcopy(run.pruner_params)
 
 
 def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
@@ -194,14 +203,14 @@ def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
     before the arrays that need it. Returns the artifact folders."""
     registry = registry or get_registry()
     pruner_cls = registry.get("pruner", run.pruner.name)
-    params = pruner_cls.make_params(run.pruner.params)
+    params = validated_params(run)
     device = resolve_device(run.device)
     dspec, data, model, store = _data_and_model(run, registry, device)
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, {}, None)
     ctx = _context(run, registry, model, data, dspec, device, store, None, False, pruner_cls.regime)
     folders = []
-    for stage in pruner_cls.stages(params, run):
+    for stage in pruner_cls.stages(params, ctx.run):
         ctx.stage(stage)
         folders.append(str(store.folder(stage.name, stage.config)))
     return folders
@@ -213,7 +222,7 @@ def missing_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
     pruner_cls = registry.get("pruner", run.pruner.name)
     store = artifact_store(run)
     out = []
-    for stage in pruner_cls.stages(pruner_cls.make_params(run.pruner.params), run):
+    for stage in pruner_cls.stages(validated_params(run), run.info()):
         if not store.exists(stage.name, stage.config):
             out.append(f"{stage.name}/{store.key(stage.name, stage.config)}")
     return out
@@ -228,7 +237,7 @@ def _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on
     ctx = _context(run, registry, model, data, dspec, device, store, on_epoch, resume, pruner_cls.regime)
     run_files = ctx.run_dir
     run_files.mkdir(parents=True, exist_ok=True)
-    params = pruner_cls.make_params(run.pruner.params)
+    params = validated_params(run)
     row["granularity"] = pruner_cls.granularity_of(params).value
     weights_before = None if pruner_cls.changes_weights else weights_fingerprint(model)
     t0 = time.perf_counter()

@@ -118,7 +118,7 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
     printed to stderr."""
     t0 = time.perf_counter()
     plan = slurm_plan(suite)
-    root = runs[0].results_root if runs else (suite.runs[0].results_root if suite.runs else "results")
+    root = suite.results_root
     folder = log_folder(suite, root)
     out = Submission(log_folder=str(folder.parent))
     if not runs:
@@ -349,7 +349,7 @@ def reconcile(suite: Suite) -> list[RunState]:
     row carrying sacct's state and reason. Runs left out by a submit limit are ``missing`` (detail: the limit)."""
     if not suite.runs:
         return []
-    root = suite.runs[0].results_root
+    root = suite.results_root
     entries = ledger.read_all(root, suite.name)
     shard = {r.run_id: results.shard_status(root, suite.name, r.run_id) for r in suite.runs}
     ask = [e.job_id for rid, e in entries.items() if shard.get(rid) != "ok" and e.job_id]

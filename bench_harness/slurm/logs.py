@@ -64,8 +64,8 @@ def cmd_logs(args) -> int:
         if Path(args.suite).is_file():
             suite = load_suite(args.suite)
             suite_name = suite.name
-            if not args.results_root and suite.runs:
-                root = suite.runs[0].results_root
+            if not args.results_root:
+                root = suite.results_root
         else:
             suite_name = args.suite
     return print_logs(args.run_id, root, suite_name, args.lines)
