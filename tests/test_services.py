@@ -181,11 +181,9 @@ def test_a_runs_row_records_the_granularity(tmp_path):
 
     from bench_harness.config.suite import parse_suite, validate_suite
 
-    suite = parse_suite(yaml.safe_load(SUITE.replace("pruners: [magnitude]", "pruners: [two_four, {name: two_four, "
-                                                     "params: {nm: true}}]")), "granularity.yaml")
-    for r in suite.runs:
-        r.results_root = str(tmp_path)
-    validate_suite(suite, registry)
+    parsed = parse_suite(yaml.safe_load(SUITE.replace("pruners: [magnitude]", "pruners: [two_four, {name: two_four, "
+                                                      "params: {nm: true}}]")), "granularity.yaml")
+    suite = validate_suite(parsed, registry).with_settings(results_root=str(tmp_path))
     rows = [execute_run(r, registry) for r in suite.runs]
     assert [row["status"] for row in rows] == ["ok", "ok"], [row.get("error") for row in rows]
     assert [row["granularity"] for row in rows] == ["unstructured", "n:m"]
