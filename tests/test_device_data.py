@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from bench_harness.api import make_recipe
 from bench_harness.contract.plugins import get_registry
