@@ -125,6 +125,22 @@ def test_random_crop_matches_slicing_the_padded_image():
         assert torch.equal(out[i], padded[i, :, dy[i]:dy[i] + 5, dx[i]:dx[i] + 7])
 
 
+def test_the_cpu_and_gpu_crops_agree():
+    form = {"images": torch.randint(0, 256, (30, 3, 6, 5), dtype=torch.uint8), "targets": torch.zeros(30),
+            "crop_padding": 2, "flip": True}
+    data = device_data._to_device(form, CPU)
+    chosen = torch.tensor([4, 0, 29, 4, 7, 13, 2, 2])
+    g = torch.Generator().manual_seed(0)
+    dy, dx = torch.randint(5, (8,), generator=g), torch.randint(5, (8,), generator=g)
+    flips = torch.randint(2, (8,), generator=g).bool()
+    for f in (flips, None):
+        grouped = device_data._crop_and_flip_grouped(data, chosen, dy, dx, f)
+        assert torch.equal(grouped, device_data._crop_and_flip_gather(data, chosen, dy, dx, f))
+        for i in range(8):
+            expected = data.images[chosen[i], :, dy[i]:dy[i] + 6, dx[i]:dx[i] + 5]
+            assert torch.equal(grouped[i], expected.flip(2) if f is not None and f[i] else expected)
+
+
 def test_crop_offsets_and_flips_are_uniform():
     n = 36_000
     form = {"images": torch.zeros(n, 1, 2, 2, dtype=torch.uint8), "targets": torch.zeros(n), "crop_padding": 4,

@@ -43,19 +43,25 @@ RESIDENT_KEEP = 4  # data sets a process keeps on its devices for its next runs
 
 @dataclass(frozen=True)
 class ResidentData:
-    """A data set on the device: images (N, C, H, W; uint8 or float), targets (N, int64), the per-channel
-    normalisation (None: none) and the augmentation its training split asks for."""
+    """A data set on the device: images (N, C, H+2p, W+2p; uint8 or float), zero-padded once by the random crop's
+    padding p when its training split asks for a crop, targets (N, int64), the normalisation folded into one
+    multiply-add per channel (None: none), and the augmentation."""
 
     images: torch.Tensor
     targets: torch.Tensor
-    mean: torch.Tensor | None  # (1, C, 1, 1) float32, on the device
-    std: torch.Tensor | None
+    scale: torch.Tensor | None  # (1, C, 1, 1) float32 on the device: x * scale + shift = ((x / 255) - mean) / std
+    shift: torch.Tensor | None
     crop_padding: int | None
     flip: bool
 
     @property
-    def nbytes(self) -> int:
-        return self.images.numel() * self.images.element_size() + self.targets.numel() * 8
+    def padding(self) -> int:
+        return self.crop_padding or 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return c, h - 2 * self.padding, w - 2 * self.padding
 
 
 def tensor_form(dataset: Dataset) -> tuple[dict[str, Any], torch.Tensor | None] | None:
@@ -81,8 +87,10 @@ def form_bytes(dataset: Dataset) -> int | None:
     found = tensor_form(dataset)
     if found is None:
         return None
-    images = found[0]["images"]
-    return images.numel() * images.element_size() + len(images) * 8
+    form = found[0]
+    images, pad = form["images"], form.get("crop_padding") or 0
+    n, c, h, w = images.shape
+    return n * c * (h + 2 * pad) * (w + 2 * pad) * images.element_size() + n * 8
 
 
 _RESIDENT: OrderedDict[tuple[int, str], tuple[Any, ResidentData]] = OrderedDict()
@@ -118,15 +126,22 @@ def _to_device(form: dict[str, Any], device: torch.device) -> ResidentData:
     targets = torch.as_tensor(form["targets"]).long()
     channels = images.shape[1]
 
-    def per_channel(values):
-        if values is None:
-            return None
-        t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-        t = t.expand(channels) if t.numel() == 1 else t
-        return t.reshape(1, channels, 1, 1).to(device)
+    def per_channel(values, default):
+        t = torch.as_tensor(default if values is None else values, dtype=torch.float64).reshape(-1)
+        return (t.expand(channels) if t.numel() == 1 else t).reshape(1, channels, 1, 1)
 
-    return ResidentData(images.contiguous().to(device), targets.to(device), per_channel(form.get("mean")),
-                        per_channel(form.get("std")), form.get("crop_padding"), bool(form.get("flip", False)))
+    mean, std = form.get("mean"), form.get("std")
+    scale = shift = None
+    if images.dtype == torch.uint8 or mean is not None or std is not None:
+        unit = 1 / 255 if images.dtype == torch.uint8 else 1.0
+        m, s = per_channel(mean, 0.0), per_channel(std, 1.0)
+        scale, shift = (unit / s).float().to(device), (-m / s).float().to(device)
+    pad = form.get("crop_padding") or 0
+    images = images.contiguous().to(device)
+    if pad:
+        images = F.pad(images, (pad, pad, pad, pad))
+    return ResidentData(images, targets.to(device), scale, shift, form.get("crop_padding"),
+                        bool(form.get("flip", False)))
 
 
 def clear_resident() -> None:
@@ -183,32 +198,69 @@ class DeviceLoader:
         for i in range(len(self)):
             part = slice(i * self.batch_size, (i + 1) * self.batch_size)
             chosen = order[part]
-            x = self.data.images[chosen]
-            if dy is not None:
-                x = random_crop(x, dy[part], dx[part], self.data.crop_padding)
-            if flips is not None:
-                x = torch.where(flips[part].view(-1, 1, 1, 1), x.flip(3), x)
+            x = crop_and_flip(self.data, chosen, None if dy is None else dy[part], None if dx is None else dx[part],
+                              None if flips is None else flips[part])
             yield self.normalise(x), self.data.targets[chosen]
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.data.mean is not None:
-            x = x.sub_(self.data.mean)
-        if self.data.std is not None:
-            x = x.div_(self.data.std)
+        x = x.float()
+        if self.data.scale is not None:
+            x = x.mul_(self.data.scale).add_(self.data.shift)
         return x.contiguous(memory_format=self.memory_format)
+
+
+def crop_and_flip(data: ResidentData, chosen: torch.Tensor, dy: torch.Tensor | None, dx: torch.Tensor | None,
+                  flips: torch.Tensor | None) -> torch.Tensor:
+    """The images ``chosen`` of the resident data, each cropped at row/column offsets ``dy``/``dx`` in
+    ``[0, 2p]`` of its zero-padded copy (None: the centre, i.e. the image itself) and mirrored where ``flips``:
+    torchvision's RandomCrop(size, padding=p) then RandomHorizontalFlip, for a whole batch in one gather."""
+    p = data.padding
+    c, h, w = data.image_shape
+    if dy is None and flips is None:
+        x = data.images[chosen]
+        return x if not p else x[:, :, p:p + h, p:p + w]
+    n, dev = len(chosen), data.images.device
+    dy = torch.full((n,), p, device=dev) if dy is None else dy
+    dx = torch.full((n,), p, device=dev) if dx is None else dx
+    if dev.type == "cpu":
+        return _crop_and_flip_grouped(data, chosen, dy, dx, flips)
+    return _crop_and_flip_gather(data, chosen, dy, dx, flips)
+
+
+def _crop_and_flip_gather(data: ResidentData, chosen, dy, dx, flips) -> torch.Tensor:
+    """One gather of every output pixel: no host synchronisation (a GPU's way)."""
+    c, h, w = data.image_shape
+    n, dev = len(chosen), data.images.device
+    columns = torch.arange(w, device=dev)
+    if flips is not None:
+        columns = torch.where(flips.view(n, 1), columns.flip(0), columns)  # (n, w) or (w,)
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + columns).view(n, 1, 1, w)
+    return data.images[chosen.view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1), rows, cols]
+
+
+def _crop_and_flip_grouped(data: ResidentData, chosen, dy, dx, flips) -> torch.Tensor:
+    """The same result in fewer, larger copies (a CPU's way: 3x faster than the gather there): the cropped rows of
+    every image in one index_select, then one slice copy per (column offset, flip) group."""
+    c, h, w = data.image_shape
+    n, wp = len(chosen), data.images.shape[3]
+    first = (chosen.view(n, 1, 1) * c + torch.arange(c).view(1, c, 1)) * data.images.shape[2]
+    rows = data.images.reshape(-1, wp).index_select(0, (first + dy.view(n, 1, 1) + torch.arange(h)).view(-1))
+    rows = rows.view(n, c, h, wp)
+    out = torch.empty((n, c, h, w), dtype=data.images.dtype)
+    key = dx * 2 + (flips.long() if flips is not None else 0)
+    for k in torch.unique(key).tolist():
+        members = (key == k).nonzero().view(-1)
+        part = rows.index_select(0, members)[..., k // 2:k // 2 + w]
+        out.index_copy_(0, members, part.flip(3) if k % 2 else part)
+    return out
 
 
 def random_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
     """Crops of x's size from x zero-padded by ``padding``, at row/column offsets ``dy``/``dx`` in
-    ``[0, 2 * padding]`` (one per image): torchvision's RandomCrop(size, padding) for a whole batch in one gather."""
-    n, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, channel, rows, cols]
+    ``[0, 2 * padding]`` (one per image)."""
+    data = ResidentData(F.pad(x, (padding,) * 4), torch.zeros(len(x)), None, None, padding, False)
+    return crop_and_flip(data, torch.arange(len(x), device=x.device), dy, dx, None)
 
 
 def wanted(setting: str | bool, datasets: list[Dataset], device: torch.device) -> bool:
