@@ -166,6 +166,27 @@ def timed_plain(dataset, batch: int, workers: int, device, epochs: int) -> float
     return (marks[-1] - marks[0]) / max(len(marks) - 1, 1)
 
 
+def data_path_rates(train_set, test_set, recipe, device, epochs: int = 2) -> tuple[float, float]:
+    """Batches per second of the data alone (no model): the harness's DataLoader (0 workers, per-image
+    transforms) and the device-data loader, each over whole epochs after one warm-up epoch."""
+    from bench_harness.running.datasets import make_loader
+    from bench_harness.running.device_data import device_loaders
+
+    rates = []
+    for loader in (make_loader(train_set, recipe.batch_size, True, 0, 0, drop_last=True),
+                   device_loaders(train_set, test_set, recipe, 0, device)[0]):
+        for _ in loader:
+            pass
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(epochs):
+            for _ in loader:
+                pass
+        sync(device)
+        rates.append(epochs * len(loader) / (time.perf_counter() - t0))
+    return rates[0], rates[1]
+
+
 def timed_floor(device, batch: int, steps: int, bf16_channels_last: bool) -> float:
     """Seconds per step of forward + backward + SGD step on batches already on the device."""
     model = new_model(device)
@@ -274,6 +295,7 @@ def main() -> int:
     parser.add_argument("--check-test", type=int, default=None)
     parser.add_argument("--fashion-dir", default=None)
     parser.add_argument("--model", default=None, help="registered model name (default resnet20; smoke: lenet5)")
+    parser.add_argument("--data-only", action="store_true", help="measure the data paths alone, then stop")
     args = parser.parse_args()
     if args.smoke:
         args.train_size, args.batch, args.epochs, args.packed = 256, 32, 2, 2
@@ -320,6 +342,12 @@ def main() -> int:
             print(f"  {label}: {images / seconds:,.0f} images/s", flush=True)
             return seconds
 
+        loader_rate, device_rate = data_path_rates(train_set, test_set, recipe(data_on_device=True), device)
+        data_line = (f"data alone (batches of {args.batch}, crop + flip + normalise): DataLoader {loader_rate:,.1f} "
+                     f"batches/s, data on device {device_rate:,.1f} batches/s: x{device_rate / loader_rate:.1f}")
+        print(data_line, flush=True)
+        if args.data_only:
+            return 0
         print("throughput:", flush=True)
         plain = timed_plain(train_set, args.batch, args.workers, device, args.epochs)
         results.append((f"plain loop, DataLoader {args.workers} workers, fp32", plain, "reference"))
@@ -362,9 +390,11 @@ def main() -> int:
     for label, seconds, note in results:
         per_run_images = images
         print(f"{label:<62} {per_run_images / seconds:>11,.0f} {seconds:>9.3f} {plain / seconds:>8.2f}  {note}")
+    print(data_line)
     print()
     ratio_floor = best / floor16
     goals = [("harness epoch <= 1.2x compute floor (bf16 + channels_last)", f"{ratio_floor:.2f}x", ratio_floor <= 1.2),
+             ("harness epoch <= 1.2x compute floor (fp32)", f"{device_fp32 / floor32:.2f}x", device_fp32 / floor32 <= 1.2),
              ("harness images/s >= 5x plain loop", f"{plain / best:.2f}x", plain / best >= 5),
              (f"{args.packed} packed >= 3x sequential", f"{device_bf16 * args.packed / packed:.2f}x",
               device_bf16 * args.packed / packed >= 3)]
