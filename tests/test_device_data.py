@@ -1,6 +1,7 @@
 """Data on the device (recipe.data_on_device), tested on CPU tensors: the same examples, labels and batches as the
 DataLoader path, augmentation as torchvision's and uniform, reproducible per seed, resumable, masks applied."""
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -210,6 +211,21 @@ def test_auto_is_off_on_the_cpu_and_true_needs_a_tensor_form():
 
     with pytest.raises(RunFailure, match="no tensor form"):
         device_loaders(Opaque(), ds, make_recipe({"data_on_device": True}), 0, CPU)
+
+
+def test_auto_on_cuda_asks_for_a_fraction_of_the_free_memory(monkeypatch):
+    cuda = torch.device("cuda")
+    ds = TensorDataset(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), torch.arange(100))  # 4,800 + 800 bytes
+    free = {"bytes": 4 * 5_600}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 10**9))
+    assert device_data.wanted("auto", [ds], cuda)  # 5,600 bytes <= 25 % of 22,400
+    free["bytes"] -= 1
+    assert not device_data.wanted("auto", [ds], cuda)
+    assert not device_data.wanted(False, [ds], cuda) and device_data.wanted(True, [ds], torch.device("cpu"))
+    # once held there (by an earlier run), it fits whatever memory is left: a sweep's runs take one path
+    device_data._RESIDENT[(id(ds), str(cuda))] = (weakref.ref(ds), None)
+    free["bytes"] = 0
+    assert device_data.wanted("auto", [Subset(ds, [1, 2])], cuda)
 
 
 SUITE = """

@@ -272,8 +272,21 @@ def wanted(setting: str | bool, datasets: list[Dataset], device: torch.device) -
     sizes = [form_bytes(d) for d in datasets]
     if any(s is None for s in sizes):
         return False
+    # a data set already held there (an earlier run of this process) costs nothing more: the runs of a sweep
+    # then all take the same path, although the free memory shrank by what the first one moved
+    needed = sum(s for d, s in zip(datasets, sizes) if not is_resident(d, device))
+    if needed == 0:
+        return True
     free, _ = torch.cuda.mem_get_info(device)
-    return sum(sizes) <= FREE_MEMORY_FRACTION * free
+    return needed <= FREE_MEMORY_FRACTION * free
+
+
+def is_resident(dataset: Dataset, device: torch.device) -> bool:
+    """Whether the data set (under any Subset) is held on ``device`` already."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    entry = _RESIDENT.get((id(dataset), str(device)))
+    return entry is not None and entry[0]() is dataset
 
 
 def device_loaders(train_set: Dataset, test_set: Dataset, recipe, seed: int, device: torch.device,
