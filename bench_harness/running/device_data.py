@@ -111,6 +111,8 @@ def resident(dataset: Dataset, device: torch.device) -> tuple[ResidentData, torc
     key = (id(base), str(device))
     entry = _RESIDENT.get(key)
     if entry is None or entry[0]() is not base:
+        for stale in [k for k, (ref, _) in _RESIDENT.items() if ref() is None]:
+            del _RESIDENT[stale]  # its data set is gone: free the device memory
         entry = _RESIDENT[key] = (weakref.ref(base), _to_device(form, device))
         while len(_RESIDENT) > RESIDENT_KEEP:
             _RESIDENT.popitem(last=False)
