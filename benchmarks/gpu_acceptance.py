@@ -166,25 +166,25 @@ def timed_plain(dataset, batch: int, workers: int, device, epochs: int) -> float
     return (marks[-1] - marks[0]) / max(len(marks) - 1, 1)
 
 
-def data_path_rates(train_set, test_set, recipe, device, epochs: int = 2) -> tuple[float, float]:
+def data_path_rates(train_set, test_set, recipe, device) -> tuple[float, float]:
     """Batches per second of the data alone (no model): the harness's DataLoader (0 workers, per-image
-    transforms) and the device-data loader, each over whole epochs after one warm-up epoch."""
+    transforms; one epoch) and the device-data loader (two epochs after a warm-up epoch)."""
     from bench_harness.running.datasets import make_loader
     from bench_harness.running.device_data import device_loaders
 
-    rates = []
-    for loader in (make_loader(train_set, recipe.batch_size, True, 0, 0, drop_last=True),
-                   device_loaders(train_set, test_set, recipe, 0, device)[0]):
-        for _ in loader:
-            pass
+    def rate(loader, epochs: int) -> float:
         sync(device)
         t0 = time.perf_counter()
         for _ in range(epochs):
             for _ in loader:
                 pass
         sync(device)
-        rates.append(epochs * len(loader) / (time.perf_counter() - t0))
-    return rates[0], rates[1]
+        return epochs * len(loader) / (time.perf_counter() - t0)
+
+    loader_rate = rate(make_loader(train_set, recipe.batch_size, True, 0, 0, drop_last=True), 1)
+    on_device = device_loaders(train_set, test_set, recipe, 0, device)[0]
+    rate(on_device, 1)  # warm-up
+    return loader_rate, rate(on_device, 2)
 
 
 def timed_floor(device, batch: int, steps: int, bf16_channels_last: bool) -> float:
