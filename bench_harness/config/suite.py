@@ -25,7 +25,7 @@ import itertools
 import os
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Union
 
 import yaml
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
@@ -77,6 +77,16 @@ class Recipe:
     test_subset: PositiveInt | None = None  # evaluate on the first n test examples
     eval_batch_size: PositiveInt = 512
     num_workers: Count = 0
+    # the GPU-speed path (docs/gpu.md); left at their defaults, none of them is part of a run's identity
+    data_on_device: Union[Literal["auto"], bool] = "auto"  # data set resident on the device, batched augmentation
+    precision: Optional[Literal["fp32", "fp16", "bf16"]] = None  # None: fp16 if mixed_precision else fp32
+    channels_last: bool = False  # model and batches in channels-last memory layout
+    compile: bool = False  # torch.compile the model's training forward/backward
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision and self.precision not in (None, "fp16"):
+            raise ValueError(f"mixed_precision: true means precision fp16, not {self.precision!r}: drop "
+                             f"mixed_precision or set precision: fp16")
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Schema version 3 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
 ``model_bits``, ``compression_ratio``, ``num_classes``, ``packed_runs``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
-Version 3 added ``granularity`` (the masks' sparsity pattern, stated by the pruner for the run's parameters);
-older shards read with it null.
+Version 3 added ``granularity`` (the masks' sparsity pattern, stated by the pruner for the run's parameters) and
+``data_on_device``, ``precision``, ``channels_last`` and ``compiled`` (how the run trained, see docs/gpu.md); older
+shards read with them null.
 Bump ``SCHEMA_VERSION`` and say what changed here whenever a column is added, renamed or changes meaning.
 """
 from __future__ import annotations
@@ -78,6 +79,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("prune_seconds", pa.float64(), "wall seconds of pruning (including any training it does)"),
     ("train_seconds", pa.float64(), "wall seconds of training after pruning (packed: its share)"),
     ("packed_runs", pa.int64(), "number of runs trained together as one batched computation (null: alone)"),
+    ("data_on_device", pa.bool_(), "the training and test sets were held on the device and augmented there in "
+                                   "batches (recipe.data_on_device; false: a DataLoader)"),
+    ("precision", pa.string(), "precision training used: fp32 | fp16 (autocast + loss scaling) | bf16 (autocast)"),
+    ("channels_last", pa.bool_(), "model and batches in channels-last memory layout during training"),
+    ("compiled", pa.bool_(), "the training forward/backward ran through torch.compile"),
     ("pretrain_seconds", pa.float64(), "wall seconds of pretraining (0 when cached or not needed)"),
     ("peak_memory_bytes", pa.int64(), "peak GPU memory (CUDA) or peak process RSS (CPU)"),
     ("pruner_info", pa.string(), "free-form information returned by the pruner, JSON"),

@@ -14,6 +14,11 @@ Compatible runs: same model (and parameters), data set, recipe, training span, d
 data augmentation draws from the global random generator (torchvision transforms) do not see the same augmented
 images as when run alone; the results are then equal in distribution, not bit for bit. Checkpoint-resume
 (``execute_run(resume=True)``, the SLURM executor) trains runs one at a time.
+
+With ``recipe.data_on_device`` the packed runs share one device-resident copy of the data set (each run draws
+its own order and augmentation from its own seeded generator, exactly as when trained alone, so packed and alone
+see the same batches); ``precision`` applies (fp16 with loss scaling, bf16); ``channels_last`` and ``compile`` do
+not (the rows say so).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from bench_harness.errors import RunFailure
 from bench_harness.identity import config_hash
+from bench_harness.running.step_options import step_options
 from bench_harness.running.training import lr_factor, make_optimizer
 
 
@@ -61,7 +67,8 @@ def train_packed(group: list, on_epoch=None) -> None:
         return F.cross_entropy(functional_call(base, (p, b), (x,)), y, label_smoothing=recipe.label_smoothing)
 
     losses_of = vmap(one_loss)
-    use_amp = recipe.mixed_precision and device.type == "cuda"
+    options = step_options(recipe, device)  # precision (channels_last and compile do not apply to vmap)
+    scaler = torch.amp.GradScaler("cuda", enabled=options.scaled)
     loaders = [p.data.train for p in group]
     steps = max(len(loaders[0]), 1)
     try:
@@ -76,11 +83,12 @@ def train_packed(group: list, on_epoch=None) -> None:
                 factor = lr_factor(recipe, epoch + i / steps)
                 for g in optimizer.param_groups:
                     g["lr"] = g.get("base_lr", recipe.lr) * factor
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                with options.autocast(device):
                     losses = losses_of(params, buffers, x, y)
                 optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                optimizer.step()
+                scaler.scale(losses.sum()).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 with torch.no_grad():
                     for n, m in masks.items():
                         params[n].mul_(m)
@@ -106,3 +114,4 @@ def train_packed(group: list, on_epoch=None) -> None:
     for p in group:
         p.row["train_seconds"] = seconds / len(group)
         p.row["packed_runs"] = len(group)
+        p.row.update(channels_last=False, compiled=False)

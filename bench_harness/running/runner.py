@@ -42,8 +42,10 @@ from bench_harness.errors import BenchError, DiskFullError, RunFailure
 from bench_harness.interrupts import escape_from_plugin, watch_sigint
 from bench_harness.results import store as results
 from bench_harness.running import checkpoint
+from bench_harness.running.device_data import device_loaders
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.running.provenance import provenance, resolve_device
+from bench_harness.running.step_options import step_options
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.training import evaluate, train
 from bench_harness.running.weights import load_pretrained
@@ -70,8 +72,8 @@ class RunData:
     def __init__(self, run: RunSpec, spec, device: torch.device) -> None:
         recipe, scoring = run.recipe, run.scoring
         kw = dict(root=run.data_root, download=run.download, **run.dataset.params)
-        self.train = train_loader(load_split(spec, "train", recipe.augment, **kw), recipe.batch_size, run.seed,
-                                  recipe.train_subset, recipe.num_workers)
+        train_set = head(load_split(spec, "train", recipe.augment, **kw), recipe.train_subset)
+        self.train = train_loader(train_set, recipe.batch_size, run.seed, None, recipe.num_workers)
         test_set = head(load_split(spec, "test", False, **kw), recipe.test_subset)
         score_set = head(load_split(spec, "train", scoring.augment, **kw), recipe.train_subset)
         self.scoring_source = score_set
@@ -85,6 +87,10 @@ class RunData:
             score_set = Subset(score_set, order[:n])
         self.test = make_loader(test_set, recipe.eval_batch_size, False, run.seed, recipe.num_workers)
         self.scoring = make_loader(score_set, scoring.batch_size, False, run.seed)
+        resident = device_loaders(train_set, test_set, recipe, run.seed, device)  # recipe.data_on_device
+        self.on_device = resident is not None
+        if resident is not None:
+            self.train, self.test = resident
         self.input_shape = (spec.in_channels, spec.image_size, spec.image_size)
 
 
@@ -523,6 +529,7 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
         torch.cuda.reset_peak_memory_stats(device)
     dspec, data, model, store = _data_and_model(run, registry, device)
     row["num_classes"] = dspec.num_classes
+    row.update(step_options(run.recipe, device).columns(), data_on_device=data.on_device)
     pruned_path = checkpoint.pruned_path(run.results_root, run.suite, run.run_id)
     owner = checkpoint.run_owner(run.suite, run.run_id)
     resumed = checkpoint.load(pruned_path, owner) if resume else None

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from bench_harness.contract.masking import MaskEnforcer
 from bench_harness.errors import RunFailure
+from bench_harness.running.step_options import prepare_input, prepare_model, step_options
 
 
 @dataclass
@@ -122,8 +123,9 @@ def train(
     enforcer = MaskEnforcer(model, masks) if masks else None
     optimizer = optimizer or make_optimizer(model, recipe, params)
     step = start_epoch * max(len(loader), 1)
-    use_amp = recipe.mixed_precision and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    options = step_options(recipe, device)  # precision, channels_last, compile
+    forward = prepare_model(model, options, custom_loss=loss_fn is not None)
+    scaler = torch.amp.GradScaler("cuda", enabled=options.scaled)
     steps = max(len(loader), 1)
     # the loss is accumulated on the device and checked every `check_every` steps: on a GPU a per-step
     # check (or .item()) would synchronise every step; on the CPU it is free, and the failing step is exact
@@ -136,10 +138,10 @@ def train(
                 factor = lr_factor(recipe, epoch + i / steps)
                 for group in optimizer.param_groups:
                     group["lr"] = group.get("base_lr", recipe.lr) * factor
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                x, y = prepare_input(x, device, options), y.to(device, non_blocking=True)
+                with options.autocast(device):
                     if loss_fn is None:
-                        loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+                        loss = F.cross_entropy(forward(x), y, label_smoothing=recipe.label_smoothing)
                     else:
                         loss = loss_fn(model, x, y)
                 running += loss.detach().float() * len(y)

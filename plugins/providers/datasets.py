@@ -48,7 +48,7 @@ def _missing(name: str, expected: Path, how: str) -> DatasetNotFound:
 class CifarFiles(Dataset):
     """CIFAR-10/100 read from the official "python version" pickles (no checksum: any file in the format works)."""
 
-    def __init__(self, folder: Path, files: list[str], label_key: bytes, transform) -> None:
+    def __init__(self, folder: Path, files: list[str], label_key: bytes, transform, form=None) -> None:
         import pickle
 
         import numpy as np
@@ -62,6 +62,7 @@ class CifarFiles(Dataset):
         self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # N, H, W, C
         self.targets = targets
         self.transform = transform
+        self.form = form or {}  # normalisation and augmentation of the transform, for tensor_form()
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -70,6 +71,11 @@ class CifarFiles(Dataset):
         from PIL import Image
 
         return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+    def tensor_form(self) -> dict:
+        """The data set as uint8 tensors with what the transform does (data on the device: docs/gpu.md)."""
+        images = torch.from_numpy(self.data).permute(0, 3, 1, 2)
+        return {"images": images, "targets": torch.tensor(self.targets), **self.form}
 
 
 def _cifar(classes: int, root, split, augment, download=False):
@@ -92,7 +98,9 @@ def _cifar(classes: int, root, split, augment, download=False):
         key = b"labels"
     else:
         files, key = ["train" if split == "train" else "test"], b"fine_labels"
-    return CifarFiles(folder, files, key, _transforms(split == "train", augment, 32, mean, std))
+    augmented = split == "train" and augment
+    form = {"mean": mean, "std": std, "crop_padding": 4 if augmented else None, "flip": augmented}
+    return CifarFiles(folder, files, key, _transforms(split == "train", augment, 32, mean, std), form)
 
 
 # -- MNIST family --------------------------------------------------------------------------------------------
@@ -148,6 +156,10 @@ class NormalizedImages(Dataset):
         index = torch.as_tensor(indices, dtype=torch.long)
         x = self.images[index].float().div_(255.0).sub_(self.mean).div_(self.std).unsqueeze(1)
         return list(zip(x, self.targets[index]))
+
+    def tensor_form(self) -> dict:
+        """The images as uint8 tensors and their normalisation (data on the device: docs/gpu.md)."""
+        return {"images": self.images.unsqueeze(1), "targets": self.targets, "mean": (self.mean,), "std": (self.std,)}
 
 
 def _idx_file(raw: Path, name: str) -> Path | None:
