@@ -66,7 +66,7 @@ def synthetic_images(n: int, classes: int, seed: int) -> tuple[torch.Tensor, tor
 
 def fashion_images(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST padded to 32x32 and repeated to 3 channels: uint8 (N, 32, 32, 3), labels."""
-    from bench_harness_plugins.datasets import read_idx
+    from bench_harness_plugins.providers.datasets import read_idx
 
     prefix = "train" if split == "train" else "t10k"
 
@@ -114,8 +114,8 @@ MODEL = "resnet20"  # --model
 
 def new_model(device: torch.device, seed: int = 0):
     """The benchmark's model (ResNet-20 unless --model says otherwise), built by its registered plugin."""
+    from bench_harness.contract.models import build_model
     from bench_harness.contract.plugins import get_registry
-    from bench_harness.running.models import build_model
 
     torch.manual_seed(seed)
     return build_model(get_registry().get("model", MODEL), MODEL, 10, 3, 32, {}).to(device)
@@ -169,7 +169,7 @@ def timed_plain(dataset, batch: int, workers: int, device, epochs: int) -> float
 def data_path_rates(train_set, test_set, recipe, device) -> tuple[float, float]:
     """Batches per second of the data alone (no model): the harness's DataLoader (0 workers, per-image
     transforms; one epoch) and the device-data loader (two epochs after a warm-up epoch)."""
-    from bench_harness.running.datasets import make_loader
+    from bench_harness.contract.datasets import make_loader
     from bench_harness.running.device_data import device_loaders
 
     def rate(loader, epochs: int) -> float:
@@ -304,8 +304,8 @@ def main() -> int:
     global MODEL
     MODEL = args.model or ("lenet5" if args.smoke else "resnet20")
     from bench_harness.api import make_recipe
+    from bench_harness.contract.datasets import make_loader
     from bench_harness.contract.plugins import get_registry
-    from bench_harness.running.datasets import make_loader
     from bench_harness.running.device_data import device_loaders
     from bench_harness.running.provenance import device_name, resolve_device
 

@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from bench_harness.api import make_recipe
+from bench_harness.contract.datasets import head, make_loader
 from bench_harness.contract.plugins import get_registry
 from bench_harness.running import device_data
-from bench_harness.running.datasets import head, make_loader
 from bench_harness.running.device_data import DeviceLoader, device_loaders, random_crop, resident
 from bench_harness.running.runner import execute_packed, execute_run
 from tests.conftest import runs_of
@@ -80,7 +80,7 @@ def test_cifar_uint8_batches_equal_the_torchvision_transforms(tmp_path):
 
 
 def test_fashion_mnist_like_images_equal_the_loader_path():
-    from bench_harness_plugins.datasets import NormalizedImages
+    from bench_harness_plugins.providers.datasets import NormalizedImages
 
     images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8)
     ds = NormalizedImages(images, torch.arange(40) % 10, 0.2860, 0.3530)
