@@ -25,6 +25,7 @@ from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.contract.pruner import Regime, training_plan
 from bench_harness.contract.pruning import call_pruner, changed_weights, make_context, mask_summary, weights_fingerprint
+from bench_harness.contract.storage import model_storage_bits
 from bench_harness.diskspace import disk_full_error, is_disk_full
 from bench_harness.errors import BenchError, DiskFullError, RunFailure
 from bench_harness.interrupts import escape_from_plugin, watch_sigint
@@ -468,12 +469,6 @@ def time_limit(minutes: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def sparse_storage_bits(params_total: int, params_nonzero: int, params_prunable: int, dense: bool) -> int:
-    """The core's storage format: 32 bits per non-zero parameter plus a 1-bit mask over the prunable weights;
-    a dense model is 32 bits per parameter."""
-    return 32 * params_total if dense else 32 * params_nonzero + params_prunable
-
-
 @dataclass
 class PreparedRun:
     """A run pruned and ready to train (or resumed from its pruned checkpoint)."""
@@ -597,9 +592,9 @@ def _finish(p: PreparedRun) -> None:
         params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
         params_prunable=sum(m.numel() for m in masks.values()),
     )
-    own_bits = row.pop("storage_bits", None)
-    row["model_bits"] = int(own_bits) if own_bits is not None else sparse_storage_bits(
-        summary["params_total"], summary["params_nonzero"], row["params_prunable"], p.pruner_cls.ignores_sparsity)
+    row["model_bits"] = model_storage_bits(row.pop("storage_bits", None), summary["params_total"],
+                                           summary["params_nonzero"], row["params_prunable"],
+                                           dense=p.pruner_cls.ignores_sparsity)
     row["compression_ratio"] = 32.0 * summary["params_total"] / max(row["model_bits"], 1)
     row["flops_dense"], row["flops_effective"] = flops_per_example(model, data.input_shape, masks, device)
     for name, metric in p.registry.entries["metric"].items():
