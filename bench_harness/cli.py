@@ -399,9 +399,9 @@ def cmd_artifacts(args) -> int:
     """Stage artifacts of a suite: stored ones with their users, planned ones still missing; checksums verified."""
     from bench_harness import paths
     from bench_harness.config.suite import load_suite
-    from bench_harness.contract.artifacts import ArtifactStore, list_artifacts
+    from bench_harness.contract.artifacts import list_artifacts
     from bench_harness.results.store import load_results
-    from bench_harness.running.runner import pretrain_key
+    from bench_harness.running.plan import artifact_plan
 
     suite = load_suite(args.suite)
     if args.results_root:
@@ -411,12 +411,8 @@ def cmd_artifacts(args) -> int:
     reg = _registry()
     planned: dict[tuple[str, str], list[str]] = {}  # (name, key) -> run ids of this suite that use it
     for run in suite.runs:
-        cls = reg.get("pruner", run.pruner.name)
-        wanted = [(s.name, s.config) for s in cls.stages(cls.make_params(run.pruner.params), run)]
-        if run.needs_pretrained and not run.model.weights and run.pretrain is not None:
-            wanted.append(("pretrained", pretrain_key(run)))
-        for name, config in wanted:
-            planned.setdefault((name, ArtifactStore.key(name, config)), []).append(run.run_id)
+        for artifact in artifact_plan(run, reg):
+            planned.setdefault((artifact.name, artifact.key), []).append(run.run_id)
     used: dict[tuple[str, str], set[str]] = {}
     rows = load_results(root, [suite.name])
     if "artifacts" in rows:

@@ -34,6 +34,7 @@ from bench_harness.running import checkpoint
 from bench_harness.running.datasets import concrete_spec, first_per_class, head, load_split, make_loader, tensor_batches
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.running.models import build_model
+from bench_harness.running.plan import PRETRAINED, artifact_plan, artifact_store, pretrain_key
 from bench_harness.running.provenance import provenance, resolve_device
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.training import evaluate, train
@@ -80,25 +81,6 @@ class RunData:
         self.input_shape = (spec.in_channels, spec.image_size, spec.image_size)
 
 
-def pretrain_key(run: RunSpec) -> dict[str, Any]:
-    """Artifact config of a run's pretrained weights: shared by every run of the same model, data, seed and
-    pretraining recipe, across suites."""
-    return {"model": run.model.name, "model_params": run.model.params, "dataset": run.dataset.name,
-            "dataset_params": run.dataset.params, "seed": run.seed, "recipe": run.pretrain,
-            "train_subset": run.recipe.train_subset}
-
-
-def artifact_store(run: RunSpec, producer: str = "") -> ArtifactStore:
-    return ArtifactStore(paths.artifacts_dir(run.results_root), producer=producer or f"{run.suite}/{run.run_id}")
-
-
-def pretrained_cached(run: RunSpec) -> bool:
-    """True when the run needs no pretraining job: no pretrained model, weights from elsewhere, or stored."""
-    if not run.needs_pretrained or run.model.weights or run.pretrain is None:
-        return True
-    return artifact_store(run).exists("pretrained", pretrain_key(run))
-
-
 def _data_and_model(run: RunSpec, registry: Registry, device: torch.device):
     """The run's data loaders and its freshly initialised model (seeded: the same run gives the same weights)."""
     dspec = concrete_spec(registry.get("dataset", run.dataset.name), run.data_root, run.dataset.params)
@@ -115,7 +97,7 @@ def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
     device = resolve_device(run.device)
     _, data, model, store = _data_and_model(run, registry or get_registry(), device)
     _harness_pretrained(run, model, data, device, store, None)
-    return str(store.folder("pretrained", pretrain_key(run)))
+    return str(store.folder(PRETRAINED, pretrain_key(run)))
 
 
 def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, on_epoch):
@@ -123,7 +105,7 @@ def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: Artif
         train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    return store.get("pretrained", pretrain_key(run), compute)
+    return store.get(PRETRAINED, pretrain_key(run), compute)
 
 
 def _load_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, row, on_epoch) -> None:
@@ -139,7 +121,7 @@ def _load_pretrained(run: RunSpec, model, data: RunData, device, store: Artifact
         state = _harness_pretrained(run, model, data, device, store,
                                     lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
         model.load_state_dict(state)
-        row.update(pretrained_source="pretrain", pretrained_sha256=store.used["pretrained"].sha256)
+        row.update(pretrained_source="pretrain", pretrained_sha256=store.used[PRETRAINED].sha256)
     else:
         raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `weights: ...` to the model "
                          f"entry (file:<path>, torchvision:<WEIGHTS>, timm) or `pretrain: {{epochs: N}}` to the suite")
@@ -182,33 +164,21 @@ def _context(run, model, data, dspec, device, store, on_epoch, resume, regime):
 
 
 def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
-    """Produce (or find) the stage artifacts of a run's pruner; the SLURM executor runs this as a stage job
-    before the arrays that need it. Returns the artifact folders."""
+    """Produce (or find) the stage artifacts of a run's pruner (the stages of its artifact plan); the SLURM
+    executor runs this as a stage job before the arrays that need it. Returns the artifact folders."""
     registry = registry or get_registry()
     pruner_cls = registry.get("pruner", run.pruner.name)
-    params = pruner_cls.make_params(run.pruner.params)
     device = resolve_device(run.device)
     dspec, data, model, store = _data_and_model(run, registry, device)
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, {}, None)
     ctx = _context(run, model, data, dspec, device, store, None, False, pruner_cls.regime)
     folders = []
-    for stage in pruner_cls.stages(params, run):
-        ctx.stage(stage)
-        folders.append(str(store.folder(stage.name, stage.config)))
+    for planned in artifact_plan(run, registry, store):
+        if planned.stage is not None:
+            ctx.stage(planned.stage)
+            folders.append(str(store.folder(planned.name, planned.config)))
     return folders
-
-
-def missing_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
-    """Keys ('name/key') of the stage artifacts of a run that are not stored yet."""
-    registry = registry or get_registry()
-    pruner_cls = registry.get("pruner", run.pruner.name)
-    store = artifact_store(run)
-    out = []
-    for stage in pruner_cls.stages(pruner_cls.make_params(run.pruner.params), run):
-        if not store.exists(stage.name, stage.config):
-            out.append(f"{stage.name}/{store.key(stage.name, stage.config)}")
-    return out
 
 
 def _prune(run, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
