@@ -199,6 +199,9 @@ class Pruner:
     sparsity_tolerance: ClassVar[float] = 1e-3  # |achieved - target| allowed over the prunable set
     ignores_sparsity: ClassVar[bool] = False  # True for the dense reference: one run, no sparsity axis
     changes_weights: ClassVar[bool] = False  # declares that prune() may write weights
+    # Hyperparameters `bench check-plugin` runs the pruner with, over its defaults: a setting that keeps every
+    # code path but fits the kit's tiny models and its minute on a CPU (e.g. a small predictor, fewer rounds).
+    check_params: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
