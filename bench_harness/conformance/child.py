@@ -72,7 +72,7 @@ def check_pruner_in_child(name: str, params: Mapping[str, Any] | None = None, ti
 
 
 def _during(step: Step | None) -> str:
-    return f" during {step.model} sparsity={step.sparsity}: {step.text}" if step is not None else ""
+    return f" during {step.model} sparsity={step.sparsity} ({step.text})" if step is not None else ""
 
 
 def _fail_current_case(report: Report, cls, step: Step | None, listener) -> None:

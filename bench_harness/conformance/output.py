@@ -57,9 +57,14 @@ def report_lines(report: Report, verbose: bool = False) -> list[str]:
     cases = len({(c.model, c.sparsity) for c in report.checks + report.not_run})
     groups: dict[tuple[str, str], int] = {}
     for n in report.not_run:
-        groups[(n.name, n.reason)] = groups.get((n.name, n.reason), 0) + 1
+        if n.reason != report.stopped:
+            groups[(n.name, n.reason)] = groups.get((n.name, n.reason), 0) + 1
     for (name, reason), count in groups.items():
         lines.append(f"NOT RUN  {name} ({count} of {cases} cases): {reason}")
+    unreached = [n for n in report.not_run if n.reason == report.stopped]
+    if unreached:
+        lines.append(f"NOT RUN  {len(unreached)} checks of {len({(n.model, n.sparsity) for n in unreached})} cases "
+                     f"that the kit did not finish")
     if verbose:
         lines += [f"stand-in  {line}" for line in report.standins]
     if report.stopped:
