@@ -38,19 +38,17 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_check_plugin(args) -> int:
-    from bench_harness.conformance import check_pruner_in_child
+    from bench_harness.conformance import check_pruner_in_child, kit_params
+    from bench_harness.conformance.output import header_lines, progress_printer, report_lines
 
     cls = _registry().get("pruner", args.name)
     raw = json.loads(args.params) if args.params else {}
-    cls.make_params(raw)  # bad parameters: one line here, before the child process starts
-    checks = check_pruner_in_child(args.name, raw)
-    failed = [c for c in checks if not c.passed]
-    for c in checks:
-        if args.verbose or not c.passed:
-            mark = "PASS" if c.passed else "FAIL"
-            print(f"{mark}  {c.model:<9} sparsity={c.sparsity:<4}  {c.name}" + (f": {c.detail}" if not c.passed else ""))
-    print(f"{args.name}: {len(checks) - len(failed)}/{len(checks)} checks passed")
-    return 1 if failed else 0
+    kit_params(cls, raw)  # bad parameters: one line here, before the child process starts
+    print("\n".join(header_lines(cls, raw)), file=sys.stderr, flush=True)
+    report = check_pruner_in_child(args.name, raw, timeout_s=args.timeout or None,
+                                   listener=progress_printer(sys.stderr))
+    print("\n".join(report_lines(report, args.verbose)))
+    return 1 if report.failed or report.stopped else 0
 
 
 def cmd_validate(args) -> int:
@@ -394,21 +392,17 @@ def cmd_publish(args) -> int:
 def cmd_artifacts(args) -> int:
     """Stage artifacts of a suite: stored ones with their users, planned ones still missing; checksums verified."""
     from bench_harness import paths
-    from bench_harness.contract.artifacts import ArtifactStore, list_artifacts
+    from bench_harness.contract.artifacts import list_artifacts
     from bench_harness.results.store import load_results
-    from bench_harness.running.runner import pretrain_key
+    from bench_harness.running.plan import artifact_plan
 
     suite = _load_suite(args)
     root = suite.results_root
     reg = _registry()
     planned: dict[tuple[str, str], list[str]] = {}  # (name, key) -> run ids of this suite that use it
     for run in suite.runs:
-        cls = reg.get("pruner", run.pruner.name)
-        wanted = [(s.name, s.config) for s in cls.stages(run.pruner_params, run.info())]
-        if run.needs_pretrained and not run.model.weights and run.pretrain is not None:
-            wanted.append(("pretrained", pretrain_key(run)))
-        for name, config in wanted:
-            planned.setdefault((name, ArtifactStore.key(name, config)), []).append(run.run_id)
+        for artifact in artifact_plan(run, reg):
+            planned.setdefault((artifact.name, artifact.key), []).append(run.run_id)
     used: dict[tuple[str, str], set[str]] = {}
     rows = load_results(root, [suite.name])
     if "artifacts" in rows:
@@ -460,7 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-plugin", help="run the pruner conformance kit")
     p.add_argument("name")
     p.add_argument("--params", help="pruner hyperparameters as JSON")
-    p.add_argument("-v", "--verbose", action="store_true", help="show passed checks too")
+    p.add_argument("-v", "--verbose", action="store_true", help="show passed checks and the stand-ins too")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="end the kit after this long; the checks it did not reach are reported as not run "
+                        "(default 300; 0: no limit)")
     p.set_defaults(func=cmd_check_plugin)
     p = sub.add_parser("validate", help="check a suite file (--schema: print its JSON Schema for editors)")
     p.add_argument("suite", nargs="?")

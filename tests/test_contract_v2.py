@@ -474,9 +474,11 @@ recipe: {{epochs: 1, batch_size: 32, lr: 0.05}}
     assert [r["produced"] for r in records] == [True, False, False, False]
     assert len({r["sha256"] for r in records}) == 1
     from bench_harness import paths
-    from bench_harness.running.runner import missing_stages
+    from bench_harness.running.plan import artifact_plan, missing
 
-    assert missing_stages(first.runs[0], registry) == []
+    plan = artifact_plan(first.runs[0], registry)
+    assert [(a.kind, a.name, a.key) for a in plan] == [("stage", "test-teacher", records[0]["key"])]
+    assert missing(plan) == []
     files = paths.run_artifacts_dir(tmp_path, "stage_a", first.runs[0].run_id)
     assert (files / "used-teacher.txt").read_text() == records[0]["key"]
 

@@ -15,7 +15,8 @@ from bench_harness.config.suite import Component, PrunableSet, Recipe, RunSpec, 
 from bench_harness.contract.plugins import Registry
 from bench_harness.contract.pruner import Pruner, Stage, param
 from bench_harness.errors import SuiteError
-from bench_harness.running.runner import execute_run, missing_stages, produce_stages
+from bench_harness.running.plan import STAGE, artifact_plan, missing
+from bench_harness.running.runner import execute_run, produce_stages
 
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 64, test_size: 32}}"
 SPY_SUITE = f"""
@@ -116,11 +117,11 @@ def test_a_suite_run_validates_pruner_parameters_once_per_grid_entry(registry, t
     assert Spy.validated == [{"keep_bias": 1}, {"keep_bias": 2}]
     spy_runs = [r for r in suite.runs if r.pruner.name == "spy"]
     for run in spy_runs:
-        assert missing_stages(run, registry)
+        assert missing(artifact_plan(run, registry), STAGE)
     produce_stages(spy_runs[0], registry)
     rows = [execute_run(run, registry) for run in suite.runs]
     assert [r["status"] for r in rows] == ["ok"] * len(rows), [r.get("error") for r in rows]
-    assert not missing_stages(spy_runs[0], registry)
+    assert not missing(artifact_plan(spy_runs[0], registry), STAGE)
     assert Spy.validated == [{"keep_bias": 1}, {"keep_bias": 2}]  # validation only: runs carry the result
     assert len(Spy.pruned) == len(spy_runs)
     for (params, info), run in zip(Spy.pruned, spy_runs):

@@ -232,6 +232,10 @@ class Pruner:
         if cls.regime == Regime.POST_TRAINING and not cls.requires.pretrained:
             cls.requires = dataclasses.replace(cls.requires, pretrained=True)
 
+    # Hyperparameters `bench check-plugin` runs the pruner with, over its defaults: a setting that keeps every
+    # code path but fits the kit's tiny models and its minute on a CPU (e.g. a small predictor, fewer rounds).
+    check_params: ClassVar[Mapping[str, Any]] = {}
+
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
 

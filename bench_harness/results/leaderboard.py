@@ -47,6 +47,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench_harness.contract.storage import sparse_storage_bits
 from bench_harness.results.stats import ci95_halfwidth, paired_t_pvalue
 
 LEADERBOARD_VERSION = 3
@@ -102,7 +103,9 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     df["sparsity_bin"] = pd.Series(stored_bin, index=df.index, dtype=float).fillna(df["target_sparsity"])
     prunable = df["params_prunable"] if "params_prunable" in df else pd.Series(np.nan, index=df.index)
     sparse = df.get("achieved_sparsity", 0).fillna(0) > 0
-    fallback = np.where(sparse, 32.0 * df["params_nonzero"] + prunable.fillna(0), 32.0 * df["params_total"])
+    total, nonzero = df["params_total"].astype(float), df["params_nonzero"].astype(float)
+    fallback = np.where(sparse, sparse_storage_bits(total, nonzero, prunable.fillna(0), dense=False),
+                        sparse_storage_bits(total, nonzero, prunable.fillna(0), dense=True))
     own = pd.to_numeric(df["model_bits"], errors="coerce") if "model_bits" in df else pd.Series(np.nan, index=df.index)
     df["model_bits"] = own.fillna(pd.Series(fallback, index=df.index)).astype(float)  # schema 1 rows: computed
     return df

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime as dt
 import json
 import os
@@ -37,6 +36,7 @@ from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.contract.pruner import Regime, training_plan
 from bench_harness.contract.pruning import call_pruner, changed_weights, make_context, mask_summary, weights_fingerprint
 from bench_harness.contract.services import Services
+from bench_harness.contract.storage import model_storage_bits
 from bench_harness.diskspace import disk_full_error, is_disk_full
 from bench_harness.errors import BenchError, DiskFullError, RunFailure
 from bench_harness.interrupts import escape_from_plugin, watch_sigint
@@ -44,6 +44,7 @@ from bench_harness.results import store as results
 from bench_harness.running import checkpoint
 from bench_harness.running.device_data import device_loaders
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
+from bench_harness.running.plan import PRETRAINED, artifact_plan, artifact_store, pretrain_key, validated_params
 from bench_harness.running.provenance import provenance, resolve_device
 from bench_harness.running.step_options import step_options
 from bench_harness.running.trainer import Trainer
@@ -94,25 +95,6 @@ class RunData:
         self.input_shape = (spec.in_channels, spec.image_size, spec.image_size)
 
 
-def pretrain_key(run: RunSpec) -> dict[str, Any]:
-    """Artifact config of a run's pretrained weights: shared by every run of the same model, data, seed and
-    pretraining recipe, across suites."""
-    return {"model": run.model.name, "model_params": run.model.params, "dataset": run.dataset.name,
-            "dataset_params": run.dataset.params, "seed": run.seed, "recipe": run.pretrain,
-            "train_subset": run.recipe.train_subset}
-
-
-def artifact_store(run: RunSpec, producer: str = "") -> ArtifactStore:
-    return ArtifactStore(paths.artifacts_dir(run.results_root), producer=producer or f"{run.suite}/{run.run_id}")
-
-
-def pretrained_cached(run: RunSpec) -> bool:
-    """True when the run needs no pretraining job: no pretrained model, weights from elsewhere, or stored."""
-    if not run.needs_pretrained or run.model.weights or run.pretrain is None:
-        return True
-    return artifact_store(run).exists("pretrained", pretrain_key(run))
-
-
 def _data_and_model(run: RunSpec, registry: Registry, device: torch.device):
     """The run's data loaders and its freshly initialised model (seeded: the same run gives the same weights)."""
     dspec = concrete_spec(registry.get("dataset", run.dataset.name), run.data_root, run.dataset.params)
@@ -129,7 +111,7 @@ def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
     device = resolve_device(run.device)
     _, data, model, store = _data_and_model(run, registry or get_registry(), device)
     _harness_pretrained(run, model, data, device, store, None)
-    return str(store.folder("pretrained", pretrain_key(run)))
+    return str(store.folder(PRETRAINED, pretrain_key(run)))
 
 
 def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, on_epoch):
@@ -137,7 +119,7 @@ def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: Artif
         train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
-    return store.get("pretrained", pretrain_key(run), compute)
+    return store.get(PRETRAINED, pretrain_key(run), compute)
 
 
 def _load_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, row, on_epoch) -> None:
@@ -153,7 +135,7 @@ def _load_pretrained(run: RunSpec, model, data: RunData, device, store: Artifact
         state = _harness_pretrained(run, model, data, device, store,
                                     lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
         model.load_state_dict(state)
-        row.update(pretrained_source="pretrain", pretrained_sha256=store.used["pretrained"].sha256)
+        row.update(pretrained_source="pretrain", pretrained_sha256=store.used[PRETRAINED].sha256)
     else:
         raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `weights: ...` to the model "
                          f"entry (file:<path>, torchvision:<WEIGHTS>, timm) or `pretrain: {{epochs: N}}` to the suite")
@@ -196,42 +178,22 @@ def _context(run, registry, model, data, dspec, device, store, on_epoch, resume,
     )
 
 
-def validated_params(run: RunSpec) -> Any:
-    """A copy of the run's validated pruner parameters (a pruner may change its own copy, never the run's)."""
-    if run.pruner_params is None:
-        raise BenchError(f"run {run.run_id} has no validated pruner parameters: build runs with load_suite or "
-                         f"validate_suite, not RunSpec(...) by hand")
-    return copy.deepcopy(run.pruner_params)
-
-
 def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
-    """Produce (or find) the stage artifacts of a run's pruner; the SLURM executor runs this as a stage job
-    before the arrays that need it. Returns the artifact folders."""
+    """Produce (or find) the stage artifacts of a run's pruner (the stages of its artifact plan); the SLURM
+    executor runs this as a stage job before the arrays that need it. Returns the artifact folders."""
     registry = registry or get_registry()
     pruner_cls = registry.get("pruner", run.pruner.name)
-    params = validated_params(run)
     device = resolve_device(run.device)
     dspec, data, model, store = _data_and_model(run, registry, device)
     if run.needs_pretrained:
         _load_pretrained(run, model, data, device, store, {}, None)
     ctx = _context(run, registry, model, data, dspec, device, store, None, False, pruner_cls.regime)
     folders = []
-    for stage in pruner_cls.stages(params, ctx.run):
-        ctx.stage(stage)
-        folders.append(str(store.folder(stage.name, stage.config)))
+    for planned in artifact_plan(run, registry, store):
+        if planned.stage is not None:
+            ctx.stage(planned.stage)
+            folders.append(str(store.folder(planned.name, planned.config)))
     return folders
-
-
-def missing_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
-    """Keys ('name/key') of the stage artifacts of a run that are not stored yet."""
-    registry = registry or get_registry()
-    pruner_cls = registry.get("pruner", run.pruner.name)
-    store = artifact_store(run)
-    out = []
-    for stage in pruner_cls.stages(validated_params(run), run.info()):
-        if not store.exists(stage.name, stage.config):
-            out.append(f"{stage.name}/{store.key(stage.name, stage.config)}")
-    return out
 
 
 def _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
@@ -493,12 +455,6 @@ def time_limit(minutes: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def sparse_storage_bits(params_total: int, params_nonzero: int, params_prunable: int, dense: bool) -> int:
-    """The core's storage format: 32 bits per non-zero parameter plus a 1-bit mask over the prunable weights;
-    a dense model is 32 bits per parameter."""
-    return 32 * params_total if dense else 32 * params_nonzero + params_prunable
-
-
 @dataclass
 class PreparedRun:
     """A run pruned and ready to train (or resumed from its pruned checkpoint)."""
@@ -624,9 +580,9 @@ def _finish(p: PreparedRun) -> None:
         params_total=summary["params_total"], params_nonzero=summary["params_nonzero"],
         params_prunable=sum(m.numel() for m in masks.values()),
     )
-    own_bits = row.pop("storage_bits", None)
-    row["model_bits"] = int(own_bits) if own_bits is not None else sparse_storage_bits(
-        summary["params_total"], summary["params_nonzero"], row["params_prunable"], p.pruner_cls.ignores_sparsity)
+    row["model_bits"] = model_storage_bits(row.pop("storage_bits", None), summary["params_total"],
+                                           summary["params_nonzero"], row["params_prunable"],
+                                           dense=p.pruner_cls.ignores_sparsity)
     row["compression_ratio"] = 32.0 * summary["params_total"] / max(row["model_bits"], 1)
     row["flops_dense"], row["flops_effective"] = flops_per_example(model, data.input_shape, masks, device)
     for name, metric in p.registry.entries["metric"].items():

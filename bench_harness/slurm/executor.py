@@ -11,6 +11,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import submitit
 from submitit.core.utils import FailedJobError
@@ -128,130 +129,23 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
     by_profile: dict[Resources, list[RunSpec]] = defaultdict(list)
     for run in runs:
         by_profile[plan.for_run(run)].append(run)
-
-    def origin_of(run: RunSpec):
-        return lambda key: plan.origin(run, key)
-
+    batch = _Batch(suite, plan, folder, out, limits)
     if check:
-        preflight.check([preflight.Request(res, origin_of(group[0]), len(group)) for res, group in by_profile.items()])
+        preflight.check([preflight.Request(res, batch.origin_of(group[0]), len(group))
+                         for res, group in by_profile.items()])
 
-    limit_cache: dict[tuple, ClusterLimits] = {}
-    submitted = 0  # jobs (array tasks count one each) submitted by this call
-
-    def limits_for(res: Resources) -> ClusterLimits:
-        if limits is not None:
-            return limits
-        key = (res.account, res.qos, res.partition)
-        if key not in limit_cache:
-            limit_cache[key] = read_limits(res.account, res.qos, res.partition)
-        return limit_cache[key]
-
-    def slots(res: Resources) -> int | None:
-        free = limits_for(res).free_slots
-        return None if free is None else max(0, free - submitted)
-
-    refused = ""  # sbatch's message once it refused a job for a submit limit: nothing more is tried
-
-    def leave_out(group_runs: list[RunSpec], res: Resources) -> None:
-        if not out.limit:
-            binding = limits_for(res).binding
-            out.limit = refused or (binding.describe() if binding else "a submit limit")
-        out.left_out += [r.run_id for r in group_runs]
-
-    # Stage jobs: one pretraining job per distinct pretrained model that is not stored yet, then one job per
+    # Artifact jobs: one pretraining job per distinct pretrained model that is not stored yet, then one job per
     # distinct set of missing pruner stage artifacts (after the pretraining it needs, if any).
-    from bench_harness.identity import config_hash
-    from bench_harness.running.runner import missing_stages, pretrain_key, pretrained_cached
+    from bench_harness.running.plan import PRETRAINING, STAGE, artifact_plan, missing
 
-    stage_of: dict[str, list[str]] = defaultdict(list)
-    blocked: set[str] = set()  # runs whose stage job could not be submitted
-    pretrain_groups: dict[str, list[RunSpec]] = defaultdict(list)
-    for run in runs:
-        if not pretrained_cached(run):
-            pretrain_groups[config_hash(pretrain_key(run))].append(run)
-    for key, group in pretrain_groups.items():
-        res = plan.for_run(group[0])
-        if refused or slots(res) == 0:
-            blocked.update(r.run_id for r in group)
-            continue
-        try:
-            job = _sbatch(lambda: _executor(folder, f"bench-{suite.name}-pretrain", res, [],
-                                            plan.origin(group[0], "python")).submit(PretrainTask(group[0], res)),
-                          folder, origin_of(group[0]))
-        except _LimitReached as exc:
-            refused = _limit_message(exc)
-            blocked.update(r.run_id for r in group)
-            continue
-        submitted += 1
-        out.stage_jobs.append(job.job_id)
-        for run in group:
-            stage_of[run.run_id].append(job.job_id)
-    artifact_groups: dict[tuple[str, ...], list[RunSpec]] = defaultdict(list)
-    for run in runs:
-        if run.run_id in blocked:
-            continue
-        missing = tuple(missing_stages(run))
-        if missing:
-            artifact_groups[missing].append(run)
-    for missing, group in artifact_groups.items():
-        res = plan.for_run(group[0])
-        if refused or slots(res) == 0:
-            blocked.update(r.run_id for r in group)
-            continue
-        try:
-            job = _sbatch(lambda: _executor(folder, f"bench-{suite.name}-stage", res,
-                                            stage_of.get(group[0].run_id, []),
-                                            plan.origin(group[0], "python")).submit(StageTask(group[0], res)),
-                          folder, origin_of(group[0]))
-        except _LimitReached as exc:
-            refused = _limit_message(exc)
-            blocked.update(r.run_id for r in group)
-            continue
-        submitted += 1
-        out.stage_jobs.append(job.job_id)
-        for run in group:
-            stage_of[run.run_id].append(job.job_id)
+    needs = {run.run_id: missing(artifact_plan(run)) for run in runs}
+    for kind, job_kind, task in ((PRETRAINING, "pretrain", PretrainTask), (STAGE, "stage", StageTask)):
+        _submit_artifact_jobs(batch, runs, job_kind, task,
+                              lambda run, kind=kind: tuple(a.label for a in needs[run.run_id] if a.kind == kind))
 
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     for res, group in by_profile.items():
-        if blocked:
-            leave_out([r for r in group if r.run_id in blocked], res)
-            group = [r for r in group if r.run_id not in blocked]
-        per_task = max(1, res.runs_per_task)
-        tasks = [group[i:i + per_task] for i in range(0, len(group), per_task)]
-        size = max(1, limits_for(res).max_array_size)  # indices 0 .. MaxArraySize-1
-        while tasks:
-            free = slots(res)
-            n = min(len(tasks), size, free if free is not None else len(tasks))
-            if refused or n == 0:
-                leave_out([r for t in tasks for r in t], res)
-                break
-            chunk, tasks = tasks[:n], tasks[n:]
-            deps = [j for t in chunk for r in t for j in stage_of.get(r.run_id, [])]
-            ex = _executor(folder, f"bench-{suite.name}", res, deps, plan.origin(chunk[0][0], "python"))
-            try:
-                jobs = _sbatch(lambda: ex.submit_array([RunTask(t, res.runs_per_gpu, res) for t in chunk]),
-                               folder, origin_of(chunk[0][0]))
-            except _LimitReached as exc:
-                refused = _limit_message(exc)
-                tasks = chunk + tasks
-                continue
-            except BenchError as exc:
-                if out.runs or out.stage_jobs:
-                    raise BenchError(f"{exc}\n({out.runs} runs and {len(out.stage_jobs)} stage jobs were submitted "
-                                     f"before this; they are in the ledger)") from None
-                raise
-            submitted += len(jobs)
-            out.arrays.append((jobs[0].job_id.split("_")[0], len(jobs)))
-            for job, task in zip(jobs, chunk):
-                for run in task:
-                    prior = previous.get(run.run_id)
-                    ledger.write(root, suite.name, ledger.Entry(
-                        run_id=run.run_id, job_id=job.job_id, state="SUBMITTED",
-                        attempts=(prior.attempts + 1) if prior and prior.job_id else 1,
-                        stdout=str(job.paths.stdout), stderr=str(job.paths.stderr), submitted_at=now,
-                        profile=asdict(res), depends_on=list(stage_of.get(run.run_id, []))))
-                    out.runs += 1
+        _submit_arrays(batch, res, group, previous, root, now)
     # runs left out: recorded, so that status, --wait and resubmit --missing find them
     for run_id in out.left_out:
         prior = previous.get(run_id)
@@ -263,6 +157,117 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
     if report:
         report_submission(suite, runs, out)
     return out
+
+
+class _Batch:
+    """What the jobs of one ``submit_runs`` call share: the submit slots they use, the submit limit that
+    stopped them, the artifact jobs each run waits for and the runs whose artifact job was not submitted."""
+
+    def __init__(self, suite: Suite, plan, folder: Path, out: Submission, limits: ClusterLimits | None) -> None:
+        self.suite, self.plan, self.folder, self.out = suite, plan, folder, out
+        self.limits = limits
+        self.limit_cache: dict[tuple, ClusterLimits] = {}
+        self.submitted = 0  # jobs (array tasks count one each) submitted by this call
+        self.refused = ""  # sbatch's message once it refused a job for a submit limit: nothing more is tried
+        self.stage_of: dict[str, list[str]] = defaultdict(list)  # run id -> artifact jobs it depends on
+        self.blocked: set[str] = set()  # runs whose artifact job could not be submitted
+
+    def origin_of(self, run: RunSpec):
+        return lambda key: self.plan.origin(run, key)
+
+    def limits_for(self, res: Resources) -> ClusterLimits:
+        if self.limits is not None:
+            return self.limits
+        key = (res.account, res.qos, res.partition)
+        if key not in self.limit_cache:
+            self.limit_cache[key] = read_limits(res.account, res.qos, res.partition)
+        return self.limit_cache[key]
+
+    def slots(self, res: Resources) -> int | None:
+        free = self.limits_for(res).free_slots
+        return None if free is None else max(0, free - self.submitted)
+
+    def leave_out(self, group_runs: list[RunSpec], res: Resources) -> None:
+        if not self.out.limit:
+            binding = self.limits_for(res).binding
+            self.out.limit = self.refused or (binding.describe() if binding else "a submit limit")
+        self.out.left_out += [r.run_id for r in group_runs]
+
+
+def _submit_artifact_jobs(batch: _Batch, runs: list[RunSpec], job_kind: str, task_cls,
+                          wanted: Callable[[RunSpec], tuple[str, ...]]) -> None:
+    """One ``task_cls`` job per distinct set of missing artifacts (``wanted(run)``: their labels) among the runs
+    not blocked yet, after the artifact jobs the run already waits for; a run whose job cannot be submitted
+    is blocked."""
+    groups: dict[tuple[str, ...], list[RunSpec]] = defaultdict(list)
+    for run in runs:
+        if run.run_id in batch.blocked:
+            continue
+        labels = wanted(run)
+        if labels:
+            groups[labels].append(run)
+    for group in groups.values():
+        res = batch.plan.for_run(group[0])
+        if batch.refused or batch.slots(res) == 0:
+            batch.blocked.update(r.run_id for r in group)
+            continue
+        try:
+            job = _sbatch(lambda: _executor(batch.folder, f"bench-{batch.suite.name}-{job_kind}", res,
+                                            batch.stage_of.get(group[0].run_id, []),
+                                            batch.plan.origin(group[0], "python")).submit(task_cls(group[0], res)),
+                          batch.folder, batch.origin_of(group[0]))
+        except _LimitReached as exc:
+            batch.refused = _limit_message(exc)
+            batch.blocked.update(r.run_id for r in group)
+            continue
+        batch.submitted += 1
+        batch.out.stage_jobs.append(job.job_id)
+        for run in group:
+            batch.stage_of[run.run_id].append(job.job_id)
+
+
+def _submit_arrays(batch: _Batch, res: Resources, group: list[RunSpec], previous: dict, root, now: str) -> None:
+    """The arrays of one resource profile's runs (those whose artifact jobs were submitted), split at
+    MaxArraySize and cut to the free submit slots; each run's ledger entry is written as it is submitted."""
+    out, suite = batch.out, batch.suite
+    if batch.blocked:
+        batch.leave_out([r for r in group if r.run_id in batch.blocked], res)
+        group = [r for r in group if r.run_id not in batch.blocked]
+    per_task = max(1, res.runs_per_task)
+    tasks = [group[i:i + per_task] for i in range(0, len(group), per_task)]
+    size = max(1, batch.limits_for(res).max_array_size)  # indices 0 .. MaxArraySize-1
+    while tasks:
+        free = batch.slots(res)
+        n = min(len(tasks), size, free if free is not None else len(tasks))
+        if batch.refused or n == 0:
+            batch.leave_out([r for t in tasks for r in t], res)
+            break
+        chunk, tasks = tasks[:n], tasks[n:]
+        deps = [j for t in chunk for r in t for j in batch.stage_of.get(r.run_id, [])]
+        ex = _executor(batch.folder, f"bench-{suite.name}", res, deps, batch.plan.origin(chunk[0][0], "python"))
+        try:
+            jobs = _sbatch(lambda: ex.submit_array([RunTask(t, res.runs_per_gpu, res) for t in chunk]),
+                           batch.folder, batch.origin_of(chunk[0][0]))
+        except _LimitReached as exc:
+            batch.refused = _limit_message(exc)
+            tasks = chunk + tasks
+            continue
+        except BenchError as exc:
+            if out.runs or out.stage_jobs:
+                raise BenchError(f"{exc}\n({out.runs} runs and {len(out.stage_jobs)} stage jobs were submitted "
+                                 f"before this; they are in the ledger)") from None
+            raise
+        batch.submitted += len(jobs)
+        out.arrays.append((jobs[0].job_id.split("_")[0], len(jobs)))
+        for job, task in zip(jobs, chunk):
+            for run in task:
+                prior = previous.get(run.run_id)
+                ledger.write(root, suite.name, ledger.Entry(
+                    run_id=run.run_id, job_id=job.job_id, state="SUBMITTED",
+                    attempts=(prior.attempts + 1) if prior and prior.job_id else 1,
+                    stdout=str(job.paths.stdout), stderr=str(job.paths.stderr), submitted_at=now,
+                    profile=asdict(res), depends_on=list(batch.stage_of.get(run.run_id, []))))
+                out.runs += 1
 
 
 def _limit_message(exc: Exception) -> str:

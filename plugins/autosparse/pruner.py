@@ -247,6 +247,7 @@ class AutoSparse(Pruner):
     regime = Regime.AT_INIT
     requires = Requirements(data=True, labels=True)
     Params = AutoSparseParams
+    check_params = {"predictor": "small_mlp"}  # the official ResNet-18 regressor takes hours on a CPU
 
     @classmethod
     def stages(cls, params, run):
