@@ -18,15 +18,13 @@ def registry():
 
 
 def _runs(tmp_path, registry, pretrain="pretrain: {epochs: 1}"):
-    suite = parse_suite(yaml.safe_load(f"""
+    parsed = parse_suite(yaml.safe_load(f"""
 name: plan
 grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.5], pruners: [magnitude, pt_magnitude, teacher_scores]}}
 recipe: {{epochs: 1}}
 {pretrain}
 """), "plan.yaml")
-    for run in suite.runs:
-        run.results_root = str(tmp_path)
-    validate_suite(suite, registry)
+    suite = validate_suite(parsed, registry).with_settings(results_root=str(tmp_path))
     return {run.pruner.name: run for run in suite.runs}
 
 
