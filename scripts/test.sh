@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: install with test extras, get the real data and the programs the integration tests use
-# (Fashion-MNIST, Chromium, SLURM), run pytest. `--all` also runs the slow tests (CI does).
+# (Fashion-MNIST, Chromium, SLURM), run pytest. `--all` also runs the slow tests (CI does). `--fast` runs the unit
+# tier only (no `integration` or `slow` tests, nothing installed outside .venv): under 2 minutes, for iterating.
 #
 # Side effects, as root on Debian/Ubuntu only: apt-get installs dataset-fashion-mnist, chromium, and SLURM with
 # MariaDB (slurm-wlm, slurmdbd, mariadb-server). The SLURM tests start a private single-node cluster under
@@ -13,6 +14,7 @@ system=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --all) marker=(-m "slow or not slow"); shift ;;
+    --fast) marker=(-m "not slow and not integration"); system=0; shift ;;
     --no-system) system=0; shift ;;
     *) break ;;
   esac

@@ -48,6 +48,7 @@ def test_invert_needs_scores():
         call_pruner(cls, cls.Params(), model, 0.5, make_context(model), ablation="invert")
 
 
+@pytest.mark.integration
 def test_ablations_are_part_of_identity_and_results(tmp_path):
     path = tmp_path / "abl.yaml"
     path.write_text(f"""

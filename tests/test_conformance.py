@@ -133,6 +133,7 @@ def test_the_kit_runs_a_pruner_with_its_check_params_under_the_given_ones():
     assert _Expensive.seen == [_Rounds(rounds=50)] * 2
 
 
+@pytest.mark.integration
 def test_in_a_child_process_every_record_arrives_as_it_is_made():
     events = []
     report = check_pruner_in_child("magnitude", listener=events.append)

@@ -422,6 +422,7 @@ def _hold_lock_and_die(path, ready):
         time.sleep(60)
 
 
+@pytest.mark.integration
 def test_a_crashed_lock_holder_releases_the_lock(tmp_path):
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
@@ -448,6 +449,7 @@ def _produce_in_process(root, out):
     store.get("shared", {"k": 1}, produce)
 
 
+@pytest.mark.integration
 def test_concurrent_processes_produce_an_artifact_once(tmp_path):
     ctx = mp.get_context("spawn")
     out = tmp_path / "log.txt"

@@ -60,6 +60,7 @@ def _bench_with_wanderer(tmp_path, *args):
                           capture_output=True, text=True)
 
 
+@pytest.mark.integration
 def test_a_pruner_that_changes_directory_moves_no_results(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "wander.yaml").write_text(f"""
@@ -176,6 +177,7 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
         load_suite(path)
 
 
+@pytest.mark.integration
 def test_bench_validate_reports_an_alias_bomb(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(BILLION_LAUGHS)
@@ -257,6 +259,7 @@ PREPARE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_two_runners_prepare_a_fresh_data_root_at_once(tmp_path):
     debian = tmp_path / "debian"
     _write_gz_idx(debian, "train", 2000)

@@ -110,6 +110,7 @@ def test_unknown_names_suggest():
         Registry().get("pruner", "magnitdue")
 
 
+@pytest.mark.integration
 def test_bench_plugins_lists_builtins():
     out = bench("plugins", "-v").stdout
     assert "builtin_pruners  (bench-harness" in out
@@ -117,6 +118,7 @@ def test_bench_plugins_lists_builtins():
     assert "scope = 'global'" in out
 
 
+@pytest.mark.integration
 def test_third_party_plugin_installed_with_pip_runs_in_a_suite(example_plugin_installed, tmp_path):
     out = bench("plugins").stdout
     assert "example  (bench-plugin-example 0.3.0" in out and "inverse_magnitude" in out

@@ -305,6 +305,7 @@ def test_torchvision_resnet50():
     assert {r["k"] for r in result.info["layers"].values()} == {30}
 
 
+@pytest.mark.integration
 def test_timm_vit_with_the_official_layers_and_k():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)

@@ -86,6 +86,7 @@ def test_channels_last_changes_the_layout_not_the_result():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_compile_trains_the_same_and_keeps_masks(monkeypatch):
     monkeypatch.setattr(so, "COMPILE_BACKEND", "aot_eager")  # the compiled graph without a C++ toolchain
     torch._dynamo.reset()

@@ -105,6 +105,7 @@ def test_the_json_schema_lists_sections_allowed_values_and_pruner_parameters():
     ("{pruners: {random: {time_min: -3}}}", "slurm.pruners.random.time_min", "greater than or equal to 0"),
     ("{python: '  '}", "slurm.python", "Python interpreter"),
 ])
+@pytest.mark.integration
 def test_validate_checks_the_slurm_section_with_the_same_schema(tmp_path, slurm, key, fragment):
     from tests.conftest import bench
 
