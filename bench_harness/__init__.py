@@ -12,9 +12,12 @@ from bench_harness.version import __version__  # noqa: E402
 
 # name -> module that defines it; imported on first use so that `import bench_harness` stays light
 _PUBLIC = {
-    "Pruner": "bench_harness.contract.pruner", "PruneResult": "bench_harness.contract.pruner", "PruneContext": "bench_harness.contract.pruner",
-    "Regime": "bench_harness.contract.pruner", "Requirements": "bench_harness.contract.pruner", "SparsityKind": "bench_harness.contract.pruner",
-    "Granularity": "bench_harness.contract.pruner", "Stage": "bench_harness.contract.pruner", "NoParams": "bench_harness.contract.pruner",
+    "Pruner": "bench_harness.contract.pruner", "PruneResult": "bench_harness.contract.pruner",
+    "PruneContext": "bench_harness.contract.pruner",
+    "Regime": "bench_harness.contract.pruner", "Requirements": "bench_harness.contract.pruner",
+    "SparsityKind": "bench_harness.contract.pruner",
+    "Granularity": "bench_harness.contract.pruner", "Stage": "bench_harness.contract.pruner",
+    "NoParams": "bench_harness.contract.pruner",
     "param": "bench_harness.contract.pruner",
     "RunInfo": "bench_harness.contract.run_info", "ComponentInfo": "bench_harness.contract.run_info",
     "ScorePruner": "bench_harness.contract.score_pruner", "ScoreParams": "bench_harness.contract.score_pruner",

@@ -223,7 +223,8 @@ def timed_packed(train_set, test_set, recipe, device, runs: int, epochs: int) ->
         model = new_model(device, seed)
         train, _ = device_loaders(train_set, test_set, recipe, seed, device)
         group.append(SimpleNamespace(device=device, run=SimpleNamespace(recipe=recipe, run_id=f"packed-{seed}"),
-                                     model=model, masks=random_masks(model, 0.8, seed), data=SimpleNamespace(train=train),
+                                     model=model, masks=random_masks(model, 0.8, seed),
+                                     data=SimpleNamespace(train=train),
                                      end=epochs, start=0, row={}))
     marks = []
 
@@ -312,7 +313,8 @@ def main() -> int:
     device = resolve_device(args.device)
     compile_too = device.type == "cuda" if args.compile is None else args.compile
     t_start = time.perf_counter()
-    print(f"device: {device_name(device)}; torch {torch.__version__}; {'SMOKE (tiny sizes: no figure to report)' if args.smoke else 'full'}"
+    print(f"device: {device_name(device)}; torch {torch.__version__}; "
+          f"{'SMOKE (tiny sizes: no figure to report)' if args.smoke else 'full'}"
           f"; {MODEL}, batch {args.batch}, {args.train_size} CIFAR-shaped uint8 images, {args.epochs} epochs per "
           f"path (the first a warm-up)", flush=True)
     with tempfile.TemporaryDirectory(prefix="gpu-acceptance-") as tmp:
@@ -376,7 +378,8 @@ def main() -> int:
 
         fashion = find_fashion(args.fashion_dir)
         if fashion is not None:
-            check_root = write_cifar10(tmp / "fashion", fashion_images(fashion, "train"), fashion_images(fashion, "test"))
+            check_root = write_cifar10(tmp / "fashion", fashion_images(fashion, "train"),
+                                       fashion_images(fashion, "test"))
             check_data = f"Fashion-MNIST padded to 32x32x3 ({fashion})"
         else:
             n = args.check_train or 20_000
@@ -394,7 +397,8 @@ def main() -> int:
     print()
     ratio_floor = best / floor16
     goals = [("harness epoch <= 1.2x compute floor (bf16 + channels_last)", f"{ratio_floor:.2f}x", ratio_floor <= 1.2),
-             ("harness epoch <= 1.2x compute floor (fp32)", f"{device_fp32 / floor32:.2f}x", device_fp32 / floor32 <= 1.2),
+             ("harness epoch <= 1.2x compute floor (fp32)", f"{device_fp32 / floor32:.2f}x",
+              device_fp32 / floor32 <= 1.2),
              ("harness images/s >= 5x plain loop", f"{plain / best:.2f}x", plain / best >= 5),
              (f"{args.packed} packed >= 3x sequential", f"{device_bf16 * args.packed / packed:.2f}x",
               device_bf16 * args.packed / packed >= 3)]
@@ -414,7 +418,8 @@ def main() -> int:
         same = abs(row["top1"] - base["top1"]) <= tol
         ok = row["status"] == "ok" and masks_kept and same
         failed |= not ok
-        print(f"  {row['path']:<16} status {row['status']}, top1 {row['top1']:.4f} (vs loader {row['top1'] - base['top1']:+.4f}, "
+        print(f"  {row['path']:<16} status {row['status']}, top1 {row['top1']:.4f} "
+              f"(vs loader {row['top1'] - base['top1']:+.4f}, "
               f"tolerance {tol:.3f}), achieved sparsity {row['achieved_sparsity']:.4f}, masks applied: "
               f"{'yes' if masks_kept else 'NO'}, data_on_device {row.get('data_on_device')}, precision "
               f"{row.get('precision')}, channels_last {row.get('channels_last')}, train {row['train_seconds']:.1f} s"

@@ -7,8 +7,9 @@ parameters removed from the 18 block convs (cap 0.8), warm start, K-step Newton-
 The official code is imported from the path given (never copied into this tree); it needs ``detectors`` at import
 time only, which is stubbed, and ``joblib`` (``pip install --target /tmp/pydeps joblib``, then
 ``PYTHONPATH=/tmp/pydeps``). At its HEAD (750497f) ``prune/SNOWS.py`` does not compile: ``prune_and_update`` has its
-whole body commented out; add a ``pass`` line under its ``def`` in the /tmp checkout (the function is dead code). Its per-block test evaluations run on 8 images, so they cost nothing. Figures are
-printed, never asserted (docs/measurements.md has the measured ones).
+whole body commented out; add a ``pass`` line under its ``def`` in the /tmp checkout (the function is dead code).
+Its per-block test evaluations run on 8 images, so they cost nothing. Figures are printed, never asserted
+(docs/measurements.md has the measured ones).
 """
 from __future__ import annotations
 

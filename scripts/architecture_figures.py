@@ -72,7 +72,8 @@ def main(root: Path) -> None:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 functions.append((node.end_lineno - node.lineno + 1, f"{path.relative_to(root)}:{node.name}"))
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "make_params":
+            if (isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", getattr(node.func, "id", None)) == "make_params"):
                 make_params_sites.append(f"{path.relative_to(root)}:{node.lineno}")
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue

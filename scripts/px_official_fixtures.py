@@ -196,7 +196,8 @@ def compare_case(T, case: dict, images, labels, trees: dict, work: Path, threads
 
 def check(args, T, trees) -> None:
     images, labels = fashion_first_per_class(10, args.images_from)
-    print("| case | IoU vs official | official kept | round-1 health check | final f32 vs f64 IoU | official s | ours s |")
+    print("| case | IoU vs official | official kept | round-1 health check | "
+          "final f32 vs f64 IoU | official s | ours s |")
     print("|---|---|---|---|---|---|---|")
     for name, case in CHECK_CASES.items():
         if args.only and name not in args.only:

@@ -10,7 +10,8 @@ import torch
 # The fast tier (`scripts/test.sh --fast`): every test except those marked `integration` — the files below, whose
 # tests start `bench` processes, SLURM clusters, browsers or real-data training, and the single tests marked
 # `@pytest.mark.integration` elsewhere (a second or more each on a quiet 2-core machine).
-INTEGRATION_FILES = {"test_real_suite", "test_slurm", "test_slurm_cluster", "test_slurm_preemption", "test_slurm_requeue",
+INTEGRATION_FILES = {"test_real_suite", "test_slurm", "test_slurm_cluster", "test_slurm_preemption",
+                     "test_slurm_requeue",
                      "test_cli_integration", "test_hostile_plugins", "test_hostile_runs", "test_reliability",
                      "test_resume", "test_store_integrity", "test_packing"}
 

@@ -237,7 +237,8 @@ recipe: {{epochs: 1}}
 def _suite(name, root, sparsities="[0.9, 0.95]", params=FAST):
     suite = parse_suite(yaml.safe_load(f"""
 name: {name}
-grid: {{models: [{{name: mlp, params: {{hidden: [16]}}}}], datasets: [{DATA}], sparsities: {sparsities}, pruners: [{{name: autosparse, params: {params}}}]}}
+grid: {{models: [{{name: mlp, params: {{hidden: [16]}}}}], datasets: [{DATA}], sparsities: {sparsities},
+       pruners: [{{name: autosparse, params: {params}}}]}}
 recipe: {{epochs: 1, batch_size: 32, lr: 0.05}}
 """), f"{name}.yaml")
     return validate_suite(suite, get_registry()).with_settings(results_root=str(root))

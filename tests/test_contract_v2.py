@@ -222,7 +222,8 @@ def test_weights_from_a_file_are_loaded_and_hashed(tmp_path, registry):
     torch.save({"state_dict": model.state_dict()}, path)
     suite = _suite(f"""
 name: from_file
-grid: {{models: [{{name: mlp, weights: "file:{path}"}}], datasets: [{DATA}], sparsities: [0.5], pruners: [pt_magnitude]}}
+grid: {{models: [{{name: mlp, weights: "file:{path}"}}], datasets: [{DATA}], sparsities: [0.5],
+       pruners: [pt_magnitude]}}
 recipe: {{epochs: 1, batch_size: 32}}
 """, tmp_path, registry)
     row = execute_run(suite.runs[0], registry)

@@ -26,7 +26,8 @@ def _write_cifar(root, classes=10, n_train=20, n_test=10):
     counter = iter(range(10**6))
 
     def batch(n):
-        return {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), key: [next(counter) % classes for _ in range(n)],
+        return {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                key: [next(counter) % classes for _ in range(n)],
                 b"filenames": [b"x.png"] * n}
 
     if classes == 10:

@@ -461,7 +461,8 @@ def test_health_check_criteria():
     from bench_harness.contract.numerics import compare_precisions
 
     g = torch.Generator().manual_seed(0)
-    s64 = {"a": torch.rand(100, generator=g, dtype=torch.float64), "b": torch.rand(50, generator=g, dtype=torch.float64)}
+    s64 = {"a": torch.rand(100, generator=g, dtype=torch.float64),
+           "b": torch.rand(50, generator=g, dtype=torch.float64)}
     healthy = compare_precisions({n: s.float() for n, s in s64.items()}, s64, 0.3)
     assert not healthy.degenerate and healthy.iou == 1.0 and healthy.residue_layers == []
     residue = {"a": s64["a"].float(), "b": torch.rand(50, generator=g) * 1e9 * s64["b"].max().float()}

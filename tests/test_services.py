@@ -74,7 +74,8 @@ def _data():
     return [(torch.randn(8, 3, 4, 4, generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(2)]
 
 
-@pytest.mark.parametrize("name,params", [("random", {}), ("snip", {"rounds": 2}), ("magnitude", {"scope": "layerwise"})])
+@pytest.mark.parametrize("name,params", [("random", {}), ("snip", {"rounds": 2}),
+                                         ("magnitude", {"scope": "layerwise"})])
 def test_run_pruner_gives_the_masks_of_a_direct_call(name, params):
     data = _data()
     cls = get_registry().get("pruner", name)
@@ -113,7 +114,8 @@ def test_flags_follow_the_regime():
         ignores_sparsity = True  # the old, redundant declaration: accepted while it agrees
 
     assert Reference.ignores_sparsity
-    with pytest.raises(TypeError, match="ignores_sparsity = True contradicts regime 'at_init'.*remove ignores_sparsity"):
+    with pytest.raises(TypeError,
+                       match="ignores_sparsity = True contradicts regime 'at_init'.*remove ignores_sparsity"):
         class Confused(Pruner):
             ignores_sparsity = True
 

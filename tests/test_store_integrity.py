@@ -453,7 +453,8 @@ def test_a_store_folder_that_is_a_link_never_moves_files_outside(tmp_path, where
         bad.write_bytes(b"garbage")  # a damaged file compaction would move to damaged/
     with pytest.raises(BenchError, match="not a folder"):
         _rows(root) if where == "runs" else compact(root, SUITE)
-    assert sorted(p.name for p in outside.iterdir()) == sorted(["mydata.parquet"] + (["runs-moved"] if where == "runs" else []))
+    assert (sorted(p.name for p in outside.iterdir())
+            == sorted(["mydata.parquet"] + (["runs-moved"] if where == "runs" else [])))
     assert (outside / "mydata.parquet").read_bytes() == b"someone else's file"
 
 

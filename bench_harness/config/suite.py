@@ -465,8 +465,9 @@ def _timeout_minutes(path: str, value: Any) -> float | None:
 
 def parse_suite(data: Any, path: str, base_dir: str | None = None) -> ParsedSuite:
     """Read a suite from parsed YAML (names not yet checked against the registry: :func:`validate_suite` does,
-    and builds the runs). Relative ``data_root`` and ``results_root`` are made absolute here, once, against ``base_dir`` (default: the current directory), so a
-    run that changes directory cannot move where later runs read data or write results."""
+    and builds the runs). Relative ``data_root`` and ``results_root`` are made absolute here, once, against
+    ``base_dir`` (default: the current directory), so a run that changes directory cannot move where later runs
+    read data or write results."""
     base_dir = os.path.abspath(base_dir if base_dir is not None else os.getcwd())
     if not isinstance(data, dict):
         raise SuiteError(path, "(top level)", "a suite file is a YAML mapping with at least `name` and `grid`")

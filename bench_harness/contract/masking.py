@@ -113,7 +113,8 @@ def global_topk_masks(scores: Mapping[str, torch.Tensor], density: float) -> dic
     return masks
 
 
-def layerwise_topk_masks(scores: Mapping[str, torch.Tensor], density: float | Mapping[str, float]) -> dict[str, torch.Tensor]:
+def layerwise_topk_masks(scores: Mapping[str, torch.Tensor],
+                         density: float | Mapping[str, float]) -> dict[str, torch.Tensor]:
     """Each layer keeps its own ``round(density * n_layer)`` highest scores (density may be per layer)."""
     masks = {}
     for n, s in scores.items():

@@ -287,8 +287,9 @@ class Pruner:
     @classmethod
     def stages(cls, params: Any, run: RunInfo) -> list[Stage]:
         """The stage artifacts a run of this pruner uses (``params``: its validated parameters, ``run``: the
-        suite run, read only). The SLURM executor produces the missing ones in stage jobs before the runs' arrays (``--dependency=afterok``); locally they are
-        produced by the first run that asks ``ctx.stage(...)`` for them. Default: none."""
+        suite run, read only). The SLURM executor produces the missing ones in stage jobs before the runs' arrays
+        (``--dependency=afterok``); locally they are produced by the first run that asks ``ctx.stage(...)`` for
+        them. Default: none."""
         return []
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> dict[str, torch.Tensor] | PruneResult:
@@ -321,7 +322,9 @@ def param(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"help": help}, **kw)
 
 
-def iter_batches(data: Iterable | torch.Tensor | None) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None:
+def iter_batches(
+    data: Iterable | torch.Tensor | None,
+) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None:
     """Turn user data (a DataLoader, a list of (x, y), a tensor of inputs, or (x, y)) into a batch factory."""
     if data is None:
         return None

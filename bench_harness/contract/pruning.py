@@ -87,7 +87,8 @@ def validate_result(pruner_cls: type[Pruner], result: PruneResult, model: nn.Mod
         slack = 0.5 * len(result.masks) / total if total else 0.0
         if abs(achieved - sparsity) > pruner_cls.sparsity_tolerance + slack + 1e-12:
             problems.append(f"achieved sparsity over all trainable parameters {achieved:.6f} differs from the "
-                            f"target {sparsity:.6f} by more than the declared tolerance {pruner_cls.sparsity_tolerance}")
+                            f"target {sparsity:.6f} by more than the declared tolerance "
+                            f"{pruner_cls.sparsity_tolerance}")
     if not problems:
         bad = nonfinite_parameters(model, result.masks)
         if bad:

@@ -26,11 +26,13 @@ from bench_harness.contract.pruner import PruneContext, Pruner, param
 
 @dataclass
 class ScoreParams:
-    scope: Literal["global", "layerwise"] = param("global", "global: one threshold over all prunable weights; layerwise: every layer "
+    scope: Literal["global", "layerwise"] = param("global", "global: one threshold over all prunable weights; "
+                                 "layerwise: every layer "
                                  "keeps the same density")
     rounds: int = param(1, "rounds of the exponential schedule density**(r/R), re-scoring the masked network "
                            "each round; 1 = one shot")
-    tie_rule: Literal["reference", "exact"] = param("reference", "reference: prune every score <= the k-th smallest, k = int((1-d)N) "
+    tie_rule: Literal["reference", "exact"] = param("reference", "reference: prune every score <= the k-th smallest, "
+                                       "k = int((1-d)N) "
                                        "(Synaptic-Flow, PX); exact: keep exactly round(d N), ties by position")
     check_numerics: bool = param(False, "round 1: score again in float64 on a copy and warn "
                                         "(DegenerateScoresWarning) when the kept sets at the target density differ "

@@ -79,7 +79,8 @@ def merge_results(sources: list[str | Path], into: str | Path) -> dict[str, int]
     for src in map(Path, sources):
         if not src.is_dir():
             raise FileNotFoundError(f"{src}: no such results folder")
-        suites = sorted({p.parent.name for p in src.glob("*/runs")} | {p.parent.name for p in src.glob("*/index.parquet")})
+        suites = sorted({p.parent.name for p in src.glob("*/runs")}
+                        | {p.parent.name for p in src.glob("*/index.parquet")})
         for suite in suites:
             existing = _rows_by_run(into, suite) if (into / suite).is_dir() else {}
             for run_id, row in sorted(_rows_by_run(src, suite).items(), key=lambda kv: str(kv[0])):

@@ -173,7 +173,8 @@ def read_shards(files: list[str], workers: int | None = None, warn: bool = True,
     else:
         size = max(500, len(files) // (workers * 4))
         chunks = [files[i:i + size] for i in range(0, len(files), size)]
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if os.name == "posix" else "spawn")) as ex:
+        with cf.ProcessPoolExecutor(workers,
+                                    mp_context=mp.get_context("fork" if os.name == "posix" else "spawn")) as ex:
             results = list(ex.map(_read_chunk, chunks, [suite] * len(chunks)))
         tables = [t for t, _ in results if t is not None]
         bad = [b for _, bs in results for b in bs]

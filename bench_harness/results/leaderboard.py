@@ -32,8 +32,9 @@ dataset, sparsity_bin, method):
 - ``rank`` int: 1 = highest mean top-1 within (model, dataset, sparsity_bin)
 - ``vs_random_diff``, ``vs_random_ci95``, ``vs_random_pairs``, ``vs_random_p``; the same for ``vs_magnitude``
   and ``vs_dense``: mean over shared seeds of (this method's top-1 − the control's top-1), its 95 % CI
-  half-width, the number of paired seeds and the paired t-test's two-sided p-value (controls: the plain ``random``/``magnitude`` pruner with default parameters and no ablation
-  in the same sparsity bin; ``dense`` of the same model and data set)
+  half-width, the number of paired seeds and the paired t-test's two-sided p-value (controls: the plain
+  ``random``/``magnitude`` pruner with default parameters and no ablation in the same sparsity bin; ``dense`` of
+  the same model and data set)
 - ``flag_layer_collapse`` (a run had a layer with no weight left), ``flag_off_target`` (|achieved − target| >
   0.005, for exact and target sparsity kinds), ``flag_few_seeds`` (fewer than 3 successful seeds),
   ``flag_at_chance`` (mean top-1 within 2 points of chance, 1 / ``num_classes``: the network learned nothing,
@@ -124,7 +125,8 @@ def _paired(ok: pd.DataFrame, control: pd.DataFrame, on: list[str], prefix: str)
     merged["diff"] = merged.top1 - merged.top1_ctl
     g = merged.groupby(KEYS, dropna=False)["diff"].agg(["mean", "std", "count"])
     return pd.DataFrame({f"{prefix}_diff": g["mean"], f"{prefix}_ci95": ci95_halfwidth(g["std"], g["count"]),
-                         f"{prefix}_pairs": g["count"], f"{prefix}_p": paired_t_pvalue(g["mean"], g["std"], g["count"])},
+                         f"{prefix}_pairs": g["count"],
+                         f"{prefix}_p": paired_t_pvalue(g["mean"], g["std"], g["count"])},
                         index=g.index)
 
 

@@ -14,7 +14,8 @@ from bench_harness.results.leaderboard import display_table
 from bench_harness.results.plots import method_colour
 
 STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1320px;color:#222;padding:0 1rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1320px;color:#222;padding:0 1rem}
 .scroll{overflow-x:auto;max-width:100%} #runs{font-size:.75rem} #runs td{white-space:nowrap}
 .filters input,.filters select{font-size:.8rem;margin:0 .5rem .5rem 0}
 .swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.35em;vertical-align:-.05em}

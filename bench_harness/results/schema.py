@@ -2,7 +2,8 @@
 
 Schema version 3 columns (name: type — meaning). Version 2 (contract v2) added ``sparsity_kind``,
 ``sparsity_bin``, ``train_from_epoch``, ``pretrained_source``, ``pretrained_sha256``, ``artifacts``,
-``model_bits``, ``compression_ratio``, ``num_classes``, ``packed_runs``, ``warnings`` and the SLURM job columns; version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
+``model_bits``, ``compression_ratio``, ``num_classes``, ``packed_runs``, ``warnings`` and the SLURM job columns;
+version-1 shards read as version 2 with those columns null (and ``sparsity_bin`` = target).
 Version 3 added ``granularity`` (the masks' sparsity pattern, stated by the pruner for the run's parameters) and
 ``data_on_device``, ``precision``, ``channels_last`` and ``compiled`` (how the run trained, see docs/gpu.md); older
 shards read with them null.

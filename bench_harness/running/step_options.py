@@ -53,7 +53,8 @@ def step_options(recipe, device: torch.device) -> StepOptions:
     precision = getattr(recipe, "precision", None) or ("fp16" if recipe.mixed_precision else "fp32")
     if precision == "fp16" and device.type != "cuda":
         precision = "fp32"  # as mixed_precision always was: ignored off CUDA
-    return StepOptions(precision, bool(getattr(recipe, "channels_last", False)), bool(getattr(recipe, "compile", False)))
+    return StepOptions(precision, bool(getattr(recipe, "channels_last", False)),
+                       bool(getattr(recipe, "compile", False)))
 
 
 def prepare_model(model: nn.Module, options: StepOptions, custom_loss: bool = False) -> nn.Module:

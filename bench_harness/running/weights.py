@@ -4,7 +4,8 @@ A model entry of a suite names its pretrained weights with ``weights:``::
 
     models:
       - {name: resnet20, weights: "file:checkpoints/resnet20_cifar10.pt"}   # a state dict (or {"state_dict": ...})
-      - {name: "torchvision:resnet18", weights: "torchvision:IMAGENET1K_V1"} # or ResNet18_Weights.IMAGENET1K_V1, DEFAULT
+      - {name: "torchvision:resnet18", weights: "torchvision:IMAGENET1K_V1"} # or ResNet18_Weights.IMAGENET1K_V1,
+                                                                             # DEFAULT
       - {name: "timm:resnet18.a1_in1k", weights: timm}                       # the tag's pretrained weights
 
 Without ``weights:``, a pruner that requires a pretrained model gets the harness's own pretraining (the
@@ -132,7 +133,8 @@ def resolve_weights(model_name: str, spec: str, base_dir: str | Path = ".") -> t
                                   f"in {', '.join(map(str, looked))}. Download them once where there is internet "
                                   f"(torchvision.models.get_model(..., weights=...)) and copy the file there, or "
                                   f"set TORCH_HOME.")
-        return place, f"torchvision:{model_name.split(':', 1)[-1]}:{spec.split(':', 1)[1] if ':' in spec else 'DEFAULT'}"
+        return place, (f"torchvision:{model_name.split(':', 1)[-1]}:"
+                       f"{spec.split(':', 1)[1] if ':' in spec else 'DEFAULT'}")
     if kind == "timm":
         place, looked, arch = _timm_file(model_name)
         if place is None:

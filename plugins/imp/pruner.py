@@ -23,8 +23,9 @@ Schedules (``schedule``):
   the last level lands exactly on the target.
 
 ``info["level_densities"]`` holds the density achieved after each level for ``linear_count`` (the schedule's
-targets for ``geometric``, as before; ``info["achieved_level_densities"]`` always the achieved ones). :func:`rewind_pruning` is the loop
-itself, shared with the AutoSparse teacher (which also needs how many levels each weight survived).
+targets for ``geometric``, as before; ``info["achieved_level_densities"]`` always the achieved ones).
+:func:`rewind_pruning` is the loop itself, shared with the AutoSparse teacher (which also needs how many levels
+each weight survived).
 """
 from __future__ import annotations
 

@@ -86,7 +86,8 @@ def _timm(arch, num_classes, in_channels, image_size, pretrained=False, **kw):
     import timm
 
     if not timm.is_model(arch):  # accepts pretrained tags too: resnet18.a1_in1k
-        raise ValueError(f"timm has no model {arch!r}; see timm.list_models() (tags: timm.list_models(pretrained=True))")
+        raise ValueError(f"timm has no model {arch!r}; see timm.list_models() "
+                         "(tags: timm.list_models(pretrained=True))")
     try:
         return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels,
                                  img_size=image_size, **kw)

@@ -30,7 +30,8 @@ How the search runs (as the official code computes it):
   (default) sets the conv/linear biases to 0, frozen (a zero bias is no bias); ``keep`` leaves them as drawn.
 
 The final mask is that of the final scores: exactly ``int(N·s)`` weights pruned (ties at τ, which the
-threshold would leave unresolved, keep the earlier entry: the harness's tie rule), every -1 entry pruned, every +1 entry kept.
+threshold would leave unresolved, keep the earlier entry: the harness's tie rule), every -1 entry pruned, every +1
+entry kept.
 
 Storage format (``storage_bits``, the row's ``model_bits``): the weights, biases, BatchNorm constants and frozen
 states regenerate from the run's seed (one 64-bit seed: every draw comes, in a fixed order, from a generator

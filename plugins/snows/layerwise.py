@@ -61,7 +61,8 @@ class Walk:
             module = model.get_submodule(module_name)
             if id(module) not in owner or not isinstance(getattr(module, attr, None), torch.Tensor):
                 continue
-            layers.append(Layer(name, module, self.dense.get_submodule(module_name), attr, owner[id(module)], module_name))
+            layers.append(Layer(name, module, self.dense.get_submodule(module_name), attr, owner[id(module)],
+                                module_name))
         order = net.call_order(self.blocks, sample, [lay.module for lay in layers])
         first = {}
         for k, (_, m) in enumerate(order):

@@ -42,7 +42,8 @@ def _cifar_resnet(model):
     def head(x):
         return model.fc(F.avg_pool2d(x, tuple(x.shape[2:])).flatten(1))
 
-    return [("stem", stem)] + [(f"layers.{i}", b) for i, b in enumerate(model.layers)] + [("head", Fn(head, fc=model.fc))]
+    return ([("stem", stem)] + [(f"layers.{i}", b) for i, b in enumerate(model.layers)]
+            + [("head", Fn(head, fc=model.fc))])
 
 
 def _torchvision_resnet(model):
@@ -64,7 +65,8 @@ def _timm_vit(model):
     def stem(x):
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
 
-    parts = {k: getattr(model, k) for k in ("patch_embed", "patch_drop", "norm_pre") if isinstance(getattr(model, k, None), nn.Module)}
+    parts = {k: getattr(model, k) for k in ("patch_embed", "patch_drop", "norm_pre")
+             if isinstance(getattr(model, k, None), nn.Module)}
     return ([("stem", Fn(stem, **parts))] + [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
             + [("head", Fn(lambda x: model.forward_head(model.norm(x)), norm=model.norm, head=model.head))])
 
@@ -78,7 +80,8 @@ def _kind(model: nn.Module) -> str:
         return "resnet"
     if cls == "MobileNetV2" and {"features", "classifier"} <= names:
         return "mobilenet_v2"
-    if cls == "VisionTransformer" and {"patch_embed", "blocks", "norm", "head"} <= names and hasattr(model, "_pos_embed"):
+    if (cls == "VisionTransformer" and {"patch_embed", "blocks", "norm", "head"} <= names
+            and hasattr(model, "_pos_embed")):
         return "vit"
     if isinstance(model, nn.Sequential):
         return "sequential"
@@ -102,7 +105,8 @@ def chain_of(model: nn.Module, sample: torch.Tensor) -> tuple[str, list[tuple[st
     x = sample
     for _, block in blocks:
         x = block(x)
-    if isinstance(expected, torch.Tensor) and x.shape == expected.shape and torch.allclose(x, expected, rtol=1e-4, atol=1e-5):
+    if (isinstance(expected, torch.Tensor) and x.shape == expected.shape
+            and torch.allclose(x, expected, rtol=1e-4, atol=1e-5)):
         return kind, blocks
     return "whole", _ADAPTERS["whole"](model)
 
@@ -134,7 +138,8 @@ def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def run_window(blocks: list[nn.Module], x: torch.Tensor, modules: list[nn.Module], ordinals: list[int]) -> list[torch.Tensor]:
+def run_window(blocks: list[nn.Module], x: torch.Tensor, modules: list[nn.Module],
+               ordinals: list[int]) -> list[torch.Tensor]:
     """Run ``blocks`` on ``x``, numbering the calls of ``modules`` (0, 1, ...) in the order they finish, and
     return the outputs of the calls numbered ``ordinals``; the forward stops after the last of them."""
     wanted = set(ordinals)

@@ -90,7 +90,8 @@ def _trainable_total(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def removal_counts(model: nn.Module, prunable: dict[str, torch.Tensor], sparsity: float, p: MaskParams) -> dict[str, int]:
+def removal_counts(model: nn.Module, prunable: dict[str, torch.Tensor], sparsity: float,
+                   p: MaskParams) -> dict[str, int]:
     """Weights removed per layer for the target on the chosen basis (the official capped global magnitude).
     On the 'all' basis, zeros already present in trainable parameters outside the prunable set count towards the
     target (the harness counts zeros; a pretrained model has none, a freshly initialised one has its BN biases)."""
@@ -122,7 +123,8 @@ def nm_or_none(p: MaskParams, sparsity: float, prunable: dict[str, torch.Tensor]
     return nm
 
 
-def mp_masks(model: nn.Module, sparsity: float, prunable: dict[str, torch.Tensor], p: MaskParams) -> dict[str, torch.Tensor]:
+def mp_masks(model: nn.Module, sparsity: float, prunable: dict[str, torch.Tensor],
+             p: MaskParams) -> dict[str, torch.Tensor]:
     nm = nm_or_none(p, sparsity, prunable)
     if nm is not None:
         return {n: solver.nm_mask(w, *nm) for n, w in prunable.items()}
@@ -320,8 +322,8 @@ class Snows(LayerwiseReconstruction):
                     grad = torch.autograd.grad(loss, weight, create_graph=True)[0] * support
                     rhs = -grad[support].detach()
                     direction, iters = solver.conjugate_gradient(
-                        lambda v, grad=grad: solver.hessian_vector_product(grad, weight, v, support), rhs, p.max_cg_iterations,
-                        p.cg_tolerance, p.damping)
+                        lambda v, grad=grad: solver.hessian_vector_product(grad, weight, v, support), rhs,
+                        p.max_cg_iterations, p.cg_tolerance, p.damping)
                     cg_total += iters
                     full = torch.zeros_like(weight)
                     full[support] = direction.detach()

@@ -144,7 +144,8 @@ def masked_least_squares(xtx: torch.Tensor, xty: torch.Tensor, mask: torch.Tenso
     for start in range(0, out, step):
         idx = order[start:start + step]
         v = valid[start:start + step].double()
-        system = a[idx.unsqueeze(2), idx.unsqueeze(1)] * (v.unsqueeze(2) * v.unsqueeze(1)) + torch.diag_embed(1.0 - v) * eye
+        system = (a[idx.unsqueeze(2), idx.unsqueeze(1)] * (v.unsqueeze(2) * v.unsqueeze(1))
+                  + torch.diag_embed(1.0 - v) * eye)
         rhs = (torch.gather(b[start:start + step], 1, idx) * v).unsqueeze(2)
         sol = _solve(system, rhs)
         result[start:start + step].scatter_(1, idx, sol.squeeze(2) * v)
