@@ -20,6 +20,7 @@ A suite is YAML::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import os
@@ -239,8 +240,8 @@ class RunSpec:
         """The read-only view plugins get (``PruneContext.run``, ``Pruner.stages(params, run)``)."""
         return RunInfo(
             suite=self.suite, run_id=self.run_id,
-            model=ComponentInfo(self.model.name, dict(self.model.params), self.model.weights),
-            dataset=ComponentInfo(self.dataset.name, dict(self.dataset.params)),
+            model=ComponentInfo(self.model.name, copy.deepcopy(self.model.params), self.model.weights),
+            dataset=ComponentInfo(self.dataset.name, copy.deepcopy(self.dataset.params)),
             seed=self.seed, sparsity=self.sparsity, recipe=self.recipe, scoring=self.scoring, pretrain=self.pretrain,
             ablation=self.ablation, data_root=self.settings.data_root, download=self.settings.download)
 

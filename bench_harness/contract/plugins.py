@@ -12,6 +12,7 @@ Environment switches:
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -185,8 +186,9 @@ class Registry:
     def call_lifecycle(self, hook_name: str, **kwargs: Any) -> None:
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():
-            try:
-                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            try:  # each hook gets its own deep copies: what it changes in the run (its components' params
+                #   dicts) or the row never reaches the run, later runs of this process or other hooks
+                impl.function(**{k: copy.deepcopy(v) for k, v in kwargs.items() if k in impl.argnames})
             except (Exception, SystemExit) as exc:  # a hook calling sys.exit() must not end the sweep either
                 warnings.warn(f"plugin {impl.plugin_name!r}: {hook_name} raised {type(exc).__name__}: {exc}",
                               PluginWarning, stacklevel=2)
