@@ -97,6 +97,17 @@ def test_a_dying_worker_costs_only_its_own_run(tmp_path, hostile_env, mode):
                  ok=["magnitude", "random"])
 
 
+@pytest.mark.parametrize("mode", [["--workers", "2"], ["--isolate"]])
+def test_a_run_that_cannot_travel_to_a_worker_is_a_failure_row_and_the_sweep_goes_on(tmp_path, hostile_env, mode):
+    path = _suite(tmp_path, ["hostile_unpicklable_params", "magnitude", "hostile_params_only_here", "random"])
+    out = _bench(hostile_env, "run", path, "--no-progress", *mode)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "2 ok, 2 failed" in out.stderr, out.stderr
+    _assert_rows(tmp_path / "results", {"hostile_unpicklable_params": "cannot be sent to a worker process",
+                                        "hostile_params_only_here": "could not unpickle this run"},
+                 ok=["magnitude", "random"])
+
+
 @pytest.mark.parametrize("pruner,fragment", [
     ("hostile_sys_exit", "SystemExit"), ("hostile_keyboard_interrupt", "KeyboardInterrupt"),
     ("hostile_os_exit", "exit code 7"), ("hostile_segfault", "signal 11"), ("hostile_none", "NoneType"),
