@@ -375,7 +375,7 @@ def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
     try:
         return checked_dataclass(cls, values)
     except InvalidSetting as exc:
-        raise SuiteError(path, f"{section}.{exc.key}", exc.problem) from None
+        raise SuiteError(path, f"{section}.{exc.key}" if exc.key else section, exc.problem) from None
 
 
 def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = ()) -> list[Component]:
