@@ -84,4 +84,4 @@ def make_recipe(values: Mapping[str, Any] | None):
     try:
         return checked_dataclass(Recipe, dict(values or {}))
     except InvalidSetting as exc:
-        raise ValueError(f"recipe.{exc.key}: {exc.problem}") from None
+        raise ValueError(f"{'recipe.' + exc.key if exc.key else 'recipe'}: {exc.problem}") from None

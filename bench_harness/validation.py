@@ -19,6 +19,10 @@ def validation_problems(exc: ValidationError, fields: list[str]) -> list[tuple[s
         elif kind == "literal_error":
             out.append((loc, f"{err['input']!r} is not allowed: use {err['ctx']['expected']}"
                              f".{did_you_mean(str(err['input']), _literal_choices(err['ctx']['expected']))}"))
+        elif kind == "value_error" and "error" in err.get("ctx", {}):
+            # the dataclass's own sentence (__post_init__, a validator), not pydantic's "Value error, ..." with the
+            # whole section as the input
+            out.append((loc, str(err["ctx"]["error"])))
         else:
             out.append((loc, f"{err['msg'].rstrip('.')} (got {err.get('input')!r})"))
     return out

@@ -213,6 +213,45 @@ def test_auto_is_off_on_the_cpu_and_true_needs_a_tensor_form():
         device_loaders(Opaque(), ds, make_recipe({"data_on_device": True}), 0, CPU)
 
 
+class _Lying(torch.utils.data.Dataset):
+    """16 examples of (3, 4, 4) whose tensor_form() says something else."""
+
+    def __init__(self, **form):
+        self.x, self.y, self.form = torch.randint(0, 256, (16, 3, 4, 4), dtype=torch.uint8), torch.arange(16) % 4, form
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return self.x[i].float() / 255, int(self.y[i])
+
+    def tensor_form(self):
+        return {"images": self.x, "targets": self.y, "crop_padding": 1, **self.form}
+
+
+@pytest.mark.parametrize("form, subset, problem", [
+    ({"targets": torch.arange(8)}, None, "targets of shape \\(8,\\) for 16 images"),
+    ({"targets": torch.arange(16).view(16, 1)}, None, "targets of shape \\(16, 1\\)"),
+    ({"targets": torch.zeros(16)}, None, "not integer class indices"),
+    ({"images": torch.zeros(8, 3, 4, 4, dtype=torch.uint8), "targets": torch.arange(8)}, [12], "holds 8 images, and "
+     "the data set 16"),
+    ({"images": torch.zeros(16, 1, 4, 4, dtype=torch.uint8)}, None, "images of shape \\(1, 4, 4\\), and its "
+     "examples \\(3, 4, 4\\)"),
+    ({"crop_padding": -2}, None, "crop_padding -2"),
+    ({"mean": (0.5, 0.5)}, None, "a mean of 2 values for 3 channels"),
+    ({"images": torch.zeros(16, 48, dtype=torch.uint8)}, None, "not \\(N, C, H, W\\)"),
+])
+def test_a_tensor_form_that_does_not_describe_its_data_set_fails_the_run_before_any_indexing(form, subset, problem):
+    """On CUDA an index out of bounds is a device-side assert that ends every later run of the process."""
+    from bench_harness.errors import RunFailure
+
+    ds = _Lying(**form)
+    train = ds if subset is None else Subset(ds, subset)
+    with pytest.raises(RunFailure, match=f"tensor form of data set _Lying .*{problem}"):
+        device_loaders(train, _Lying(), make_recipe({"data_on_device": True}), 0, CPU)
+    assert device_loaders(_Lying(), _Lying(), make_recipe({"data_on_device": True}), 0, CPU) is not None
+
+
 def test_auto_on_cuda_asks_for_a_fraction_of_the_free_memory(monkeypatch):
     cuda = torch.device("cuda")
     ds = TensorDataset(torch.zeros(100, 3, 4, 4, dtype=torch.uint8), torch.arange(100))  # 4,800 + 800 bytes

@@ -97,6 +97,47 @@ def test_a_dying_worker_costs_only_its_own_run(tmp_path, hostile_env, mode):
                  ok=["magnitude", "random"])
 
 
+@pytest.mark.parametrize("mode", [["--workers", "2"], ["--isolate"]])
+def test_a_run_that_cannot_travel_to_a_worker_is_a_failure_row_and_the_sweep_goes_on(tmp_path, hostile_env, mode):
+    path = _suite(tmp_path, ["hostile_unpicklable_params", "magnitude", "hostile_params_only_here", "random"])
+    out = _bench(hostile_env, "run", path, "--no-progress", *mode)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "2 ok, 2 failed" in out.stderr, out.stderr
+    _assert_rows(tmp_path / "results", {"hostile_unpicklable_params": "cannot be sent to a worker process",
+                                        "hostile_params_only_here": "could not unpickle this run"},
+                 ok=["magnitude", "random"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_check_plugin_ends_what_the_pruner_started_and_leaves_no_temporary_files(tmp_path, hostile_env):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    pid_file = tmp_path / "pid"
+    env = {**hostile_env, "TMPDIR": str(scratch), "HOSTILE_PID_FILE": str(pid_file)}
+    t0 = time.monotonic()
+    out = _bench(env, "check-plugin", "hostile_forks", "--timeout", "10", timeout=120)  # a pipe the fork holds
+    assert time.monotonic() - t0 < 60, "bench waited for the pruner's process"
+    assert out.returncode != 0 and "time limit of 10 s ran out" in out.stdout + out.stderr, out.stdout + out.stderr
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    alive = _alive(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the pruner's process outlived bench check-plugin"
+    assert list(scratch.iterdir()) == []  # the kit's folder and the pruner's temporary files are gone
+
+
 @pytest.mark.parametrize("pruner,fragment", [
     ("hostile_sys_exit", "SystemExit"), ("hostile_keyboard_interrupt", "KeyboardInterrupt"),
     ("hostile_os_exit", "exit code 7"), ("hostile_segfault", "signal 11"), ("hostile_none", "NoneType"),

@@ -138,3 +138,16 @@ results_root: {tmp_path / 'results'}
     row = df[df.pruner == "inverse_magnitude"].iloc[0]
     assert row.status == "ok" and row.pruner_distribution == "bench-plugin-example 0.3.0"
     assert row.achieved_sparsity == pytest.approx(0.8, abs=1e-3)
+
+
+def test_a_plugin_importing_a_moved_inner_module_is_told_where_to_import_from():
+    from bench_harness.contract.plugins import _moved_hint
+
+    for old in ("bench_harness.running.datasets", "bench_harness_plugins.pruners_px"):
+        try:
+            __import__(old)
+        except ImportError as exc:
+            hint = _moved_hint(exc)
+        assert f"{old} is one of the harness's inner modules" in hint and "from bench_harness import" in hint
+    assert _moved_hint(ModuleNotFoundError("No module named 'scipy'", name="scipy")) == ""
+    assert _moved_hint(ValueError("bench_harness.x")) == ""

@@ -1,6 +1,7 @@
 """The run description: built once by validation, frozen, the suite's settings held once, the validated pruner
 parameters carried, a read-only view for plugins; the suite file's keys declared once."""
 import dataclasses
+import json
 import pickle
 import sys
 from dataclasses import dataclass
@@ -186,3 +187,49 @@ def test_the_schema_has_the_suites_own_keys():
     assert list(schema["properties"]) == list(TOP_KEYS)
     assert list(schema["$defs"]["grid"]["properties"]) == list(GRID_KEYS)
     assert schema["properties"]["ablations"]["items"]["anyOf"][0]["enum"] == ["shuffle", "reinit", "invert"]
+
+
+
+class NestedMutator(Pruner):
+    """Changes what it is shown of the run: a nested parameter of the run's model."""
+
+    name = "nested_mutator"
+
+    def prune(self, model, sparsity, ctx):
+        ctx.run.model.params["hidden"].append(7)
+        return masking.topk_masks({n: p.detach().abs() for n, p in ctx.prunable.items()}, 1.0 - sparsity)
+
+
+class _LifecycleMutator:
+    @hookimpl
+    def bench_register_pruners(self):
+        return [NestedMutator]
+
+    @hookimpl
+    def bench_run_started(self, run):
+        run.model.params["hidden"].append(9)
+        run.dataset.params["train_size"] = 16
+
+    @hookimpl
+    def bench_run_finished(self, run, row):
+        run.model.params["hidden"].append(11)
+        row["status"] = "forged"
+
+
+def test_neither_a_pruner_nor_a_lifecycle_hook_can_change_the_run_for_later_runs(tmp_path):
+    """Runs of one process share their components: what plugin code is handed must be a copy, else the next
+    run trains another model and data set than its id and row say."""
+    registry = Registry(extra_plugins=[("mutator", _LifecycleMutator())])
+    text = SPY_SUITE.replace("[mlp]", "[{name: mlp, params: {hidden: [16, 8]}}]").replace(
+        "pruners: [{name: spy, params: {keep_bias: 1}}, {name: spy, params: {keep_bias: 2}}, dense]",
+        "pruners: [nested_mutator]")
+    suite = _suite(registry, text, root=tmp_path)
+    ids = [r.run_id for r in suite.runs]
+    rows = [execute_run(run, registry) for run in suite.runs]
+    assert len(rows) == 4 and [r["status"] for r in rows] == ["ok"] * 4, [r.get("error") for r in rows]
+    assert [r["run_id"] for r in rows] == ids
+    assert {r["model_params"] for r in rows} == {'{"hidden": [16, 8]}'}
+    assert {json.loads(r["config"])["dataset_params"]["train_size"] for r in rows} == {64}
+    assert len({r["params_total"] for r in rows}) == 1  # every run built the model its id names
+    for run in suite.runs:
+        assert run.model.params == {"hidden": [16, 8]} and run.dataset.params["train_size"] == 64

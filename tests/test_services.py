@@ -97,6 +97,8 @@ def test_run_pruner_validates_parameters_and_output():
         ctx.services.run_pruner("magnitude", copy.deepcopy(model), 0.5, ctx, {"scop": "global"})
     with pytest.raises(ValueError, match="sparsity must lie in"):
         ctx.services.run_pruner("magnitude", copy.deepcopy(model), 1.0, ctx)
+    with pytest.raises(TypeError, match="params must be a mapping.*got list"):  # not dict()'s own riddle
+        ctx.services.run_pruner("magnitude", copy.deepcopy(model), 0.5, ctx, [("scope", "global")])
 
 
 # -- flags derived from the regime, granularity per run -------------------------------------------------------------

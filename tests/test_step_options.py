@@ -60,8 +60,16 @@ def test_defaults_are_todays_path_and_not_part_of_the_identity():
 def test_mixed_precision_contradicting_precision_is_refused():
     from bench_harness.config.suite import Recipe, SuiteError, build_dataclass
 
-    with pytest.raises(SuiteError, match="mixed_precision"):
+    with pytest.raises(SuiteError, match="mixed_precision") as refused:
         build_dataclass(Recipe, {"mixed_precision": True, "precision": "bf16"}, "s.yaml", "recipe")
+    # the section and the dataclass's own sentence, not "recipe.: Value error, ... (got {the whole recipe})"
+    assert str(refused.value) == ("s.yaml: recipe: mixed_precision: true means precision fp16, not 'bf16': drop "
+                                  "mixed_precision or set precision: fp16")
+    from bench_harness.api import make_recipe
+
+    with pytest.raises(ValueError) as api_refused:
+        make_recipe({"mixed_precision": True, "precision": "bf16"})
+    assert str(api_refused.value) == str(refused.value).removeprefix("s.yaml: ")
     assert build_dataclass(Recipe, {"mixed_precision": True, "precision": "fp16"}, "s.yaml", "recipe")
 
 

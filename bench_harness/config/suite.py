@@ -20,6 +20,7 @@ A suite is YAML::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import os
@@ -239,8 +240,8 @@ class RunSpec:
         """The read-only view plugins get (``PruneContext.run``, ``Pruner.stages(params, run)``)."""
         return RunInfo(
             suite=self.suite, run_id=self.run_id,
-            model=ComponentInfo(self.model.name, dict(self.model.params), self.model.weights),
-            dataset=ComponentInfo(self.dataset.name, dict(self.dataset.params)),
+            model=ComponentInfo(self.model.name, copy.deepcopy(self.model.params), self.model.weights),
+            dataset=ComponentInfo(self.dataset.name, copy.deepcopy(self.dataset.params)),
             seed=self.seed, sparsity=self.sparsity, recipe=self.recipe, scoring=self.scoring, pretrain=self.pretrain,
             ablation=self.ablation, data_root=self.settings.data_root, download=self.settings.download)
 
@@ -374,7 +375,7 @@ def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
     try:
         return checked_dataclass(cls, values)
     except InvalidSetting as exc:
-        raise SuiteError(path, f"{section}.{exc.key}", exc.problem) from None
+        raise SuiteError(path, f"{section}.{exc.key}" if exc.key else section, exc.problem) from None
 
 
 def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = ()) -> list[Component]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import signal
+import tempfile
 import time
 from typing import Any, Callable, Mapping
 
@@ -28,7 +31,8 @@ def check_pruner_in_child(name: str, params: Mapping[str, Any] | None = None, ti
     params = dict(params or {})
     context = mp.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_check_child, args=(name, params, sender, os.getpid()), daemon=True)
+    scratch = tempfile.mkdtemp(prefix="bench-check-")  # the child's temporary files: removed here, however it ends
+    child = context.Process(target=_check_child, args=(name, params, sender, os.getpid(), scratch), daemon=True)
     t0 = time.monotonic()
     child.start()
     sender.close()
@@ -58,6 +62,8 @@ def check_pruner_in_child(name: str, params: Mapping[str, Any] | None = None, ti
         raise
     finally:
         child.join()
+        _end_group(child.pid)  # what the pruner started (a fork, a DataLoader's workers) ends with the kit
+        shutil.rmtree(scratch, ignore_errors=True)
     if outcome is not None and outcome[0] == "error":
         raise RuntimeError(f"the conformance kit failed in its child process: {outcome[1]}")
     if outcome is not None:
@@ -106,8 +112,22 @@ def _not_reached(report: Report, cls, listener) -> None:
                         listener(skipped)
 
 
-def _check_child(name: str, params: dict, sender, parent_pid: int) -> None:
+def _end_group(pgid: int | None) -> None:
+    """SIGKILL every process left in the child's process group (the child itself has ended)."""
+    if pgid is None or not hasattr(os, "killpg"):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _check_child(name: str, params: dict, sender, parent_pid: int, scratch: str | None = None) -> None:
     die_with_parent(parent_pid)
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # a group of its own: the caller ends every process the pruner starts (see _end_group)
+    if scratch is not None:
+        tempfile.tempdir = scratch  # the kit's and the pruner's temporary files, removed by the caller
     try:
         cls = get_registry().get("pruner", name)
         outcome: Any = ("done", run_kit(cls, given=params, listener=lambda event: sender.send(("event", event))))

@@ -64,7 +64,7 @@ def bench_register_metrics():
 def bench_run_started(run):
     """Called in the process that executes a run, before the model is built.
 
-    ``run`` is the :class:`bench_harness.config.suite.RunSpec`. Return value ignored; an exception is reported
+    ``run`` is a deep copy of the :class:`bench_harness.config.suite.RunSpec` (changing it changes nothing). Return value ignored; an exception is reported
     as a warning and does not fail the run.
     """
 
@@ -73,6 +73,6 @@ def bench_run_started(run):
 def bench_run_finished(run, row):
     """Called after a run's result row is written (also for failed runs).
 
-    ``run`` is the :class:`bench_harness.config.suite.RunSpec`, ``row`` the result row as a dict (see
+    ``run`` and ``row`` are deep copies of the :class:`bench_harness.config.suite.RunSpec` and of the result row (see
     :mod:`bench_harness.results.store` for its columns). Return value ignored; exceptions become warnings.
     """

@@ -12,6 +12,7 @@ Environment switches:
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -62,6 +63,17 @@ def _dist_name(ep: metadata.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"], dist.version
 
 
+def _moved_hint(exc: BaseException) -> str:
+    """For an import of one of the harness's inner modules that does not exist (they move: issue 25 moved the
+    data helpers and the built-in plugins), where plugins import from instead."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not missing or "." not in missing or missing.split(".")[0] not in ("bench_harness", "bench_harness_plugins"):
+        return ""
+    return (f". {missing} is one of the harness's inner modules, which move between versions: a plugin imports "
+            f"only from the top-level package (`from bench_harness import Pruner, masking, ...`) and asks "
+            f"ctx.services for data sets, models and other pruners (see docs/writing-a-pruner.md)")
+
+
 def _normal(name: str) -> str:
     return name.lower().replace("_", "-")
 
@@ -109,7 +121,7 @@ class Registry:
             try:
                 module = ep.load()
             except Exception as exc:  # one broken plugin must not stop the others
-                info.error = f"{type(exc).__name__}: {exc}"
+                info.error = f"{type(exc).__name__}: {exc}" + _moved_hint(exc)
                 self.plugins[ep.name] = info
                 warnings.warn(f"plugin {ep.name!r} from distribution {dist} {version} failed to import and is "
                               f"skipped: {info.error}", PluginWarning, stacklevel=2)
@@ -185,8 +197,9 @@ class Registry:
     def call_lifecycle(self, hook_name: str, **kwargs: Any) -> None:
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():
-            try:
-                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            try:  # each hook gets its own deep copies: what it changes in the run (its components' params
+                #   dicts) or the row never reaches the run, later runs of this process or other hooks
+                impl.function(**{k: copy.deepcopy(v) for k, v in kwargs.items() if k in impl.argnames})
             except (Exception, SystemExit) as exc:  # a hook calling sys.exit() must not end the sweep either
                 warnings.warn(f"plugin {impl.plugin_name!r}: {hook_name} raised {type(exc).__name__}: {exc}",
                               PluginWarning, stacklevel=2)

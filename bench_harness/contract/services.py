@@ -88,5 +88,8 @@ class Services:
         else of ``ctx`` (scoring data, generator, seed, training service, artifacts). Masks are not applied; a
         pruner that changes weights changes ``model``'s: pass a copy to keep yours."""
         cls = self.registry.get("pruner", name)
+        if params is not None and not isinstance(params, Mapping):
+            raise TypeError(f"run_pruner({name!r}, ...): params must be a mapping of parameter: value (or None for "
+                            f"the defaults), got {type(params).__name__} {params!r:.80}")
         sub = dataclasses.replace(ctx, prunable={n: model.get_parameter(n) for n in ctx.prunable}, model=model)
         return self._call_pruner(cls, cls.make_params(dict(params or {})), model, sparsity, sub)

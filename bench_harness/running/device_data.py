@@ -108,6 +108,7 @@ def resident(dataset: Dataset, device: torch.device) -> tuple[ResidentData, torc
     base = dataset
     while isinstance(base, Subset):
         base = base.dataset
+    check_form(form, base, indices)
     key = (id(base), str(device))
     entry = _RESIDENT.get(key)
     if entry is None or entry[0]() is not base:
@@ -121,10 +122,45 @@ def resident(dataset: Dataset, device: torch.device) -> tuple[ResidentData, torc
     return entry[1], None if indices is None else indices.to(device)
 
 
+def check_form(form: Any, base: Dataset, indices: torch.Tensor | None) -> None:
+    """RunFailure naming the problem when a data set's tensor form does not describe the data set: checked
+    before anything is indexed on the device (an index out of bounds there is a device-side assert that ends
+    every later run of the process on CUDA, and a wrong shape an obscure error in the model)."""
+    name = type(base).__name__
+
+    def bad(problem: str) -> RunFailure:
+        return RunFailure(f"data_on_device: the tensor form of data set {name} {problem}: fix its tensor_form() or "
+                          f"set recipe.data_on_device to false")
+
+    if not isinstance(form, dict) or "images" not in form or "targets" not in form:
+        raise bad("is not a dict with 'images' and 'targets'")
+    images, targets = torch.as_tensor(form["images"]), torch.as_tensor(form["targets"])
+    if images.dim() != 4:
+        raise bad(f"has images of shape {tuple(images.shape)}, not (N, C, H, W)")
+    n, channels = images.shape[0], images.shape[1]
+    if targets.shape != (n,):
+        raise bad(f"has targets of shape {tuple(targets.shape)} for {n} images (one label per image)")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise bad(f"has targets of dtype {targets.dtype}, not integer class indices")
+    if n != len(base):
+        raise bad(f"holds {n} images, and the data set {len(base)} examples")
+    if indices is not None and len(indices) and not (0 <= int(indices.min()) and int(indices.max()) < n):
+        raise bad(f"holds {n} images, and a subset selects example {int(indices.max())}")
+    pad = form.get("crop_padding")
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 0):
+        raise bad(f"has crop_padding {pad!r}: a number of pixels >= 0, or None for no crop")
+    for key in ("mean", "std"):
+        values = form.get(key)
+        if values is not None and torch.as_tensor(values).numel() not in (1, channels):
+            raise bad(f"has a {key} of {torch.as_tensor(values).numel()} values for {channels} channels")
+    if n:
+        example = base[0][0]
+        if isinstance(example, torch.Tensor) and tuple(example.shape) != tuple(images.shape[1:]):
+            raise bad(f"has images of shape {tuple(images.shape[1:])}, and its examples {tuple(example.shape)}")
+
+
 def _to_device(form: dict[str, Any], device: torch.device) -> ResidentData:
     images = torch.as_tensor(form["images"])
-    if images.dim() != 4:
-        raise RunFailure(f"a tensor form's images must be (N, C, H, W), not {tuple(images.shape)}")
     targets = torch.as_tensor(form["targets"]).long()
     channels = images.shape[1]
 

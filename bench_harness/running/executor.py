@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import torch
@@ -145,7 +146,12 @@ def _worker_loop(conn, threads: int, parent_pid: int) -> None:
     is answered with status "disk-full" (the parent stops the sweep)."""
     _init_worker(threads, parent_pid)
     while True:
-        job = conn.recv()
+        data = conn.recv_bytes()
+        try:
+            job = ForkingPickler.loads(data)
+        except Exception as exc:  # noqa: BLE001 - e.g. a Params class this process cannot import
+            conn.send((None, UNREADABLE, f"{type(exc).__name__}: {exc}"))
+            continue
         if job is None:
             return
         run, force = job
@@ -154,6 +160,19 @@ def _worker_loop(conn, threads: int, parent_pid: int) -> None:
         except DiskFullError as exc:
             answer = (run.run_id, "disk-full", str(exc))
         conn.send(answer)
+
+
+UNREADABLE = "unreadable"  # a worker's answer to a job it could not unpickle
+
+
+def unpicklable_error(exc: BaseException) -> str:
+    return (f"this run cannot be sent to a worker process (--workers/--isolate): {type(exc).__name__}: {exc}. "
+            f"Its pruner's parameters must pickle: no lambdas or local functions as values or defaults")
+
+
+def unreadable_error(error: str) -> str:
+    return (f"the worker process could not unpickle this run ({error}): its pruner's Params class and every "
+            f"value they hold must be importable by module name in a fresh process (module level of the plugin)")
 
 
 def record_dead_worker(run: RunSpec, how: str) -> str:
@@ -221,12 +240,12 @@ class _Slot:
     run: RunSpec | None = None
     deadline: float | None = None  # time.monotonic() past which the run is overdue (its timeout plus grace)
 
-    def give(self, run: RunSpec, force: bool) -> None:
-        """Hand ``run`` to the worker; its deadline starts now."""
+    def give(self, run: RunSpec, job: bytes) -> None:
+        """Hand ``run`` (pickled with its force flag as ``job``) to the worker; its deadline starts now."""
         self.run = run
         self.deadline = (time.monotonic() + run.timeout_min * 60.0 + timeout_grace(run.timeout_min)
                          if run.timeout_min else None)
-        self.conn.send((run, force))
+        self.conn.send_bytes(job)
 
     def overdue(self, now: float) -> bool:
         return self.run is not None and self.deadline is not None and now >= self.deadline
@@ -260,7 +279,7 @@ class WorkerPool:
         while (pending and stopped is None) or self._busy():
             if stopped is None:
                 try:
-                    self._hand_out(pending, force, before_start)
+                    self._hand_out(pending, force, before_start, record)
                 except DiskFullError as exc:
                     stopped = exc
             busy = self._busy()
@@ -292,7 +311,7 @@ class WorkerPool:
     def _busy(self) -> list[_Slot]:
         return [s for s in self.slots if s.run is not None]
 
-    def _hand_out(self, pending: list[RunSpec], force: bool, before_start) -> None:
+    def _hand_out(self, pending: list[RunSpec], force: bool, before_start, record) -> None:
         """Give the next pending runs to idle workers, replacing workers that died."""
         for i, slot in enumerate(self.slots):
             if slot.run is None and pending:
@@ -301,7 +320,13 @@ class WorkerPool:
                     self.slots[i] = slot = self._start()
                 if before_start is not None:
                     before_start(pending[0])
-                slot.give(pending.pop(0), force)
+                run = pending.pop(0)
+                try:
+                    job = bytes(ForkingPickler.dumps((run, force)))
+                except Exception as exc:  # noqa: BLE001 - the run fails, the sweep goes on
+                    record(run.run_id, "failed", record_failure_here(run, unpicklable_error(exc)))
+                    continue
+                slot.give(run, job)
 
     def _collect(self, slot: _Slot, record) -> DiskFullError | None:
         """Record the run a worker finished, or the failure of a worker that died; a DiskFullError it reported."""
@@ -314,6 +339,9 @@ class WorkerPool:
             return None
         if status == "disk-full":
             return DiskFullError(error)
+        if status == UNREADABLE:
+            record(run.run_id, "failed", record_failure_here(run, unreadable_error(error)))
+            return None
         record(run_id, *checked_stored(run, status, error))
         return None
 
