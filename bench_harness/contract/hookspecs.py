@@ -64,8 +64,8 @@ def bench_register_metrics():
 def bench_run_started(run):
     """Called in the process that executes a run, before the model is built.
 
-    ``run`` is a deep copy of the :class:`bench_harness.config.suite.RunSpec` (changing it changes nothing). Return value ignored; an exception is reported
-    as a warning and does not fail the run.
+    ``run`` is a deep copy of the :class:`bench_harness.config.suite.RunSpec` (changing it changes nothing).
+    Return value ignored; an exception is reported as a warning and does not fail the run.
     """
 
 
