@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from bench_harness.contract.specs import DatasetNotFound, DatasetSpec  # noqa: F401 (the providers of the data helpers below)
+from bench_harness.contract.specs import DatasetSpec
 from bench_harness.locks import file_lock
 
 
