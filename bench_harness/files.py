@@ -7,6 +7,7 @@ own files are regular files it wrote itself, so anything else is refused before 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import stat
 from typing import BinaryIO
@@ -37,3 +38,12 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None = None) -> Binar
     except BaseException:
         os.close(fd)
         raise
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -32,6 +32,7 @@ import yaml
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from typing_extensions import Annotated, Literal
 
+from bench_harness.config.weights import HEADS, PRETRAIN, file_digest, parse_weights, weights_file
 from bench_harness.contract.run_info import ComponentInfo, RunInfo
 from bench_harness.errors import BenchError, SuiteError, UnknownNameError, did_you_mean
 from bench_harness.identity import config_hash, non_default_fields
@@ -83,6 +84,10 @@ class Recipe:
     precision: Optional[Literal["fp32", "fp16", "bf16"]] = None  # None: fp16 if mixed_precision else fp32
     channels_last: bool = False  # model and batches in channels-last memory layout
     compile: bool = False  # torch.compile the model's training forward/backward
+    # transfer (docs/transfer.md): the classifier (the model's last Linear layer) trains at lr; every other
+    # parameter, the backbone, at lr x backbone_lr_scale, or not at all with freeze_backbone (linear probing)
+    backbone_lr_scale: NonNegative = 1.0
+    freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
         if self.mixed_precision and self.precision not in (None, "fp16"):
@@ -102,6 +107,9 @@ class Scoring:
     augment: bool = False
     shuffle: bool = True  # shuffle the training set (seeded) before taking `examples`
     seed: Count | None = None  # seed of that shuffle; None: the run's seed
+    # score on the training split of this registered data set instead of the run's (a transfer's source data);
+    # it must have the run's image shape and at most the run's number of classes. None: the run's data set
+    dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,11 +133,13 @@ class Component:
     params: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # models: pretrained weights (file:..., torchvision:..., timm); see weights.py
     scoring: dict[str, Any] | None = None  # pruners: overrides of the suite's scoring section
+    head: str | None = None  # models with weights: auto | keep | reinit, the pretrained classifier (config.weights)
 
     def __hash__(self) -> int:
         h = self.__dict__.get("_hash")
         if h is None:  # frozen: computed once (suites look components up once per run)
-            h = hash((self.name, config_hash(self.params), self.weights, config_hash(self.scoring or {})))
+            h = hash((self.name, config_hash(self.params), self.weights, config_hash(self.scoring or {}),
+                      self.head))
             object.__setattr__(self, "_hash", h)
         return h
 
@@ -182,6 +192,9 @@ class RunSpec:
     pruner_params: Any = None
     pruner_version: str = "1"
     needs_pretrained: bool = False
+    # SHA-256 of a `file:` weights file, read by validation: part of the id, and checked again when the run
+    # loads the file (None: no file weights, or a run built by hand)
+    weights_sha256: str | None = None
     # The pruner parameters hashed into the id, as runs were once built by hand (tests/test_identity.py): accepted
     # when equal to what the run hashes, never stored.
     pruner_defaults: InitVar[dict[str, Any] | None] = None
@@ -211,12 +224,36 @@ class RunSpec:
             "recipe": non_default_fields(self.recipe),
             "scoring": non_default_fields(self.scoring),
             "prunable": non_default_fields(self.prunable),
-            # pretraining and pretrained weights are part of a run only when its pruner prunes a trained model
-            "pretrain": self.pretrain if self.needs_pretrained and not self.model.weights else None,
-            "model_weights": self.model.weights if self.needs_pretrained else None,
+            # the harness's pretraining is part of a run when it gives the run its starting weights; weights:
+            # are part of every run that names them (every pruner starts from them, docs/transfer.md)
+            "pretrain": self.pretrain if self.harness_pretrains else None,
+            "model_weights": self.model.weights,
+            "model_weights_sha256": self.weights_sha256,
+            "model_head": self.model.head if self.model.weights and self.model.head not in (None, "auto") else None,
             "ablation": self.ablation,
         }
         return {k: v for k, v in config.items() if v not in (None, {}, [])}
+
+    @property
+    def weights_kind(self) -> str | None:
+        """The kind of the model entry's ``weights:`` (config.weights: file, torchvision, timm, pretrain); None
+        when it names none."""
+        return parse_weights(self.model.weights).kind if self.model.weights else None
+
+    @property
+    def starts_pretrained(self) -> bool:
+        """The run's model gets pretrained weights before pruning: the model entry names weights (every pruner
+        starts from them) or its pruner prunes a trained model (the harness's pretraining on the run's data)."""
+        return bool(self.model.weights) or self.needs_pretrained
+
+    @property
+    def harness_pretrains(self) -> bool:
+        """The starting weights come from the harness's pretraining (the ``pretrain:`` recipe): on another data
+        set (``weights: pretrain:<dataset>``), or on the run's own data for a pruner that prunes a trained model
+        and a model entry without weights."""
+        if self.model.weights:
+            return self.weights_kind == PRETRAIN and self.pretrain is not None
+        return self.needs_pretrained and self.pretrain is not None
 
     @property
     def run_id(self) -> str:
@@ -399,12 +436,23 @@ def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = (
                 raise SuiteError(path, f"{key}[{i}].params", "expected a mapping of parameter: value")
             weights = item.get("weights")
             if weights is not None and not isinstance(weights, str):
-                raise SuiteError(path, f"{key}[{i}].weights", "expected 'file:<path>', 'torchvision:<WEIGHTS>' or "
-                                 "'timm'")
+                raise SuiteError(path, f"{key}[{i}].weights", "expected 'file:<path>', 'torchvision:<WEIGHTS>', "
+                                 "'timm' or 'pretrain:<dataset>'")
+            if weights is not None:
+                try:
+                    parse_weights(weights)
+                except ValueError as exc:
+                    raise SuiteError(path, f"{key}[{i}].weights", str(exc)) from None
+            head = item.get("head")
+            if head is not None and (head not in HEADS or not weights):
+                raise SuiteError(path, f"{key}[{i}].head", f"{head!r}: write one of {', '.join(HEADS)} (what "
+                                 f"becomes of the pretrained classifier), next to weights: ..." if weights else
+                                 "head: says what becomes of a pretrained classifier: it needs weights: ...")
             scoring = item.get("scoring")
             if scoring is not None:
                 build_dataclass(Scoring, scoring, path, f"{key}[{i}].scoring")  # checked here, merged per run
-            out.append(Component(str(item["name"]), dict(params), weights, dict(scoring) if scoring else None))
+            out.append(Component(str(item["name"]), dict(params), weights, dict(scoring) if scoring else None,
+                                 head))
         else:
             raise SuiteError(path, f"{key}[{i}]", f"expected a name or {{name: ..., params: {{...}}}}, got {item!r}")
     return out
@@ -486,7 +534,7 @@ def parse_suite(data: Any, path: str, base_dir: str | None = None) -> ParsedSuit
         if key not in GRID_KEYS:
             raise SuiteError(path, f"grid.{key}", f"unknown key.{did_you_mean(str(key), GRID_KEYS)} "
                              f"Known keys: {', '.join(sorted(GRID_KEYS))}.")
-    models = _components(path, "grid.models", grid.get("models"), ("weights",))
+    models = _components(path, "grid.models", grid.get("models"), ("weights", "head"))
     datasets = _components(path, "grid.datasets", grid.get("datasets"))
     pruners = _components(path, "grid.pruners", grid.get("pruners"), ("scoring",))
     sparsities = _numbers(path, "grid.sparsities", grid.get("sparsities", [0.0]), float, 0.0, 1.0)
@@ -577,6 +625,44 @@ def _pruner_entry(path: str, registry, pruner: Component) -> _PrunerEntry:
                         bool(pruner_cls.ignores_sparsity), _is_score_pruner(pruner_cls))
 
 
+def _checked_weights(parsed: ParsedSuite, registry, model: Component) -> str | None:
+    """Check a model entry's weights: against the suite; the SHA-256 of a ``file:`` (part of its runs' ids)."""
+    if not model.weights:
+        return None
+    path, key = parsed.path, f"grid.models[{model.name}].weights"
+    spec = parse_weights(model.weights)
+    if spec.kind == PRETRAIN:
+        try:
+            registry.entry("dataset", spec.argument)
+        except UnknownNameError as exc:
+            raise SuiteError(path, key, f"pretrain:{spec.argument}: {exc}") from None
+        if parsed.pretrain is None:
+            raise SuiteError(path, "pretrain", f"weights {model.weights!r} pretrain the model on "
+                             f"{spec.argument!r} with the suite's pretrain: recipe: add `pretrain: {{epochs: N}}`")
+        return None
+    if spec.kind != "file":
+        return None
+    file = weights_file(model.weights, parsed.settings.base_dir)
+    try:
+        return file_digest(file)
+    except OSError as exc:
+        raise SuiteError(path, key, f"weights file {file} cannot be read ({exc.strerror or exc}): a run id includes "
+                         f"the file's SHA-256, so the file must be there when the suite is validated (a relative "
+                         f"path is read from the directory the suite was loaded in, "
+                         f"{parsed.settings.base_dir})") from None
+
+
+def _checked_scoring_data(parsed: ParsedSuite, registry) -> None:
+    for pruner, scoring in parsed.scoring_of.items():
+        if scoring.dataset is not None:
+            try:
+                registry.entry("dataset", scoring.dataset)
+            except UnknownNameError as exc:
+                raise SuiteError(parsed.path, f"grid.pruners[{pruner.name}].scoring.dataset"
+                                 if pruner.scoring and "dataset" in pruner.scoring else "scoring.dataset",
+                                 str(exc)) from None
+
+
 def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
     """Check names and parameters against the registry and build the suite's runs, each complete when built:
     the pruner's validated parameters (validated once per grid entry), its version, whether it needs a
@@ -591,6 +677,8 @@ def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
     entries: dict[Component, _PrunerEntry] = {}
     runs: list[RunSpec] = []
     seen_ids: set[str] = set()
+    weights_sha = {model: _checked_weights(parsed, registry, model) for model in parsed.models}
+    _checked_scoring_data(parsed, registry)
     for model, dataset, pruner, seed, ablation in itertools.product(parsed.models, parsed.datasets, parsed.pruners,
                                                                     parsed.seeds, parsed.ablations):
         for kind, comp, key in (("model", model, "grid.models"), ("dataset", dataset, "grid.datasets"),
@@ -620,7 +708,8 @@ def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
         for sparsity in parsed.sparsities:
             run = RunSpec(parsed.name, model, dataset, pruner, 0.0 if entry.ignores_sparsity else sparsity, seed,
                           parsed.recipe, parsed.scoring_of[pruner], parsed.prunable, parsed.pretrain, ablation,
-                          parsed.settings, entry.params, entry.version, entry.needs_pretrained)
+                          parsed.settings, entry.params, entry.version, entry.needs_pretrained,
+                          weights_sha256=weights_sha[model])
             if run.run_id in seen_ids:  # dense runs collapse over sparsities
                 continue
             seen_ids.add(run.run_id)

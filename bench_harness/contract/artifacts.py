@@ -18,7 +18,6 @@ every other process waits for the lock and then reads. A payload whose checksum 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 import socket
@@ -31,6 +30,7 @@ import torch
 
 from bench_harness.atomic import atomic_write
 from bench_harness.errors import BenchError
+from bench_harness.files import file_sha256  # noqa: F401  (the artifact store's digest, re-exported)
 from bench_harness.identity import canonical_json, config_hash
 from bench_harness.locks import file_lock
 
@@ -55,14 +55,6 @@ class ArtifactRecord:
 
     def as_row(self) -> dict[str, Any]:
         return {"key": self.key, "sha256": self.sha256, "size": self.size, "produced": self.produced}
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ArtifactStore:

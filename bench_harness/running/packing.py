@@ -34,7 +34,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from bench_harness.errors import RunFailure
 from bench_harness.identity import config_hash
 from bench_harness.running.step_options import step_options
-from bench_harness.running.training import lr_factor, make_optimizer
+from bench_harness.running.training import classifier_prefix, lr_factor, make_optimizer, recipe_param_groups
 
 
 def packable_key(prepared) -> Any:
@@ -61,7 +61,8 @@ def train_packed(group: list, on_epoch=None) -> None:
         for n, m in masks.items():
             params[n].mul_(m)
     hooks = [params[n].register_hook(lambda g, m=m: g * m) for n, m in masks.items()]
-    optimizer = make_optimizer(models[0], recipe, params=list(params.values()))
+    groups = recipe_param_groups(params, classifier_prefix(models[0]), recipe)  # stacked, by parameter name
+    optimizer = make_optimizer(models[0], recipe, params=groups)
 
     def one_loss(p, b, x, y):
         return F.cross_entropy(functional_call(base, (p, b), (x,)), y, label_smoothing=recipe.label_smoothing)

@@ -1,10 +1,11 @@
 """The artifact plan of a run: which artifacts it needs, in the order they are produced, and which are stored.
 
 A run may need the harness's pretrained weights (its pruner prunes a trained model, the model entry names no
-``weights:`` and the suite has a ``pretrain:`` recipe) and then its pruner's stage artifacts
-(``Pruner.stages(params, run)``: a teacher, a trained predictor, ...). The runner produces what is missing when
-a run asks for it, the SLURM executor submits one job per missing artifact group before the runs' arrays, and
-``bench artifacts`` lists what a suite plans and stores: all three read this plan.
+``weights:`` and the suite has a ``pretrain:`` recipe; or the model entry names ``weights: pretrain:<dataset>``)
+and then its pruner's stage artifacts (``Pruner.stages(params, run)``: a teacher, a trained predictor, ...). The
+runner produces what is missing when a run asks for it, the SLURM executor submits one job per missing artifact
+group before the runs' arrays, and ``bench artifacts`` lists what a suite plans and stores: all three read this
+plan.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Mapping
 
 from bench_harness import paths
 from bench_harness.config.suite import RunSpec
+from bench_harness.config.weights import PRETRAIN, parse_weights
 from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.contract.pruner import Stage
@@ -41,11 +43,21 @@ class PlannedArtifact:
 
 
 def pretrain_key(run: RunSpec) -> dict[str, Any]:
-    """Artifact config of a run's pretrained weights: shared by every run of the same model, data, seed and
-    pretraining recipe, across suites."""
+    """Artifact config of a run's pretrained weights from the harness's pretraining: shared by every run of the
+    same model, data, seed and pretraining recipe, across suites. The data is the run's own, or the source data
+    set of ``weights: pretrain:<dataset>`` (a transfer: the model is built for the source's classes)."""
+    source = pretrain_source(run)
+    if source is not None:
+        return {"model": run.model.name, "model_params": run.model.params, "dataset": source, "seed": run.seed,
+                "recipe": run.pretrain, "transfer": True}
     return {"model": run.model.name, "model_params": run.model.params, "dataset": run.dataset.name,
             "dataset_params": run.dataset.params, "seed": run.seed, "recipe": run.pretrain,
             "train_subset": run.recipe.train_subset}
+
+
+def pretrain_source(run: RunSpec) -> str | None:
+    """The data set a transfer's backbone is pretrained on (``weights: pretrain:<dataset>``); None otherwise."""
+    return parse_weights(run.model.weights).argument if run.weights_kind == PRETRAIN else None
 
 
 def validated_params(run: RunSpec) -> Any:
@@ -61,9 +73,9 @@ def artifact_store(run: RunSpec, producer: str = "") -> ArtifactStore:
 
 
 def harness_pretrains(run: RunSpec) -> bool:
-    """True when the run's pretrained weights come from the harness's pretraining (an artifact), not from the
-    model entry's ``weights:``; False too when its pruner prunes an untrained model."""
-    return bool(run.needs_pretrained and not run.model.weights and run.pretrain is not None)
+    """True when the run's starting weights come from the harness's pretraining (an artifact): on its own data
+    (a pruner that prunes a trained model, no ``weights:``) or on a transfer's source (``pretrain:<dataset>``)."""
+    return run.harness_pretrains
 
 
 def artifact_plan(run: RunSpec, registry: Registry | None = None,

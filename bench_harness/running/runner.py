@@ -44,12 +44,19 @@ from bench_harness.results import store as results
 from bench_harness.running import checkpoint
 from bench_harness.running.device_data import device_loaders
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
-from bench_harness.running.plan import PRETRAINED, artifact_plan, artifact_store, pretrain_key, validated_params
+from bench_harness.running.plan import (
+    PRETRAINED,
+    artifact_plan,
+    artifact_store,
+    pretrain_key,
+    pretrain_source,
+    validated_params,
+)
 from bench_harness.running.provenance import provenance, resolve_device
 from bench_harness.running.step_options import step_options
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.training import evaluate, train
-from bench_harness.running.weights import load_pretrained
+from bench_harness.running.weights import load_pretrained, load_state
 
 
 def seed_everything(seed: int) -> None:
@@ -70,18 +77,23 @@ def _now() -> dt.datetime:
 class RunData:
     """Loaders of one run: training, test, and scoring batches."""
 
-    def __init__(self, run: RunSpec, spec, device: torch.device) -> None:
+    def __init__(self, run: RunSpec, spec, device: torch.device, scoring_spec=None) -> None:
+        """``scoring_spec``: the data set scored on when it is not the run's (``scoring.dataset``)."""
         recipe, scoring = run.recipe, run.scoring
         kw = dict(root=run.data_root, download=run.download, **run.dataset.params)
         train_set = head(load_split(spec, "train", recipe.augment, **kw), recipe.train_subset)
         self.train = train_loader(train_set, recipe.batch_size, run.seed, None, recipe.num_workers)
         test_set = head(load_split(spec, "test", False, **kw), recipe.test_subset)
-        score_set = head(load_split(spec, "train", scoring.augment, **kw), recipe.train_subset)
-        self.scoring_source = score_set
-        if scoring.examples_per_class is not None:
-            score_set = first_per_class(score_set, scoring.examples_per_class, spec.num_classes)
+        if scoring_spec is None:
+            score_set = head(load_split(spec, "train", scoring.augment, **kw), recipe.train_subset)
         else:
-            n = scoring.examples if scoring.examples is not None else 10 * spec.num_classes
+            score_set = load_split(scoring_spec, "train", scoring.augment, root=run.data_root, download=run.download)
+        self.scoring_source = score_set
+        scored = scoring_spec or spec
+        if scoring.examples_per_class is not None:
+            score_set = first_per_class(score_set, scoring.examples_per_class, scored.num_classes)
+        else:
+            n = scoring.examples if scoring.examples is not None else 10 * scored.num_classes
             seed = run.seed if scoring.seed is None else scoring.seed
             order = (torch.randperm(len(score_set), generator=torch.Generator().manual_seed(seed)).tolist()
                      if scoring.shuffle else list(range(len(score_set))))
@@ -98,11 +110,29 @@ class RunData:
 def _data_and_model(run: RunSpec, registry: Registry, device: torch.device):
     """The run's data loaders and its freshly initialised model (seeded: the same run gives the same weights)."""
     dspec = concrete_spec(registry.get("dataset", run.dataset.name), run.data_root, run.dataset.params)
-    data = RunData(run, dspec, device)
+    data = RunData(run, dspec, device, scoring_spec(run, registry, dspec))
     seed_everything(run.seed)
     model = build_model(registry.get("model", run.model.name), run.model.name, dspec.num_classes,
                         dspec.in_channels, dspec.image_size, run.model.params).to(device)
     return dspec, data, model, artifact_store(run)
+
+
+def scoring_spec(run: RunSpec, registry: Registry, dspec):
+    """The spec of the data set a run scores on when it is not the run's own (``scoring.dataset``; None
+    otherwise). It must give the run's inputs (channels, image size) and labels the model can take."""
+    name = run.scoring.dataset
+    if name is None or name == run.dataset.name:
+        return None
+    sspec = concrete_spec(registry.get("dataset", name), run.data_root, {})
+    if (sspec.in_channels, sspec.image_size) != (dspec.in_channels, dspec.image_size):
+        raise BenchError(f"scoring.dataset {name!r} has {sspec.in_channels}x{sspec.image_size}x{sspec.image_size} "
+                         f"images and the run's data set {run.dataset.name!r} {dspec.in_channels}x{dspec.image_size}x"
+                         f"{dspec.image_size}: score on a data set of the same image shape")
+    if sspec.num_classes > dspec.num_classes:
+        raise BenchError(f"scoring.dataset {name!r} has {sspec.num_classes} classes and the model's classifier "
+                         f"{dspec.num_classes} (those of {run.dataset.name!r}): its labels cannot be scored; score "
+                         f"on a data set with at most {dspec.num_classes} classes")
+    return sspec
 
 
 def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
@@ -110,35 +140,62 @@ def pretrain_only(run: RunSpec, registry: Registry | None = None) -> str:
     stage job that every dependent run waits for. Returns the artifact folder."""
     device = resolve_device(run.device)
     _, data, model, store = _data_and_model(run, registry or get_registry(), device)
-    _harness_pretrained(run, model, data, device, store, None)
+    _harness_pretrained(run, model, data, device, store, None, registry or get_registry())
     return str(store.folder(PRETRAINED, pretrain_key(run)))
 
 
-def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, on_epoch):
+def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, on_epoch,
+                        registry: Registry):
+    """The state dict of the harness's pretraining (the suite's ``pretrain:`` recipe), from the artifact store or
+    trained now: the run's model on the run's data, or for ``weights: pretrain:<dataset>`` a model built for the
+    source data set and trained on it (seeded by the run's seed, so every pruner of a seed shares one backbone)."""
+    source = pretrain_source(run)
+
     def compute():
-        train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if source is None:
+            train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
+            return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        recipe = run.pretrain
+        sspec = concrete_spec(registry.get("dataset", source), run.data_root, {})
+        train_set = head(load_split(sspec, "train", recipe.augment, root=run.data_root, download=run.download),
+                         recipe.train_subset)
+        seed_everything(run.seed)
+        backbone = build_model(registry.get("model", run.model.name), run.model.name, sspec.num_classes,
+                               sspec.in_channels, sspec.image_size, run.model.params).to(device)
+        train(backbone, train_loader(train_set, recipe.batch_size, run.seed, None, recipe.num_workers), recipe,
+              device, on_epoch=on_epoch)
+        return {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
 
     return store.get(PRETRAINED, pretrain_key(run), compute)
 
 
-def _load_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, row, on_epoch) -> None:
-    """Give the model its pretrained weights (the model entry's weights:, else the harness's pretraining)."""
+def _load_pretrained(run: RunSpec, model, data: RunData, device, store: ArtifactStore, row, on_epoch,
+                     registry: Registry) -> None:
+    """Give the model its starting weights (the model entry's weights:, else the harness's pretraining on the
+    run's data) before pruning; the classifier follows the model entry's ``head:``."""
     t0 = time.perf_counter()
-    if run.model.weights:
-        loaded = load_pretrained(model, run.model.name, run.model.weights, run.base_dir)
+    progress = (lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
+    reinitialised: list[str] = []
+    if run.model.weights and not run.harness_pretrains:
+        loaded = load_pretrained(model, run.model.name, run.model.weights, run.base_dir, run.model.head,
+                                 run.weights_sha256)
         row.update(pretrained_source=loaded.source, pretrained_sha256=loaded.sha256)
-        if loaded.reinitialised:
-            warnings.warn(f"pretrained weights {loaded.source}: classifier {loaded.reinitialised} has another "
-                          f"shape and was left at its initialization", stacklevel=2)
+        reinitialised = loaded.reinitialised
+    elif run.model.weights:  # pretrain:<dataset>: a transfer from the harness's pretraining on another data set
+        state = _harness_pretrained(run, model, data, device, store, progress, registry)
+        reinitialised = load_state(model, state, f"pretrained weights {run.model.weights}", run.model.name,
+                                   run.model.head)
+        row.update(pretrained_source=run.model.weights, pretrained_sha256=store.used[PRETRAINED].sha256)
     elif run.pretrain is not None:
-        state = _harness_pretrained(run, model, data, device, store,
-                                    lambda e, loss: on_epoch and on_epoch("pretrain", e, run.pretrain.epochs, loss))
-        model.load_state_dict(state)
+        model.load_state_dict(_harness_pretrained(run, model, data, device, store, progress, registry))
         row.update(pretrained_source="pretrain", pretrained_sha256=store.used[PRETRAINED].sha256)
     else:
         raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `weights: ...` to the model "
                          f"entry (file:<path>, torchvision:<WEIGHTS>, timm) or `pretrain: {{epochs: N}}` to the suite")
+    if reinitialised:
+        warnings.warn(f"pretrained weights {row['pretrained_source']}: classifier {reinitialised} left at its "
+                      f"initialization (head: {run.model.head or 'auto'}; the classes differ, the weights have no "
+                      f"classifier, or head: reinit)", stacklevel=2)
     row["pretrain_seconds"] = time.perf_counter() - t0
     row["top1_pretrained"] = evaluate(model, data.test, device).top1
 
@@ -172,7 +229,7 @@ def _context(run, registry, model, data, dspec, device, store, on_epoch, resume,
         exclude_first=run.prunable.exclude_first, exclude_last=run.prunable.exclude_last,
         prunable=run.prunable.include, exclude=run.prunable.exclude,
         num_classes=dspec.num_classes, input_shape=data.input_shape, artifacts=store, dataset=data.scoring_source,
-        trainer=trainer, train_loader=data.train, pretrained=run.needs_pretrained, run=run.info(),
+        trainer=trainer, train_loader=data.train, pretrained=run.starts_pretrained, run=run.info(),
         run_dir=paths.run_artifacts_dir(run.results_root, run.suite, run.run_id),
         services=Services(call_pruner, registry, data_root=run.data_root, download=run.download),
     )
@@ -185,8 +242,8 @@ def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
     pruner_cls = registry.get("pruner", run.pruner.name)
     device = resolve_device(run.device)
     dspec, data, model, store = _data_and_model(run, registry, device)
-    if run.needs_pretrained:
-        _load_pretrained(run, model, data, device, store, {}, None)
+    if run.starts_pretrained:
+        _load_pretrained(run, model, data, device, store, {}, None, registry)
     ctx = _context(run, registry, model, data, dspec, device, store, None, False, pruner_cls.regime)
     folders = []
     for planned in artifact_plan(run, registry, store):
@@ -197,11 +254,11 @@ def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
 
 
 def _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
-    """Pretrained weights if the pruner needs them, prune, ablation and masks, evaluation before training.
-    Returns (masks, end epoch, start epoch)."""
+    """Starting weights (the model entry's, or pretraining when the pruner needs a trained model), prune,
+    ablation and masks, evaluation before training. Returns (masks, end epoch, start epoch)."""
     row["pretrain_seconds"] = 0.0
-    if run.needs_pretrained:
-        _load_pretrained(run, model, data, device, store, row, on_epoch)
+    if run.starts_pretrained:
+        _load_pretrained(run, model, data, device, store, row, on_epoch, registry)
     ctx = _context(run, registry, model, data, dspec, device, store, on_epoch, resume, pruner_cls.regime)
     run_files = ctx.run_dir
     run_files.mkdir(parents=True, exist_ok=True)

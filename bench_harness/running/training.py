@@ -45,7 +45,40 @@ def param_groups(model: nn.Module, params=None, base_lr: float = 0.1) -> list[di
     return groups
 
 
+def classifier_prefix(model: nn.Module) -> str | None:
+    """The module path of a model's classifier: its last ``nn.Linear`` (None: it has none)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def recipe_param_groups(named: Mapping[str, torch.Tensor], classifier: str | None, recipe) -> list:
+    """What the recipe trains of a model's parameters (``named``: name -> tensor, those with ``requires_grad``):
+    all of them at ``lr``, or, for a transfer (``backbone_lr_scale`` != 1 or ``freeze_backbone``), the classifier
+    (the module ``classifier``) at ``lr`` and the backbone (every other parameter) at ``lr x backbone_lr_scale`` or
+    not at all. The groups' lr is the base the schedule scales."""
+    trainable = {n: p for n, p in named.items() if p.requires_grad}
+    scale, frozen = float(getattr(recipe, "backbone_lr_scale", 1.0)), bool(getattr(recipe, "freeze_backbone", False))
+    if scale == 1.0 and not frozen:
+        return list(trainable.values())
+    if classifier is None:
+        raise RunFailure("recipe backbone_lr_scale / freeze_backbone train the classifier apart from the backbone, "
+                         "and this model has no Linear layer to be its classifier: leave them at their defaults")
+    in_head = {n: n == classifier or n.startswith(classifier + ".") for n in trainable}
+    groups = [{"params": [p for n, p in trainable.items() if in_head[n]], "lr": recipe.lr}]
+    body = [p for n, p in trainable.items() if not in_head[n]]
+    if body and not frozen:
+        groups.append({"params": body, "lr": recipe.lr * scale})
+    return groups
+
+
 def make_optimizer(model: nn.Module, recipe, params=None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``params`` (see :func:`param_groups`); None: the model's parameters as the
+    recipe trains them (:func:`recipe_param_groups`)."""
+    if params is None:
+        params = recipe_param_groups(dict(model.named_parameters()), classifier_prefix(model), recipe)
     params = param_groups(model, params, recipe.lr)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,

@@ -1,21 +1,23 @@
-"""Pretrained weights for the pruners that need them: a file, a torchvision weights enum or a timm tag.
+"""Pretrained weights: a file, a torchvision weights enum or a timm tag, loaded into a run's model.
 
-A model entry of a suite names its pretrained weights with ``weights:``::
+A model entry of a suite names its starting weights with ``weights:`` (config.weights says what each spelling
+means; every pruner and the dense reference start from them, docs/transfer.md)::
 
     models:
       - {name: resnet20, weights: "file:checkpoints/resnet20_cifar10.pt"}   # a state dict (or {"state_dict": ...})
       - {name: "torchvision:resnet18", weights: "torchvision:IMAGENET1K_V1"} # or ResNet18_Weights.IMAGENET1K_V1,
                                                                              # DEFAULT
       - {name: "timm:resnet18.a1_in1k", weights: timm}                       # the tag's pretrained weights
+      - {name: lenet5, weights: "pretrain:mnist", head: reinit}              # the harness's pretraining on MNIST
 
-Without ``weights:``, a pruner that requires a pretrained model gets the harness's own pretraining (the
-suite's ``pretrain:`` recipe, a stage artifact shared by every run of the same model, data set and seed).
+Without ``weights:``, a pruner that requires a pretrained model gets the harness's own pretraining on the run's
+data (the suite's ``pretrain:`` recipe, a stage artifact shared by every run of the same model, data set and seed).
 
 Weights are resolved offline, from the usual caches (torch hub: ``$TORCH_HOME/hub/checkpoints``; Hugging Face:
 ``$HF_HUB_CACHE``); a missing file is an error that names every place looked at and how to fill it. Loading
-uses ``weights_only=True`` (or safetensors). A classifier whose shape differs (ImageNet weights, 10 classes) is
-left at its initialization and reported; any other mismatch is an error. The SHA-256 of the weights file goes
-into the run's row (``pretrained_sha256``).
+uses ``weights_only=True`` (or safetensors). The classifier follows the model entry's ``head:`` (see
+:func:`load_state`); any other mismatch is an error. The SHA-256 of the weights file goes into the run's row
+(``pretrained_sha256``) and, for ``file:`` weights, into its id.
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench_harness.config.weights import FILE, TIMM, TORCHVISION, parse_weights, weights_file
 from bench_harness.contract.artifacts import file_sha256
 from bench_harness.errors import BenchError
+from bench_harness.running.training import classifier_prefix
 
 
 class WeightsNotFound(BenchError, FileNotFoundError):
@@ -116,17 +120,14 @@ def _timm_file(model_name: str) -> tuple[Path | None, list[Path], str]:
 def resolve_weights(model_name: str, spec: str, base_dir: str | Path = ".") -> tuple[Path, str]:
     """(local file, canonical source) of a ``weights:`` entry; WeightsNotFound names where it looked."""
     spec = str(spec).strip()
-    kind = spec.split(":", 1)[0] if ":" in spec else spec
-    if kind == "file" or (":" not in spec and spec not in ("timm", "torchvision")):
-        raw = spec.split(":", 1)[1] if spec.startswith("file:") else spec
-        path = Path(os.path.expanduser(raw))
-        if not path.is_absolute():
-            path = Path(base_dir) / path
+    parsed = parse_weights(spec)
+    if parsed.kind == FILE:
+        path = weights_file(spec, base_dir)
         if not path.exists():
             raise WeightsNotFound(f"weights file {path} does not exist (weights: {spec!r}; a relative path is read "
-                                  f"from the directory bench runs in)")
-        return path, f"file:{raw}"
-    if kind == "torchvision":
+                                  f"from the directory the suite was loaded in)")
+        return path, f"file:{parsed.argument}"
+    if parsed.kind == TORCHVISION:
         place, looked = _torchvision_file(model_name, spec)
         if not place.exists():
             raise WeightsNotFound(f"torchvision weights {spec!r} for {model_name!r} are not on this machine; looked "
@@ -135,7 +136,7 @@ def resolve_weights(model_name: str, spec: str, base_dir: str | Path = ".") -> t
                                   f"set TORCH_HOME.")
         return place, (f"torchvision:{model_name.split(':', 1)[-1]}:"
                        f"{spec.split(':', 1)[1] if ':' in spec else 'DEFAULT'}")
-    if kind == "timm":
+    if parsed.kind == TIMM:
         place, looked, arch = _timm_file(model_name)
         if place is None:
             raise WeightsNotFound(f"timm weights of {arch!r} are not on this machine; looked in "
@@ -143,44 +144,63 @@ def resolve_weights(model_name: str, spec: str, base_dir: str | Path = ".") -> t
                                   f"timm.create_model({arch!r}, pretrained=True) once where there is internet and "
                                   f"copy the Hugging Face cache (or set HF_HUB_CACHE / TORCH_HOME).")
         return place, f"timm:{arch}"
-    raise BenchError(f"weights {spec!r}: write 'file:<path>', 'torchvision:<WEIGHTS>' or 'timm'")
+    raise BenchError(f"weights {spec!r} are the harness's pretraining, not a file: the runner produces them")
 
 
-def load_pretrained(model: nn.Module, model_name: str, spec: str, base_dir: str | Path = ".") -> LoadedWeights:
-    """Load a ``weights:`` entry into ``model`` (in place)."""
+def load_pretrained(model: nn.Module, model_name: str, spec: str, base_dir: str | Path = ".", head: str | None = None,
+                    expected_sha256: str | None = None) -> LoadedWeights:
+    """Load a ``weights:`` entry into ``model`` (in place). ``expected_sha256``: the file's digest when the suite
+    was validated (part of the run id); a file changed since is an error, not a silent other experiment."""
     path, source = resolve_weights(model_name, spec, base_dir)
-    state = _load_file(path)
+    sha256 = file_sha256(path)
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise BenchError(f"weights file {path} changed since the suite was validated (SHA-256 {sha256[:12]}…, "
+                         f"the run id was made for {expected_sha256[:12]}…): validate and run the suite again")
+    reinitialised = load_state(model, _load_file(path), f"weights {source} ({path})", model_name, head)
+    return LoadedWeights(source, str(path), sha256, reinitialised)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str, model_name: str,
+               head: str | None = None) -> list[str]:
+    """Load pretrained ``state`` into ``model`` (in place) and return the classifier keys left at their
+    initialization. The classifier (the model's last Linear layer) follows ``head``: ``auto`` (None) keeps it
+    when its shape fits and leaves it at its initialization when the classes differ or the file has none (a
+    self-supervised backbone); ``reinit`` always leaves it at its initialization; ``keep`` requires it to fit.
+    Any other missing, unexpected or misfit key is an error naming it."""
+    head = head or "auto"
     own = model.state_dict()
-    last_linear = _classifier_prefix(model)
+    classifier = classifier_prefix(model)
+
+    def in_head(key: str) -> bool:
+        return bool(classifier) and key.startswith(classifier + ".")
+
+    state = dict(state)
     reinitialised, problems = [], []
     for key, value in list(state.items()):
         if key not in own:
             continue
-        if tuple(own[key].shape) != tuple(value.shape):
-            if last_linear and key.startswith(last_linear + "."):
-                reinitialised.append(key)
-                del state[key]
-            else:
-                problems.append(f"{key}: file {tuple(value.shape)}, model {tuple(own[key].shape)}")
-    missing = [k for k in own if k not in state and k not in reinitialised and not k.endswith("num_batches_tracked")]
+        fits = tuple(own[key].shape) == tuple(value.shape)
+        if in_head(key) and (head == "reinit" or (head == "auto" and not fits)):
+            reinitialised.append(key)
+            del state[key]
+        elif not fits:
+            problems.append(f"{key}: file {tuple(value.shape)}, model {tuple(own[key].shape)}")
+    absent = [k for k in own if k not in state and k not in reinitialised and not k.endswith("num_batches_tracked")]
+    if head != "keep":
+        reinitialised += [k for k in absent if in_head(k)]
+    missing = [k for k in absent if k not in reinitialised]
     unexpected = [k for k in state if k not in own]
     if problems or missing or unexpected:
-        raise BenchError(f"weights {source} ({path}) do not fit model {model_name!r}: "
+        hint = (" (head: keep needs a classifier of the model's shape; head: auto re-initialises one that differs)"
+                if head == "keep" and any(in_head(p.split(":")[0]) for p in problems + missing) else "")
+        raise BenchError(f"{what} do not fit model {model_name!r}: "
                          + "; ".join(filter(None, [
                              f"shape mismatches {problems[:5]}" if problems else "",
                              f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}" if missing else "",
                              f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}"
-                             if unexpected else ""])))
+                             if unexpected else ""])) + hint)
     model.load_state_dict(state, strict=False)
-    return LoadedWeights(source, str(path), file_sha256(path), reinitialised)
-
-
-def _classifier_prefix(model: nn.Module) -> str | None:
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
-    return last
+    return [k for k in own if k in set(reinitialised)]  # model order
 
 
 def state_sha256(state: dict[str, Any]) -> str:
