@@ -315,8 +315,9 @@ class RunSpec:
         params = ",".join(f"{k}={v}" for k, v in sorted(self.pruner.params.items()))
         pruner = f"{self.pruner.name}({params})" if params else self.pruner.name
         ablation = f" +{self.ablation}" if self.ablation else ""
+        start = f" from={self.model.weights}" if self.model.weights else ""
         return (f"{self.run_id}  {self.model.name:<10} {self.dataset.name:<14} {pruner:<28}{ablation} "
-                f"sparsity={self.sparsity:<7g} seed={self.seed}")
+                f"sparsity={self.sparsity:<7g} seed={self.seed}{start}")
 
 
 @dataclass(frozen=True)

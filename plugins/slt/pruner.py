@@ -43,6 +43,7 @@ pretrained model the weights do not regenerate: the core's sparse format is repo
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -258,6 +259,10 @@ class SltFrozen(Pruner):
         gen = ctx.generator
         # draws in a fixed order: weights, scores, frozen states (the seed regenerates all of them)
         drawn = [_draw(s, P.weight_init, gen) for s in shapes] if P.weight_init != "keep" else None
+        if drawn is not None and ctx.pretrained:
+            warnings.warn(f"{self.name}: the model starts from pretrained weights and weight_init: {P.weight_init} "
+                          f"draws new random weights over them (the method's random network); set weight_init: "
+                          f"keep to learn the mask over the pretrained weights", stacklevel=2)
         scores_cpu = [_draw(s, P.score_init, gen) for s in shapes]
         states_cpu = slt_allocation.ternary_states(shapes, counts, gen)
         modules = dict(model.named_modules())
