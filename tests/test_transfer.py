@@ -383,3 +383,40 @@ recipe: {{epochs: 1, batch_size: 32, freeze_backbone: true, weight_decay: 0.0}}
     alone = [execute_run(r.with_settings(elsewhere), registry) for r in suite.runs]
     for packed, single in zip(rows, alone):
         assert packed["top1"] == pytest.approx(single["top1"], abs=1e-6)
+
+
+def test_a_missing_self_supervised_timm_backbone_names_where_to_put_it(tmp_path, monkeypatch):
+    from bench_harness.running.weights import WeightsNotFound, load_pretrained
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(WeightsNotFound) as caught:
+        load_pretrained(nn.Linear(2, 2), "timm:vit_small_patch16_224.dino", "timm")
+    message = str(caught.value)
+    assert "vit_small_patch16_224.dino" in message and str(tmp_path / "hf") in message
+    assert "timm.create_model('vit_small_patch16_224.dino', pretrained=True)" in message
+
+
+def test_the_source_pretraining_is_a_planned_artifact_a_stage_job_produces(tmp_path, registry):
+    """The SLURM executor runs pretrain_only for each planned pretraining before the arrays that need it."""
+    from bench_harness.running.plan import PRETRAINING, artifact_plan, missing
+    from bench_harness.running.runner import pretrain_only
+
+    suite = _suite(f"""
+name: staged
+grid: {{models: [{MLP_ENTRY}, weights: "pretrain:tr_source"}}], datasets: [tr_target], sparsities: [0.5],
+        pruners: [magnitude, random]}}
+pretrain: {{epochs: 1, batch_size: 32}}
+recipe: {{epochs: 0}}
+""", tmp_path, registry)
+    plans = [artifact_plan(run, registry) for run in suite.runs]
+    assert all(len(missing(p, PRETRAINING)) == 1 for p in plans)
+    assert len({p[0].key for p in plans}) == 1  # one backbone for both pruners
+    folder = pretrain_only(suite.runs[0], registry)
+    assert artifact_plan(suite.runs[1], registry)[0].stored
+    row = execute_run(suite.runs[1], registry)
+    assert row["status"] == "ok", row.get("error")
+    assert folder.endswith(plans[0][0].key) and json.loads(row["artifacts"])["pretrained"]["key"] == plans[0][0].key
