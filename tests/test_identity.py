@@ -21,6 +21,16 @@ def test_frozen_run_ids():
                 pruner_defaults={"scope": "layerwise"}).run_id == "954c9c23a075ed8b"
 
 
+def test_frozen_ids_of_runs_that_start_from_weights():
+    # Since issue 26 the weights are part of every run that names them (at-init pruners included), a file's
+    # SHA-256 and a non-default head too. Frozen like the others.
+    assert _run(model=Component("resnet20", weights="torchvision:IMAGENET1K_V1")).run_id == "b353dad4df5c529d"
+    assert _run(model=Component("resnet20", weights="file:w.pt"), weights_sha256="ab" * 32).run_id == "e5d6c8a10e63ef35"
+    assert _run(model=Component("resnet20", weights="pretrain:mnist", head="reinit"),
+                pretrain=Recipe(epochs=2)).run_id == "6b856b185f90d487"
+    assert _run(pretrain=Recipe(epochs=2)).run_id == _run().run_id  # an at-init run without weights: no pretraining
+
+
 def test_defaults_do_not_enter_the_identity():
     assert _run(recipe=Recipe(epochs=10)).run_id == _run().run_id  # 10 is the default
     assert _run(ablation=None).run_id == _run().run_id
