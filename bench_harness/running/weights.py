@@ -21,6 +21,8 @@ uses ``weights_only=True`` (or safetensors). The classifier follows the model en
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,6 @@ import torch
 from torch import nn
 
 from bench_harness.config.weights import FILE, TIMM, TORCHVISION, parse_weights, weights_file
-from bench_harness.contract.artifacts import file_sha256
 from bench_harness.errors import BenchError
 from bench_harness.running.training import classifier_prefix
 
@@ -47,13 +48,16 @@ class LoadedWeights:
     reinitialised: list[str]  # keys left at initialization (a classifier of another shape)
 
 
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
+def _load_file(path: Path, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file; ``data``: its bytes, when already read (hashed and loaded from one read)."""
+    if data is None:
+        data = path.read_bytes()
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        return load_file(str(path))
+        return load(data)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise BenchError(f"{path}: cannot be read as a state dict with weights_only=True ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); save it with "
@@ -152,11 +156,14 @@ def load_pretrained(model: nn.Module, model_name: str, spec: str, base_dir: str 
     """Load a ``weights:`` entry into ``model`` (in place). ``expected_sha256``: the file's digest when the suite
     was validated (part of the run id); a file changed since is an error, not a silent other experiment."""
     path, source = resolve_weights(model_name, spec, base_dir)
-    sha256 = file_sha256(path)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise BenchError(f"weights {source}: {path} is not a regular file")
+    data = path.read_bytes()  # one read, hashed and loaded: the digest is of the weights the run loads
+    sha256 = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise BenchError(f"weights file {path} changed since the suite was validated (SHA-256 {sha256[:12]}…, "
                          f"the run id was made for {expected_sha256[:12]}…): validate and run the suite again")
-    reinitialised = load_state(model, _load_file(path), f"weights {source} ({path})", model_name, head)
+    reinitialised = load_state(model, _load_file(path, data), f"weights {source} ({path})", model_name, head)
     return LoadedWeights(source, str(path), sha256, reinitialised)
 
 
@@ -205,8 +212,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str, mode
 
 def state_sha256(state: dict[str, Any]) -> str:
     """SHA-256 of a state dict's tensors (names, dtypes, shapes, bytes), for weights the harness trained."""
-    import hashlib
-
     from bench_harness.running.trainer import _digest_tensor
 
     digest = hashlib.sha256()
