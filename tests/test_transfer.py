@@ -69,6 +69,26 @@ def bench_register_pruners():
     return [SeeingMagnitude]
 
 
+class DropoutMLP(nn.Module):
+    """Draws from the global random stream while training (dropout)."""
+
+    def __init__(self, num_classes, in_channels, image_size):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 32), nn.ReLU(),
+                                 nn.Dropout(0.5), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@hookimpl
+def bench_register_models():
+    from bench_harness.contract.specs import ModelSpec
+
+    return [ModelSpec("tr_dropout", lambda num_classes, in_channels, image_size, **kw: DropoutMLP(
+        num_classes, in_channels, image_size), "MLP with dropout")]
+
+
 @pytest.fixture(scope="module")
 def registry():
     import sys
@@ -420,3 +440,26 @@ recipe: {{epochs: 0}}
     row = execute_run(suite.runs[1], registry)
     assert row["status"] == "ok", row.get("error")
     assert folder.endswith(plans[0][0].key) and json.loads(row["artifacts"])["pretrained"]["key"] == plans[0][0].key
+
+
+def test_a_run_ends_the_same_whether_its_backbone_was_pretrained_in_it_or_found_stored(tmp_path, registry):
+    """Pretraining draws from a fork of the random streams: fine-tuning (here its dropout) draws the same numbers
+    whether the run computed the backbone or another run had stored it."""
+    import dataclasses
+
+    from bench_harness.running.runner import pretrain_only
+
+    suite = _suite("""
+name: forked
+grid: {models: [{name: tr_dropout, weights: "pretrain:tr_source"}], datasets: [tr_target], sparsities: [0.5],
+        pruners: [magnitude]}
+pretrain: {epochs: 1, batch_size: 32}
+recipe: {epochs: 2, batch_size: 32}
+""", tmp_path, registry)
+    run = suite.runs[0]
+    computed = execute_run(run, registry)  # trains the backbone inside the run
+    elsewhere = run.with_settings(dataclasses.replace(run.settings, results_root=str(tmp_path / "other")))
+    pretrain_only(elsewhere, registry)  # a stage job stores it first
+    stored = execute_run(elsewhere, registry)
+    assert computed["status"] == stored["status"] == "ok", (computed.get("error"), stored.get("error"))
+    assert computed["loss"] == stored["loss"] and computed["top1"] == stored["top1"]

@@ -152,6 +152,12 @@ def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: Artif
     source = pretrain_source(run)
 
     def compute():
+        # the random streams the rest of the run draws from (augmentation, dropout) must not depend on whether the
+        # artifact was computed in this run or found stored: pretraining draws from a fork of them
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return pretrained_state()
+
+    def pretrained_state():
         if source is None:
             train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
             return {k: v.detach().cpu() for k, v in model.state_dict().items()}
