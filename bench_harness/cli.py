@@ -12,6 +12,11 @@ from bench_harness.errors import BenchError
 from bench_harness.paths import absolute_path
 
 
+def _runs(n: int) -> str:
+    """"1 run", "7 runs"."""
+    return f"{n} run{'' if n == 1 else 's'}"
+
+
 def _registry():
     from bench_harness.contract.plugins import get_registry
 
@@ -65,7 +70,7 @@ def cmd_validate(args) -> int:
         from bench_harness.config.slurm import slurm_plan
 
         slurm_plan(suite)  # the slurm: section too (checked here; the cluster is asked only at submission)
-    print(f"{args.suite}: suite {suite.name!r} is valid: {len(suite.runs)} runs")
+    print(f"{args.suite}: suite {suite.name!r} is valid: {_runs(len(suite.runs))}")
     return 0
 
 
@@ -114,11 +119,6 @@ def cmd_run(args) -> int:
         raise BenchError(f"unknown executor {args.executor!r}: use 'local' or 'slurm'")
     print(f"suite {suite.name}: {len(suite.runs)} runs, {len(done)} already finished, {len(todo)} to run "
           f"-> {suite.results_dir}", file=sys.stderr)
-    from bench_harness.results.store import ensure_writable, save_suite_file
-
-    if todo:
-        ensure_writable(suite.results_dir)
-        save_suite_file(suite)
     t0 = time.perf_counter()
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress,
                        isolate=args.isolate)
@@ -144,7 +144,7 @@ def _submit(suite, runs, what: str) -> None:
     sub = submit_runs(suite, runs)
     arrays = ", ".join(f"{job} ({n} tasks)" for job, n in sub.arrays)
     stages = f"; stage jobs {', '.join(sub.stage_jobs)}" if sub.stage_jobs else ""
-    print(f"submitted {sub.runs} runs of suite {suite.name} in {len(sub.arrays)} array(s): {arrays}{stages} "
+    print(f"submitted {_runs(sub.runs)} of suite {suite.name} in {len(sub.arrays)} array(s): {arrays}{stages} "
           f"[{sub.seconds:.1f} s]", file=sys.stderr)  # runs left out by a submit limit: submit_runs says which
 
 
