@@ -267,8 +267,8 @@ class Pruner:
         except ValidationError as exc:
             from bench_harness.validation import validation_problems
 
-            key, message = validation_problems(exc, known)[0]
-            raise ValueError(f"pruner {cls.name!r} parameter {key!r}: {message}") from None
+            problems = [f"parameter {key!r}: {message}" for key, message in validation_problems(exc, known)]
+            raise ValueError(f"pruner {cls.name!r} " + "; ".join(problems)) from None  # every one of them
         except Exception as exc:  # annotations pydantic cannot interpret: build without validation
             if "pydantic" not in type(exc).__module__:
                 raise
