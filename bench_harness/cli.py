@@ -25,10 +25,19 @@ def _registry():
 
 def cmd_plugins(args) -> int:
     reg = _registry()
+    hidden = 0
     for info in sorted(reg.plugins.values(), key=lambda i: (i.distribution != "bench-harness", i.name)):
+        shown = {}
+        for kind, names in info.registers.items():
+            keep = [n for n in names if args.all or not getattr(reg.get(kind, n), "test_only", False)]
+            hidden += len(names) - len(keep)
+            if keep:
+                shown[kind] = keep
+        if info.registers and not shown and not info.error:
+            continue  # a plugin of test-only pruners (a test fixture that is installed)
         status = f"  ERROR: {info.error}" if info.error else ""
         print(f"{info.name}  ({info.distribution} {info.version}; {info.module}){status}")
-        for kind, names in sorted(info.registers.items()):
+        for kind, names in sorted(shown.items()):
             print(f"    {kind}s: {', '.join(sorted(names))}")
             if args.verbose and kind == "pruner":
                 for name in sorted(names):
@@ -39,6 +48,8 @@ def cmd_plugins(args) -> int:
                           f"labels={cls.requires.labels}, pretrained={cls.requires.pretrained}]")
                     for pname, (default, help_text) in cls.param_help().items():
                         print(f"        {pname} = {default!r}: {help_text}")
+    if hidden:
+        print(f"({hidden} test-only {'entry' if hidden == 1 else 'entries'} not listed: bench plugins --all)")
     return 0
 
 
@@ -450,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list plugins, their distributions and what they register")
     p.add_argument("-v", "--verbose", action="store_true", help="show pruner hyperparameters")
+    p.add_argument("--all", action="store_true", help="also the pruners that exist for tests (test_only)")
     p.set_defaults(func=cmd_plugins)
     p = sub.add_parser("check-plugin", help="run the pruner conformance kit")
     p.add_argument("name")

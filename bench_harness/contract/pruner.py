@@ -235,6 +235,9 @@ class Pruner:
     # Hyperparameters `bench check-plugin` runs the pruner with, over its defaults: a setting that keeps every
     # code path but fits the kit's tiny models and its minute on a CPU (e.g. a small predictor, fewer rounds).
     check_params: ClassVar[Mapping[str, Any]] = {}
+    # A pruner that exists for tests (it fails, crashes or is bad on purpose): `bench plugins` and the lists of
+    # available names leave it out (`bench plugins --all` shows it); a suite can still name it.
+    test_only: ClassVar[bool] = False
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
