@@ -221,6 +221,8 @@ def cmd_cancel(args) -> int:
 def print_results(suite_name: str, results_root: str, where: list[str] | None = None,
                   failed_only: bool = False) -> int:
     """Print a suite's runs (one line per run, failures with their error); returns the number printed."""
+    import pandas as pd
+
     from bench_harness.results.store import load_results
 
     df = load_results(results_root, [suite_name])
@@ -238,8 +240,14 @@ def print_results(suite_name: str, results_root: str, where: list[str] | None = 
     if df.empty:
         print("no run matches")
         return 0
+    from bench_harness.results.stats import at_chance
+
+    chance = at_chance(pd.to_numeric(df.top1, errors="coerce"), pd.to_numeric(df.get("num_classes"), errors="coerce"))
+    collapse = df["layer_collapse"].astype("boolean").fillna(False) if "layer_collapse" in df else [False] * len(df)
+    df["flags"] = [", ".join(f for f, on in (("collapse", c), ("at chance", a)) if on)
+                   for c, a in zip(collapse, chance & (df.status == "ok").to_numpy())]
     cols = ["model", "dataset", "pruner", "pruner_params", "ablation", "target_sparsity", "seed", "status",
-            "top1", "top5", "top1_before_training", "achieved_sparsity", "layer_collapse", "prune_seconds",
+            "top1", "top5", "top1_before_training", "achieved_sparsity", "flags", "prune_seconds",
             "train_seconds", "error"]
     df = df[[c for c in cols if c in df.columns]].copy()
     if "error" in df:
@@ -251,10 +259,8 @@ def print_results(suite_name: str, results_root: str, where: list[str] | None = 
         df = df.drop(columns=["ablation"])
     df = df.sort_values(["model", "dataset", "target_sparsity", "pruner", "seed"])
     rename = {"target_sparsity": "sparsity", "top1_before_training": "top1_pre", "achieved_sparsity": "achieved",
-              "layer_collapse": "collapse", "prune_seconds": "prune_s", "train_seconds": "train_s",
+              "prune_seconds": "prune_s", "train_seconds": "train_s",
               "pruner_params": "params"}
-    import pandas as pd
-
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_colwidth", 40,
                            "display.float_format", lambda v: f"{v:.4f}"):
         print(df.rename(columns=rename).to_string(index=False))

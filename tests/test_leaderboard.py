@@ -340,3 +340,16 @@ def test_a_run_at_chance_shows_in_the_tables():
     assert table.loc["random", "top-1 (%)"] == "10.00 ± 0.00 (chance)" and "at chance" in table.loc["random", "flags"]
     assert "chance" not in table.loc["magnitude", "top-1 (%)"]
     assert "10.00 ± 0.00 (chance)" in to_markdown(table.reset_index())
+
+
+def test_the_run_table_flags_a_run_at_chance_instead_of_collapse_false(tmp_path, capsys):
+    """Issue 29: random at 0.98 with top-1 10.00 % was shown as `collapse False`."""
+    from bench_harness.cli import print_results
+
+    for row in (_row("random", 0.98, 0, 0.10, num_classes=10), _row("magnitude", 0.98, 0, 0.70, num_classes=10),
+                _row("snip", 0.98, 0, 0.70, num_classes=10, layer_collapse=True)):
+        write_shard(row, tmp_path, "s")
+    print_results("s", str(tmp_path))
+    lines = {line.split()[2]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "at chance" in lines["random"] and "False" not in lines["random"]
+    assert "chance" not in lines["magnitude"] and "collapse" in lines["snip"]
