@@ -12,6 +12,11 @@ from bench_harness.errors import BenchError
 from bench_harness.paths import absolute_path
 
 
+def _runs(n: int) -> str:
+    """"1 run", "7 runs"."""
+    return f"{n} run{'' if n == 1 else 's'}"
+
+
 def _registry():
     from bench_harness.contract.plugins import get_registry
 
@@ -20,10 +25,19 @@ def _registry():
 
 def cmd_plugins(args) -> int:
     reg = _registry()
+    hidden = 0
     for info in sorted(reg.plugins.values(), key=lambda i: (i.distribution != "bench-harness", i.name)):
+        shown = {}
+        for kind, names in info.registers.items():
+            keep = [n for n in names if args.all or not getattr(reg.get(kind, n), "test_only", False)]
+            hidden += len(names) - len(keep)
+            if keep:
+                shown[kind] = keep
+        if info.registers and not shown and not info.error:
+            continue  # a plugin of test-only pruners (a test fixture that is installed)
         status = f"  ERROR: {info.error}" if info.error else ""
         print(f"{info.name}  ({info.distribution} {info.version}; {info.module}){status}")
-        for kind, names in sorted(info.registers.items()):
+        for kind, names in sorted(shown.items()):
             print(f"    {kind}s: {', '.join(sorted(names))}")
             if args.verbose and kind == "pruner":
                 for name in sorted(names):
@@ -34,6 +48,8 @@ def cmd_plugins(args) -> int:
                           f"labels={cls.requires.labels}, pretrained={cls.requires.pretrained}]")
                     for pname, (default, help_text) in cls.param_help().items():
                         print(f"        {pname} = {default!r}: {help_text}")
+    if hidden:
+        print(f"({hidden} test-only {'entry' if hidden == 1 else 'entries'} not listed: bench plugins --all)")
     return 0
 
 
@@ -65,7 +81,7 @@ def cmd_validate(args) -> int:
         from bench_harness.config.slurm import slurm_plan
 
         slurm_plan(suite)  # the slurm: section too (checked here; the cluster is asked only at submission)
-    print(f"{args.suite}: suite {suite.name!r} is valid: {len(suite.runs)} runs")
+    print(f"{args.suite}: suite {suite.name!r} is valid: {_runs(len(suite.runs))}")
     return 0
 
 
@@ -114,11 +130,6 @@ def cmd_run(args) -> int:
         raise BenchError(f"unknown executor {args.executor!r}: use 'local' or 'slurm'")
     print(f"suite {suite.name}: {len(suite.runs)} runs, {len(done)} already finished, {len(todo)} to run "
           f"-> {suite.results_dir}", file=sys.stderr)
-    from bench_harness.results.store import ensure_writable, save_suite_file
-
-    if todo:
-        ensure_writable(suite.results_dir)
-        save_suite_file(suite)
     t0 = time.perf_counter()
     report = run_local(suite, force=args.force, workers=args.workers, progress=not args.no_progress,
                        isolate=args.isolate)
@@ -144,7 +155,7 @@ def _submit(suite, runs, what: str) -> None:
     sub = submit_runs(suite, runs)
     arrays = ", ".join(f"{job} ({n} tasks)" for job, n in sub.arrays)
     stages = f"; stage jobs {', '.join(sub.stage_jobs)}" if sub.stage_jobs else ""
-    print(f"submitted {sub.runs} runs of suite {suite.name} in {len(sub.arrays)} array(s): {arrays}{stages} "
+    print(f"submitted {_runs(sub.runs)} of suite {suite.name} in {len(sub.arrays)} array(s): {arrays}{stages} "
           f"[{sub.seconds:.1f} s]", file=sys.stderr)  # runs left out by a submit limit: submit_runs says which
 
 
@@ -210,6 +221,8 @@ def cmd_cancel(args) -> int:
 def print_results(suite_name: str, results_root: str, where: list[str] | None = None,
                   failed_only: bool = False) -> int:
     """Print a suite's runs (one line per run, failures with their error); returns the number printed."""
+    import pandas as pd
+
     from bench_harness.results.store import load_results
 
     df = load_results(results_root, [suite_name])
@@ -227,8 +240,14 @@ def print_results(suite_name: str, results_root: str, where: list[str] | None = 
     if df.empty:
         print("no run matches")
         return 0
+    from bench_harness.results.stats import at_chance
+
+    chance = at_chance(pd.to_numeric(df.top1, errors="coerce"), pd.to_numeric(df.get("num_classes"), errors="coerce"))
+    collapse = df["layer_collapse"].astype("boolean").fillna(False) if "layer_collapse" in df else [False] * len(df)
+    df["flags"] = [", ".join(f for f, on in (("collapse", c), ("at chance", a)) if on)
+                   for c, a in zip(collapse, chance & (df.status == "ok").to_numpy())]
     cols = ["model", "dataset", "pruner", "pruner_params", "ablation", "target_sparsity", "seed", "status",
-            "top1", "top5", "top1_before_training", "achieved_sparsity", "layer_collapse", "prune_seconds",
+            "top1", "top5", "top1_before_training", "achieved_sparsity", "flags", "prune_seconds",
             "train_seconds", "error"]
     df = df[[c for c in cols if c in df.columns]].copy()
     if "error" in df:
@@ -240,10 +259,8 @@ def print_results(suite_name: str, results_root: str, where: list[str] | None = 
         df = df.drop(columns=["ablation"])
     df = df.sort_values(["model", "dataset", "target_sparsity", "pruner", "seed"])
     rename = {"target_sparsity": "sparsity", "top1_before_training": "top1_pre", "achieved_sparsity": "achieved",
-              "layer_collapse": "collapse", "prune_seconds": "prune_s", "train_seconds": "train_s",
+              "prune_seconds": "prune_s", "train_seconds": "train_s",
               "pruner_params": "params"}
-    import pandas as pd
-
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_colwidth", 40,
                            "display.float_format", lambda v: f"{v:.4f}"):
         print(df.rename(columns=rename).to_string(index=False))
@@ -450,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list plugins, their distributions and what they register")
     p.add_argument("-v", "--verbose", action="store_true", help="show pruner hyperparameters")
+    p.add_argument("--all", action="store_true", help="also the pruners that exist for tests (test_only)")
     p.set_defaults(func=cmd_plugins)
     p = sub.add_parser("check-plugin", help="run the pruner conformance kit")
     p.add_argument("name")

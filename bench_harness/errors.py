@@ -33,7 +33,26 @@ class PluginConflictError(BenchError):
 class SuiteError(BenchError):
     def __init__(self, path: str, key: str, message: str):
         self.path, self.key = path, key
+        self.problems: list[SuiteError] = [self]
         super().__init__(f"{path}: {key}: {message}")
+
+
+class SuiteErrors(SuiteError):
+    """Every problem found in one suite file (``problems``: a SuiteError each, in file order), one per line."""
+
+    def __init__(self, problems: list[SuiteError]):
+        self.path, self.key = problems[0].path, problems[0].key
+        self.problems = list(problems)
+        BenchError.__init__(self, f"{len(problems)} problems in {self.path}:\n"
+                            + "\n".join(f"  {p}" for p in problems))
+
+    @staticmethod
+    def raise_if_any(problems: list[SuiteError]) -> None:
+        """Nothing for no problem, the SuiteError itself for one, SuiteErrors for several."""
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise SuiteErrors(problems)
 
 
 class InvalidMaskError(BenchError):

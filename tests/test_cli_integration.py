@@ -158,3 +158,25 @@ results_root: {tmp_path / 'results'}
     assert df.loc["dense", "top1"] > df.loc["random", "top1"]
 
 
+
+
+def test_the_quickstart_ends_with_the_leaderboard_the_plot_and_the_next_commands(tmp_path):
+    """Issue 29: the quickstart ended with Parquet shards and a table. Its ending (scripts/show_results.sh, which
+    scripts/quickstart.sh runs after `bench run`) on a tiny suite: the leaderboard and the accuracy-vs-density
+    plot are written, their paths and the next commands printed."""
+    root = Path(__file__).resolve().parent.parent
+    assert "scripts/show_results.sh suites/quickstart.yaml" in (root / "scripts" / "quickstart.sh").read_text()
+    suite = _suite(tmp_path, name="tiny", pruners="[dense, random]", sparsities="[0.5]")
+    bench("run", suite, "--no-progress")
+    proc = subprocess.run([str(root / "scripts" / "show_results.sh"), str(suite)], cwd=tmp_path, text=True,
+                          capture_output=True, env={**__import__("os").environ, "BENCH": BENCH}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    board = tmp_path / "results" / "tiny" / "leaderboard.md"
+    plot = tmp_path / "results" / "tiny" / "plots" / "accuracy_vs_density_conv2_synthetic.png"
+    assert board.is_file() and plot.is_file()
+    assert "| model " in out and "random" in board.read_text()  # the table itself is printed
+    assert "leaderboard: results/tiny/leaderboard.md" in out
+    assert "plot:        results/tiny/plots/accuracy_vs_density_conv2_synthetic.png" in out
+    for command in ("plot tiny --style paper", "publish tiny --out site", "check-plugin NAME"):
+        assert f"{BENCH} {command}" in out, out

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 
+from bench_harness.errors import BenchError
 from bench_harness.results.aggregate import aggregate, merge_results
 from bench_harness.results.leaderboard import build_leaderboard, display_table, prepare_runs, to_latex, to_markdown
 from bench_harness.results.shard_index import update_index
@@ -87,7 +88,7 @@ def test_a_method_at_chance_is_flagged():
     rows = [_row("random", 0.98, seed, 0.1, num_classes=10) for seed in range(3)]
     rows += [_row("magnitude", 0.98, seed, 0.6, num_classes=10) for seed in range(3)]
     board = build_leaderboard(pd.DataFrame(rows), ["s"]).set_index("method")
-    assert board.loc["random", "flag_at_chance"] and not board.loc["magnitude", "flag_at_chance"]
+    assert board.loc["random", "at_chance"] and not board.loc["magnitude", "at_chance"]
     assert "at chance" in display_table(board.reset_index()).set_index("method").loc["random", "flags"]
 
 
@@ -113,7 +114,7 @@ def test_the_sparsity_bin_is_its_own_column_and_target_sparsity_stays_the_target
     assert runs.loc["random", "sparsity_bin"] == 0.8 and runs.loc["random", "target_sparsity"] == 0.8
     board = build_leaderboard(df, ["s"])
     assert "target_sparsity" not in board and "requested_sparsity" not in board
-    assert (board.leaderboard_version == 3).all()
+    assert (board.leaderboard_version == 4).all()
     learned = board.set_index("method").loc["learned"]
     assert learned.sparsity_bin == 0.9 and learned.density == pytest.approx(0.1)
     assert learned.vs_magnitude_pairs == 3 and learned.vs_magnitude_diff == pytest.approx(0.05)
@@ -238,3 +239,117 @@ def test_every_row_is_read_by_pandas_polars_and_duckdb_before_and_after_compacti
                       f"union_by_name=true) where run_id is not null").fetchall()[0] == (14, 14)
     if compacted:
         assert df.set_index("run_id").loc[rows[0]["run_id"], "top1"] == 0.99
+
+
+def _configured(pruner, sparsity, seed, top1, suite, recipe, params="{}", **kw):
+    """A run row as a run writes it: its config (the identity hashed into the run id) included."""
+    import json
+
+    config = {"model": "resnet20", "dataset": "cifar10", "pruner": pruner, "sparsity": sparsity, "seed": seed,
+              "recipe": recipe, **({"pruner_params": json.loads(params)} if params != "{}" else {})}
+    run_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return _row(pruner, sparsity, seed, top1, suite=suite, params=params, config=json.dumps(config, sort_keys=True),
+                run_id=run_id, num_classes=10, **kw)
+
+
+def test_two_suites_with_different_recipes_are_two_rows_never_pooled():
+    """Issue 29: publishing two suites pooled two LAMP runs of seed 0 (3 epochs on 4,000 examples, 4 epochs on
+    20,000) into one cell "seeds 2 · 81.00 ± 67.34"."""
+    short, long_ = {"epochs": 3, "train_subset": 4000}, {"epochs": 4, "train_subset": 20000}
+    rows = [_configured("lamp", 0.9, 0, 0.60, "a", short), _configured("lamp", 0.9, 0, 0.90, "b", long_),
+            _configured("lamp", 0.5, 0, 0.70, "a", short), _configured("lamp", 0.5, 0, 0.91, "b", long_),
+            _configured("random", 0.9, 0, 0.50, "a", short), _configured("random", 0.9, 0, 0.55, "b", long_),
+            _configured("dense", 0.0, 0, 0.95, "b", long_)]
+    board = build_leaderboard(pd.DataFrame(rows), ["a", "b"])
+    at = board[board.sparsity_bin == 0.9].set_index("method")
+    assert set(at.index) == {"lamp [epochs=3, train_subset=4000]", "lamp [epochs=4, train_subset=20000]",
+                             "random [epochs=3, train_subset=4000]", "random [epochs=4, train_subset=20000]"}
+    a, b = at.loc["lamp [epochs=3, train_subset=4000]"], at.loc["lamp [epochs=4, train_subset=20000]"]
+    assert (a.seeds, a.top1_mean, a.suites, b.seeds, b.top1_mean, b.suites) == (1, 0.6, "a", 1, 0.9, "b")
+    assert b.setting == "epochs=4, train_subset=20000" and '"epochs": 4' in b.experiment
+    # one label per experiment across sparsities: a plot's line is one experiment
+    assert set(board[board.pruner == "lamp"].method) == {"lamp [epochs=3, train_subset=4000]",
+                                                         "lamp [epochs=4, train_subset=20000]"}
+    # each is paired with the control of its own setting, and only the suite with a dense run has vs_dense
+    assert a.vs_random_diff == pytest.approx(0.10) and b.vs_random_diff == pytest.approx(0.35)
+    assert (a.vs_dense_pairs, b.vs_dense_pairs) == (0, 1) and b.vs_dense_diff == pytest.approx(-0.05)
+    shown = display_table(board)
+    assert "lamp [epochs=4, train_subset=20000]" in set(shown.method)
+    # the same experiment in two suites (other seeds) is one experiment: pooled
+    rows.append(_configured("lamp", 0.9, 1, 0.92, "c", long_))
+    pooled = build_leaderboard(pd.DataFrame(rows), ["a", "b", "c"]).set_index("method")
+    both = pooled[pooled.sparsity_bin == 0.9].loc["lamp [epochs=4, train_subset=20000]"]
+    assert both.seeds == 2 and both.suites == "b,c"
+
+
+def test_any_field_of_the_identity_separates_experiments_and_a_default_is_named():
+    """Scoring, pruner version, pretraining, weights, and fields the identity gains later: no change needed."""
+    rows = [_configured("snip", 0.9, 0, 0.8, "a", {"epochs": 3}),
+            _configured("snip", 0.9, 0, 0.7, "b", {"epochs": 3}),
+            _configured("snip", 0.9, 0, 0.6, "c", {"epochs": 3})]
+    import json
+
+    for row, extra in zip(rows[1:], ({"scoring": {"examples": 1000}}, {"transfer_dataset": "cifar100"})):
+        config = dict(json.loads(row["config"]), **extra)
+        row.update(config=json.dumps(config), run_id=hashlib.sha256(json.dumps(config).encode()).hexdigest()[:16])
+    board = build_leaderboard(pd.DataFrame(rows), ["a", "b", "c"])
+    assert sorted(board.method) == ["snip [examples=1000, transfer_dataset=default]",
+                                    "snip [examples=default, transfer_dataset=cifar100]",
+                                    "snip [examples=default, transfer_dataset=default]"]
+    assert (board.seeds == 1).all()
+
+
+def test_two_runs_of_one_seed_in_one_experiment_are_an_error_naming_both():
+    rows = [_configured("lamp", 0.9, 0, 0.6, "a", {"epochs": 3}), _configured("lamp", 0.9, 0, 0.9, "b", {"epochs": 3})]
+    rows[1]["run_id"] = "f" * 16  # the same experiment and seed under another run id: the key would be wrong
+    with pytest.raises(BenchError, match=f"runs {rows[0]['run_id']} .*and {'f' * 16} .*both seed 0"):
+        build_leaderboard(pd.DataFrame(rows), ["a", "b"])
+    rows[1]["run_id"] = rows[0]["run_id"]  # the same run in two places: one run (the newest row)
+    board = build_leaderboard(pd.DataFrame(rows), ["a", "b"])
+    assert len(board) == 1 and board.seeds[0] == 1
+
+
+def test_learned_sparsity_runs_of_two_targets_in_one_bin_are_two_experiments():
+    rows = [_configured("lasso", s, 0, top1, "a", {"epochs": 3}, sparsity_kind="learned", sparsity_bin=0.93,
+                        achieved_sparsity=0.93) for s, top1 in ((0.5, 0.8), (0.6, 0.82))]
+    board = build_leaderboard(pd.DataFrame(rows), ["a"])
+    assert sorted(board.method) == ["lasso [sparsity=0.5]", "lasso [sparsity=0.6]"] and (board.seeds == 1).all()
+
+
+def test_rows_without_config_pool_within_their_suite_only():
+    rows = [_row("px", 0.9, 0, 0.8, suite="a"), _row("px", 0.9, 1, 0.82, suite="a"), _row("px", 0.9, 0, 0.6, suite="b")]
+    board = build_leaderboard(pd.DataFrame(rows), ["a", "b"]).set_index("method")
+    assert board.loc["px [suite=a]", "seeds"] == 2 and board.loc["px [suite=b]", "seeds"] == 1
+
+
+def test_chance_level_rule():
+    from bench_harness.results.stats import at_chance
+
+    assert at_chance(0.10, 10) and at_chance(0.115, 10) and at_chance(0.05, 10)  # at or below chance
+    assert not at_chance(0.125, 10) and not at_chance(0.5, 10)
+    assert not at_chance(0.10, float("nan")) and not at_chance(float("nan"), 10)  # unknown: not flagged
+    # a small test set is noisier: 500 examples of 10 classes, guessing reaches 10 % + 3.29 * 1.34 % = 14.4 %
+    assert at_chance(0.14, 10, n_test=500) and not at_chance(0.15, 10, n_test=500)
+    assert not at_chance(0.14, 10, n_test=500, seeds=5)  # averaged over 5 seeds the noise shrinks
+
+
+def test_a_run_at_chance_shows_in_the_tables():
+    rows = [_configured("random", 0.98, s, 0.1, "q", {"epochs": 2}) for s in range(3)]
+    rows += [_configured("magnitude", 0.98, s, 0.8, "q", {"epochs": 2}) for s in range(3)]
+    table = display_table(build_leaderboard(pd.DataFrame(rows), ["q"])).set_index("method")
+    assert table.loc["random", "top-1 (%)"] == "10.00 ± 0.00 (chance)" and "at chance" in table.loc["random", "flags"]
+    assert "chance" not in table.loc["magnitude", "top-1 (%)"]
+    assert "10.00 ± 0.00 (chance)" in to_markdown(table.reset_index())
+
+
+def test_the_run_table_flags_a_run_at_chance_instead_of_collapse_false(tmp_path, capsys):
+    """Issue 29: random at 0.98 with top-1 10.00 % was shown as `collapse False`."""
+    from bench_harness.cli import print_results
+
+    for row in (_row("random", 0.98, 0, 0.10, num_classes=10), _row("magnitude", 0.98, 0, 0.70, num_classes=10),
+                _row("snip", 0.98, 0, 0.70, num_classes=10, layer_collapse=True)):
+        write_shard(row, tmp_path, "s")
+    print_results("s", str(tmp_path))
+    lines = {line.split()[2]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "at chance" in lines["random"] and "False" not in lines["random"]
+    assert "chance" not in lines["magnitude"] and "collapse" in lines["snip"]

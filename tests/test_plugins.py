@@ -151,3 +151,34 @@ def test_a_plugin_importing_a_moved_inner_module_is_told_where_to_import_from():
         assert f"{old} is one of the harness's inner modules" in hint and "from bench_harness import" in hint
     assert _moved_hint(ModuleNotFoundError("No module named 'scipy'", name="scipy")) == ""
     assert _moved_hint(ValueError("bench_harness.x")) == ""
+
+
+def test_test_only_pruners_are_not_listed_unless_asked(monkeypatch, capsys):
+    """Issue 29: the list of available pruners showed the test fixtures' pruners once they were installed."""
+    import types
+
+    from bench_harness import ScorePruner, cli, hookimpl
+
+    class Broken(ScorePruner):
+        name = "fixture_always_fails"
+        test_only = True
+
+    class Fine(ScorePruner):
+        name = "fixture_fine"
+
+    mixed, only_tests = types.ModuleType("mixed"), types.ModuleType("only_tests")
+    mixed.bench_register_pruners = hookimpl(lambda: [Broken, Fine])
+    only_tests.bench_register_pruners = hookimpl(lambda: [type("Crash", (Broken,), {"name": "fixture_crash"})])
+    registry = Registry(extra_plugins=[("mixed", mixed), ("only_tests", only_tests)])
+    monkeypatch.setattr(cli, "_registry", lambda: registry)
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "pruners: fixture_fine\n" in out and "fixture_always_fails" not in out and "only_tests" not in out
+    assert "(2 test-only entries not listed: bench plugins --all)" in out
+    assert cli.main(["plugins", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "fixture_always_fails, fixture_fine" in out and "fixture_crash" in out
+    with pytest.raises(UnknownNameError) as info:
+        registry.get("pruner", "fixture_fin")
+    assert "fixture_fine" in str(info.value) and "fixture_always_fails" not in str(info.value)
+    assert registry.get("pruner", "fixture_always_fails") is Broken  # a suite can still name it

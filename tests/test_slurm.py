@@ -138,3 +138,17 @@ def test_crash_cancel_and_resubmit(slurm_cluster, tmp_path, example_plugin_insta
     assert df.loc["magnitude", "status"] == "ok" and df.loc["hard_crash", "status"] == "failed"
     entry = ledger.read_all(tmp_path / "results", "crash")
     assert {e.attempts for e in entry.values()} == {2}
+
+
+def test_a_submitted_suite_publishes_with_its_description_and_recipe(slurm_cluster, tmp_path):
+    """Issue 29: SLURM-run suites were published with description "—", recipe {} (no suite.yaml was kept)."""
+    path = _suite(tmp_path, "described", pruners="[magnitude]", sparsities="[0.5]", epochs=1,
+                  extra="description: one magnitude run on the cluster")
+    out = bench("run", path, "--executor", "slurm")
+    assert "submitted 1 run of suite described" in out.stderr, out.stderr
+    kept = tmp_path / "results" / "described" / "suite.yaml"
+    assert kept.read_text() == path.read_text()  # kept at submission, before any job ran
+    assert _wait(path).returncode == 0
+    bench("publish", path, "--out", tmp_path / "site")
+    page = (tmp_path / "site" / "described" / "index.html").read_text()
+    assert "one magnitude run on the cluster" in page and "{&quot;batch_size&quot;: 32, &quot;epochs&quot;: 1}" in page

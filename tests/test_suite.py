@@ -125,3 +125,33 @@ def test_validate_checks_the_slurm_section_with_the_same_schema(tmp_path, slurm,
     out = bench("validate", bad, check=False)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert key in out.stderr and fragment in out.stderr, out.stderr
+
+
+def test_every_problem_of_the_file_is_reported_at_once(tmp_path, capsys):
+    """Issue 29: a suite with two errors reported only the first."""
+    from bench_harness import cli
+    from bench_harness.errors import SuiteErrors
+
+    text = (GOOD.replace("recipe: {epochs: 1", "recipe: {epoch: 1, optimizer: sgdd")  # two in one section
+            .replace("pruners: [dense", "pruners: [dense, magnitud")                 # a name the registry lacks
+            .replace("[0.5, 0.9]", "[0.5, 90]")                                       # a value out of range
+            + "scoring: {examples: -3}\ntimeout_min: 0\n")
+    path = _write(tmp_path, text)
+    with pytest.raises(SuiteErrors) as info:
+        load_suite(path)
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["grid.sparsities[1]", "recipe.optimizer", "recipe.epoch", "scoring.examples", "timeout_min",
+                    "grid.pruners"], keys
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: 6 problems in {path}:\n")
+    for fragment in ("recipe.epoch: unknown setting. Did you mean 'epochs'", "recipe.optimizer: 'sgdd' is not "
+                     "allowed", "grid.pruners: unknown pruner 'magnitud'. Did you mean 'magnitude'",
+                     "grid.sparsities[1]: 90.0 is outside", "scoring.examples", "timeout_min"):
+        assert f"{path}: {fragment}" in err, err
+    # names and parameters checked against the registry: every problem too
+    text = GOOD.replace("models: [mlp]", "models: [mlpp]").replace("{scope: layerwise}", "{scope: layer, rounds: x}")
+    with pytest.raises(SuiteErrors) as info:
+        load_suite(_write(tmp_path, text))
+    assert [p.key for p in info.value.problems] == ["grid.models", "grid.pruners[magnitude].params"]
+    assert "rounds" in str(info.value) and "'layerwise'" in str(info.value)

@@ -34,7 +34,7 @@ from typing_extensions import Annotated, Literal
 
 from bench_harness.config.weights import HEADS, PRETRAIN, file_digest, parse_weights, weights_file
 from bench_harness.contract.run_info import ComponentInfo, RunInfo
-from bench_harness.errors import BenchError, SuiteError, UnknownNameError, did_you_mean
+from bench_harness.errors import BenchError, SuiteError, SuiteErrors, UnknownNameError, did_you_mean
 from bench_harness.identity import config_hash, non_default_fields
 from bench_harness.paths import absolute_path
 from bench_harness.safe_yaml import YamlInputError, load_yaml_file
@@ -388,20 +388,21 @@ TOP_KEYS = ("name", "description", "grid", *SECTIONS, "ablations", "slurm", *SET
 class InvalidSetting(ValueError):
     """A setting of a section (recipe, scoring, ...) that its dataclass rejects: ``key`` and ``problem``."""
 
-    def __init__(self, key: str, problem: str) -> None:
+    def __init__(self, key: str, problem: str, problems: list[tuple[str, str]] | None = None) -> None:
         self.key, self.problem = key, problem
+        self.problems = problems or [(key, problem)]  # every (key, problem) pydantic found, the first included
         super().__init__(f"{key}: {problem}")
 
 
 def checked_dataclass(cls: type, values: Mapping[str, Any]) -> Any:
     """A section's dataclass from a mapping, validated by pydantic (types, allowed values, ranges, unknown keys
-    with did-you-mean); :class:`InvalidSetting` naming the first bad key otherwise. Suites (build_dataclass) and
-    the Python API (``make_recipe``) validate through here."""
+    with did-you-mean); :class:`InvalidSetting` naming the first bad key (and listing them all) otherwise. Suites
+    (build_dataclass) and the Python API (``make_recipe``) validate through here."""
     try:
         return TypeAdapter(cls).validate_python(values)
     except ValidationError as exc:
-        key, message = validation_problems(exc, [f.name for f in dataclasses.fields(cls)])[0]
-        raise InvalidSetting(key, message) from None
+        problems = validation_problems(exc, [f.name for f in dataclasses.fields(cls)])
+        raise InvalidSetting(*problems[0], problems) from None
 
 
 def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
@@ -413,7 +414,8 @@ def build_dataclass(cls: type, values: Any, path: str, section: str) -> Any:
     try:
         return checked_dataclass(cls, values)
     except InvalidSetting as exc:
-        raise SuiteError(path, f"{section}.{exc.key}" if exc.key else section, exc.problem) from None
+        SuiteErrors.raise_if_any([SuiteError(path, f"{section}.{key}" if key else section, problem)
+                                  for key, problem in exc.problems])
 
 
 def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = ()) -> list[Component]:
@@ -421,42 +423,49 @@ def _components(path: str, key: str, items: Any, extra_keys: tuple[str, ...] = (
         raise SuiteError(path, key, "must list at least one entry")
     if not isinstance(items, list):
         items = [items]
-    out = []
+    out, problems = [], []
     for i, item in enumerate(items):
-        if isinstance(item, str):
-            out.append(Component(item))
-        elif isinstance(item, dict) and "name" in item:
-            allowed = {"name", "params", *extra_keys}
-            extra = set(item) - allowed
-            if extra:
-                hint = "".join(did_you_mean(str(k), allowed) for k in sorted(map(str, extra)))
-                raise SuiteError(path, f"{key}[{i}]", f"unknown keys {sorted(map(str, extra))}.{hint} An entry is a "
-                                 f"name or {{{', '.join(f'{k}: ...' for k in ('name', 'params', *extra_keys))}}}")
-            params = item.get("params") or {}
-            if not isinstance(params, dict):
-                raise SuiteError(path, f"{key}[{i}].params", "expected a mapping of parameter: value")
-            weights = item.get("weights")
-            if weights is not None and not isinstance(weights, str):
-                raise SuiteError(path, f"{key}[{i}].weights", "expected 'file:<path>', 'torchvision:<WEIGHTS>', "
-                                 "'timm' or 'pretrain:<dataset>'")
-            if weights is not None:
-                try:
-                    parse_weights(weights)
-                except ValueError as exc:
-                    raise SuiteError(path, f"{key}[{i}].weights", str(exc)) from None
-            head = item.get("head")
-            if head is not None and (head not in HEADS or not weights):
-                raise SuiteError(path, f"{key}[{i}].head", f"{head!r}: write one of {', '.join(HEADS)} (what "
-                                 f"becomes of the pretrained classifier), next to weights: ..." if weights else
-                                 "head: says what becomes of a pretrained classifier: it needs weights: ...")
-            scoring = item.get("scoring")
-            if scoring is not None:
-                build_dataclass(Scoring, scoring, path, f"{key}[{i}].scoring")  # checked here, merged per run
-            out.append(Component(str(item["name"]), dict(params), weights, dict(scoring) if scoring else None,
-                                 head))
-        else:
-            raise SuiteError(path, f"{key}[{i}]", f"expected a name or {{name: ..., params: {{...}}}}, got {item!r}")
+        try:
+            out.append(_component(path, key, i, item, extra_keys))
+        except SuiteError as exc:
+            problems += exc.problems
+    SuiteErrors.raise_if_any(problems)
     return out
+
+
+def _component(path: str, key: str, i: int, item: Any, extra_keys: tuple[str, ...]) -> Component:
+    """One entry of a grid list (a name, or a mapping with name, params, ...)."""
+    if isinstance(item, str):
+        return Component(item)
+    if isinstance(item, dict) and "name" in item:
+        allowed = {"name", "params", *extra_keys}
+        extra = set(item) - allowed
+        if extra:
+            hint = "".join(did_you_mean(str(k), allowed) for k in sorted(map(str, extra)))
+            raise SuiteError(path, f"{key}[{i}]", f"unknown keys {sorted(map(str, extra))}.{hint} An entry is a "
+                             f"name or {{{', '.join(f'{k}: ...' for k in ('name', 'params', *extra_keys))}}}")
+        params = item.get("params") or {}
+        if not isinstance(params, dict):
+            raise SuiteError(path, f"{key}[{i}].params", "expected a mapping of parameter: value")
+        weights = item.get("weights")
+        if weights is not None and not isinstance(weights, str):
+            raise SuiteError(path, f"{key}[{i}].weights", "expected 'file:<path>', 'torchvision:<WEIGHTS>', "
+                             "'timm' or 'pretrain:<dataset>'")
+        if weights is not None:
+            try:
+                parse_weights(weights)
+            except ValueError as exc:
+                raise SuiteError(path, f"{key}[{i}].weights", str(exc)) from None
+        head = item.get("head")
+        if head is not None and (head not in HEADS or not weights):
+            raise SuiteError(path, f"{key}[{i}].head", f"{head!r}: write one of {', '.join(HEADS)} (what "
+                             f"becomes of the pretrained classifier), next to weights: ..." if weights else
+                             "head: says what becomes of a pretrained classifier: it needs weights: ...")
+        scoring = item.get("scoring")
+        if scoring is not None:
+            build_dataclass(Scoring, scoring, path, f"{key}[{i}].scoring")  # checked here, merged per run
+        return Component(str(item["name"]), dict(params), weights, dict(scoring) if scoring else None, head)
+    raise SuiteError(path, f"{key}[{i}]", f"expected a name or {{name: ..., params: {{...}}}}, got {item!r}")
 
 
 def _numbers(path: str, key: str, items: Any, kind: type, low: float, high: float) -> list:
@@ -464,7 +473,7 @@ def _numbers(path: str, key: str, items: Any, kind: type, low: float, high: floa
         raise SuiteError(path, key, "must list at least one value")
     if not isinstance(items, list):
         items = [items]
-    out = []
+    out, problems = [], []
     for i, v in enumerate(items):
         try:
             if isinstance(v, bool):
@@ -473,11 +482,14 @@ def _numbers(path: str, key: str, items: Any, kind: type, low: float, high: floa
             if kind is int and float(v) != number:
                 raise ValueError
         except (TypeError, ValueError):
-            raise SuiteError(path, f"{key}[{i}]", f"expected a number, got {v!r}") from None
+            problems.append(SuiteError(path, f"{key}[{i}]", f"expected a number, got {v!r}"))
+            continue
         if not low <= number < high:
-            raise SuiteError(path, f"{key}[{i}]", f"{number} is outside [{low}, {high})" + (
-                "; sparsity is the fraction of weights REMOVED (density = 1 - sparsity)" if kind is float else ""))
+            problems.append(SuiteError(path, f"{key}[{i}]", f"{number} is outside [{low}, {high})" + (
+                "; sparsity is the fraction of weights REMOVED (density = 1 - sparsity)" if kind is float else "")))
+            continue
         out.append(number)
+    SuiteErrors.raise_if_any(problems)
     return out
 
 
@@ -521,30 +533,50 @@ def parse_suite(data: Any, path: str, base_dir: str | None = None) -> ParsedSuit
     base_dir = os.path.abspath(base_dir if base_dir is not None else os.getcwd())
     if not isinstance(data, dict):
         raise SuiteError(path, "(top level)", "a suite file is a YAML mapping with at least `name` and `grid`")
+    problems: list[SuiteError] = []  # every problem of the file is reported, not only the first
+
+    def check(fn, *args, default=None):
+        try:
+            return fn(*args)
+        except SuiteError as exc:
+            problems.extend(exc.problems)
+            return default
+
+    def fail(key: str, message: str) -> None:
+        problems.append(SuiteError(path, key, message))
+
     for key in data:
         if key not in TOP_KEYS:
-            raise SuiteError(path, str(key), f"unknown key.{did_you_mean(str(key), TOP_KEYS)} "
-                             f"Known keys: {', '.join(sorted(TOP_KEYS))}.")
+            fail(str(key), f"unknown key.{did_you_mean(str(key), TOP_KEYS)} Known keys: {', '.join(sorted(TOP_KEYS))}.")
     name = data.get("name") or Path(path).stem
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise SuiteError(path, "name", f"{name!r} must be letters, digits, '-' or '_' (it names a folder)")
+        fail("name", f"{name!r} must be letters, digits, '-' or '_' (it names a folder)")
     grid = data.get("grid")
+    models, datasets, pruners, sparsities, seeds = [], [], [], [], []
     if not isinstance(grid, dict):
-        raise SuiteError(path, "grid", "missing: a suite needs a grid with models, datasets, sparsities, pruners")
-    for key in grid:
-        if key not in GRID_KEYS:
-            raise SuiteError(path, f"grid.{key}", f"unknown key.{did_you_mean(str(key), GRID_KEYS)} "
-                             f"Known keys: {', '.join(sorted(GRID_KEYS))}.")
-    models = _components(path, "grid.models", grid.get("models"), ("weights", "head"))
-    datasets = _components(path, "grid.datasets", grid.get("datasets"))
-    pruners = _components(path, "grid.pruners", grid.get("pruners"), ("scoring",))
-    sparsities = _numbers(path, "grid.sparsities", grid.get("sparsities", [0.0]), float, 0.0, 1.0)
-    seeds = _numbers(path, "grid.seeds", _seed_list(path, grid.get("seeds", [0])), int, 0, 2**31)
-    recipe = build_dataclass(Recipe, data.get("recipe"), path, "recipe")
-    scoring = build_dataclass(Scoring, data.get("scoring"), path, "scoring")
-    scoring_of = {p: build_dataclass(Scoring, {**(data.get("scoring") or {}), **p.scoring}, path,
-                                     f"grid.pruners[{p.name}].scoring") if p.scoring else scoring for p in pruners}
-    prunable = build_dataclass(PrunableSet, data.get("prunable"), path, "prunable")
+        fail("grid", "missing: a suite needs a grid with models, datasets, sparsities, pruners")
+    else:
+        for key in grid:
+            if key not in GRID_KEYS:
+                fail(f"grid.{key}", f"unknown key.{did_you_mean(str(key), GRID_KEYS)} "
+                     f"Known keys: {', '.join(sorted(GRID_KEYS))}.")
+        models = check(_components, path, "grid.models", grid.get("models"), ("weights", "head"), default=[])
+        datasets = check(_components, path, "grid.datasets", grid.get("datasets"), default=[])
+        pruners = check(_components, path, "grid.pruners", grid.get("pruners"), ("scoring",), default=[])
+        sparsities = check(_numbers, path, "grid.sparsities", grid.get("sparsities", [0.0]), float, 0.0, 1.0,
+                           default=[])
+        seeds = check(lambda: _numbers(path, "grid.seeds", _seed_list(path, grid.get("seeds", [0])), int, 0, 2**31),
+                      default=[])
+    recipe = check(build_dataclass, Recipe, data.get("recipe"), path, "recipe", default=Recipe())
+    scoring = check(build_dataclass, Scoring, data.get("scoring"), path, "scoring", default=Scoring())
+    scoring_of = {}
+    for p in pruners:  # an entry's own scoring over the suite's (a problem of either is reported already)
+        try:
+            scoring_of[p] = (build_dataclass(Scoring, {**(data.get("scoring") or {}), **p.scoring}, path,
+                                             f"grid.pruners[{p.name}].scoring") if p.scoring else scoring)
+        except (SuiteError, TypeError):
+            scoring_of[p] = scoring
+    prunable = check(build_dataclass, PrunableSet, data.get("prunable"), path, "prunable", default=PrunableSet())
     for key in ("include", "exclude"):
         pattern = getattr(prunable, key)
         if pattern is not None:
@@ -553,15 +585,20 @@ def parse_suite(data: Any, path: str, base_dir: str | None = None) -> ParsedSuit
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise SuiteError(path, f"prunable.{key}", f"not a valid regular expression: {exc}") from None
-    pretrain = build_dataclass(Recipe, data["pretrain"], path, "pretrain") if data.get("pretrain") else None
+                fail(f"prunable.{key}", f"not a valid regular expression: {exc}")
+    pretrain = (check(build_dataclass, Recipe, data["pretrain"], path, "pretrain", default=Recipe())
+                if data.get("pretrain") else None)
     ablations = data.get("ablations") or [None]
     if not isinstance(ablations, list):
-        raise SuiteError(path, "ablations", "expected a list of ablation names")
-    timeout = _timeout_minutes(path, data.get("timeout_min"))
+        fail("ablations", "expected a list of ablation names")
+        ablations = [None]
+    timeout = check(_timeout_minutes, path, data.get("timeout_min"))
     packing = data.get("packing", 1)
     if isinstance(packing, bool) or not isinstance(packing, int) or packing < 1:
-        raise SuiteError(path, "packing", f"expected a number of runs >= 1 to train together, got {packing!r}")
+        fail("packing", f"expected a number of runs >= 1 to train together, got {packing!r}")
+        packing = 1
+    if problems:
+        raise _ParseProblems(problems, models, datasets, pruners)
     settings = RunSettings(
         device=str(data.get("device", "auto")),
         data_root=absolute_path(str(data.get("data_root", "data")), base_dir),
@@ -576,12 +613,32 @@ def parse_suite(data: Any, path: str, base_dir: str | None = None) -> ParsedSuit
                        str(data.get("description", "")), data)
 
 
+class _ParseProblems(SuiteErrors):
+    """The problems :func:`parse_suite` found, with the grid entries that parsed (their names are checked against
+    the registry too, so that one report lists every problem of the file)."""
+
+    def __init__(self, problems: list[SuiteError], models, datasets, pruners) -> None:
+        super().__init__(problems)
+        self.components = (models, datasets, pruners)
+
+    def __str__(self) -> str:
+        return str(self.problems[0]) if len(self.problems) == 1 else super().__str__()
+
+
 def load_suite(path: str | os.PathLike, registry=None) -> Suite:
-    """Read, parse and validate a suite file against the plugin registry."""
+    """Read, parse and validate a suite file against the plugin registry; every problem of the file is
+    reported at once (a SuiteError for one, SuiteErrors listing them for several)."""
     path = str(path)
     if not os.path.exists(path):
         raise BenchError(f"{path}: no such suite file (suites shipped with bench-harness are in suites/)")
-    return validate_suite(parse_suite(read_suite_file(path), path, base_dir=os.getcwd()), registry)
+    try:
+        parsed = parse_suite(read_suite_file(path), path, base_dir=os.getcwd())
+    except _ParseProblems as exc:
+        from bench_harness.contract.plugins import get_registry
+
+        SuiteErrors.raise_if_any(exc.problems + _name_problems(path, registry or get_registry(), *exc.components)[0])
+        raise
+    return validate_suite(parsed, registry)
 
 
 def read_suite_file(path: str) -> Any:
@@ -653,15 +710,44 @@ def _checked_weights(parsed: ParsedSuite, registry, model: Component) -> str | N
                          f"{parsed.settings.base_dir})") from None
 
 
-def _checked_scoring_data(parsed: ParsedSuite, registry) -> None:
+def _scoring_data_problems(parsed: ParsedSuite, registry) -> list[SuiteError]:
+    """A ``scoring.dataset`` (suite-wide or a pruner entry's) that names no registered data set."""
+    problems = []
     for pruner, scoring in parsed.scoring_of.items():
         if scoring.dataset is not None:
             try:
                 registry.entry("dataset", scoring.dataset)
             except UnknownNameError as exc:
-                raise SuiteError(parsed.path, f"grid.pruners[{pruner.name}].scoring.dataset"
-                                 if pruner.scoring and "dataset" in pruner.scoring else "scoring.dataset",
-                                 str(exc)) from None
+                key = ("scoring.dataset" if not (pruner.scoring and "dataset" in pruner.scoring)
+                       else f"grid.pruners[{pruner.name}].scoring.dataset")
+                if all(p.key != key for p in problems):
+                    problems.append(SuiteError(parsed.path, key, str(exc)))
+    return problems
+
+
+def _name_problems(path: str, registry, models, datasets, pruners
+                   ) -> tuple[list[SuiteError], dict[Component, _PrunerEntry]]:
+    """Every grid name unknown to the registry and every pruner entry whose parameters do not validate, in file
+    order; and the entries of the pruners that validated."""
+    problems: list[SuiteError] = []
+    entries: dict[Component, _PrunerEntry] = {}
+    checked: set = set()
+    for kind, components, key in (("model", models, "grid.models"), ("dataset", datasets, "grid.datasets"),
+                                  ("pruner", pruners, "grid.pruners")):
+        for comp in components:
+            if (kind, comp.name) not in checked:
+                checked.add((kind, comp.name))
+                try:
+                    registry.entry(kind, comp.name)
+                except UnknownNameError as exc:
+                    problems.append(SuiteError(path, key, str(exc)))
+                    continue
+            if kind == "pruner" and comp not in entries and comp.name in registry.entries["pruner"]:
+                try:
+                    entries[comp] = _pruner_entry(path, registry, comp)
+                except SuiteError as exc:
+                    problems.extend(exc.problems)
+    return problems, entries
 
 
 def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
@@ -674,34 +760,33 @@ def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
 
     registry = registry or get_registry()
     path = parsed.path
-    checked: set = set()
-    entries: dict[Component, _PrunerEntry] = {}
+    problems, entries = _name_problems(path, registry, parsed.models, parsed.datasets, parsed.pruners)
+    for ablation in parsed.ablations:
+        if ablation is not None and ablation not in ABLATIONS:
+            problems.append(SuiteError(path, "ablations", f"unknown ablation {ablation!r}."
+                                       f"{did_you_mean(str(ablation), ABLATIONS)} Known: {', '.join(ABLATIONS)}."))
+    if parsed.pretrain is None:
+        for pruner, entry in entries.items():
+            for model in parsed.models:
+                if entry.needs_pretrained and not model.weights:
+                    problems.append(SuiteError(
+                        path, "pretrain", f"pruner {pruner.name!r} prunes a pretrained model, and model "
+                        f"{model.name!r} names no weights: add `weights: ...` to the model entry (file:<path>, "
+                        f"torchvision:<WEIGHTS>, timm) or a `pretrain: {{epochs: N}}` section"))
+    weights_sha: dict[Component, str | None] = {}
+    for model in parsed.models:
+        try:
+            weights_sha[model] = _checked_weights(parsed, registry, model)
+        except SuiteError as exc:
+            problems.extend(exc.problems)
+    problems += _scoring_data_problems(parsed, registry)
+    SuiteErrors.raise_if_any(problems)
     runs: list[RunSpec] = []
     seen_ids: set[str] = set()
-    weights_sha = {model: _checked_weights(parsed, registry, model) for model in parsed.models}
-    _checked_scoring_data(parsed, registry)
     for model, dataset, pruner, seed, ablation in itertools.product(parsed.models, parsed.datasets, parsed.pruners,
                                                                     parsed.seeds, parsed.ablations):
-        for kind, comp, key in (("model", model, "grid.models"), ("dataset", dataset, "grid.datasets"),
-                                ("pruner", pruner, "grid.pruners")):
-            if (kind, comp.name) in checked:
-                continue
-            try:
-                registry.entry(kind, comp.name)
-            except UnknownNameError as exc:
-                raise SuiteError(path, key, str(exc)) from None
-            checked.add((kind, comp.name))
-        entry = entries.get(pruner)
-        if entry is None:
-            entry = entries[pruner] = _pruner_entry(path, registry, pruner)
-        if entry.needs_pretrained and parsed.pretrain is None and not model.weights:
-            raise SuiteError(path, "pretrain", f"pruner {pruner.name!r} prunes a pretrained model, and "
-                             f"model {model.name!r} names no weights: add `weights: ...` to the model entry "
-                             f"(file:<path>, torchvision:<WEIGHTS>, timm) or a `pretrain: {{epochs: N}}` section")
+        entry = entries[pruner]
         if ablation is not None:
-            if ablation not in ABLATIONS:
-                raise SuiteError(path, "ablations", f"unknown ablation {ablation!r}."
-                                 f"{did_you_mean(ablation, ABLATIONS)} Known: {', '.join(ABLATIONS)}.")
             if entry.ignores_sparsity:
                 continue  # the dense reference has nothing to ablate
             if ablation == "invert" and not entry.has_scores:

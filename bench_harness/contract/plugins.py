@@ -186,7 +186,7 @@ class Registry:
             spec = table.get(prefix)
             if spec is not None and getattr(spec.obj, "prefix", False):
                 return spec
-        raise UnknownNameError(kind, name, table)
+        raise UnknownNameError(kind, name, [n for n, e in table.items() if not getattr(e.obj, "test_only", False)])
 
     def get(self, kind: str, name: str) -> Any:
         return self.entry(kind, name).obj

@@ -235,6 +235,9 @@ class Pruner:
     # Hyperparameters `bench check-plugin` runs the pruner with, over its defaults: a setting that keeps every
     # code path but fits the kit's tiny models and its minute on a CPU (e.g. a small predictor, fewer rounds).
     check_params: ClassVar[Mapping[str, Any]] = {}
+    # A pruner that exists for tests (it fails, crashes or is bad on purpose): `bench plugins` and the lists of
+    # available names leave it out (`bench plugins --all` shows it); a suite can still name it.
+    test_only: ClassVar[bool] = False
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -267,8 +270,8 @@ class Pruner:
         except ValidationError as exc:
             from bench_harness.validation import validation_problems
 
-            key, message = validation_problems(exc, known)[0]
-            raise ValueError(f"pruner {cls.name!r} parameter {key!r}: {message}") from None
+            problems = [f"parameter {key!r}: {message}" for key, message in validation_problems(exc, known)]
+            raise ValueError(f"pruner {cls.name!r} " + "; ".join(problems)) from None  # every one of them
         except Exception as exc:  # annotations pydantic cannot interpret: build without validation
             if "pydantic" not in type(exc).__module__:
                 raise

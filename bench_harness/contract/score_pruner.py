@@ -23,6 +23,10 @@ from torch import nn
 from bench_harness.contract import masking, numerics
 from bench_harness.contract.pruner import PruneContext, Pruner, param
 
+# The tie rule of every built-in score pruner, and of a plugin whose Params has no ``tie_rule`` field: one default,
+# so that a pruner written from the docs thresholds as the built-ins do (it cannot fall back to another rule).
+DEFAULT_TIE_RULE = "reference"
+
 
 @dataclass
 class ScoreParams:
@@ -31,9 +35,9 @@ class ScoreParams:
                                  "keeps the same density")
     rounds: int = param(1, "rounds of the exponential schedule density**(r/R), re-scoring the masked network "
                            "each round; 1 = one shot")
-    tie_rule: Literal["reference", "exact"] = param("reference", "reference: prune every score <= the k-th smallest, "
-                                       "k = int((1-d)N) "
-                                       "(Synaptic-Flow, PX); exact: keep exactly round(d N), ties by position")
+    tie_rule: Literal["reference", "exact"] = param(DEFAULT_TIE_RULE, "reference: prune every score <= the k-th "
+                                                    "smallest, k = int((1-d)N) (Synaptic-Flow, PX); exact: keep "
+                                                    "exactly round(d N), ties by position")
     check_numerics: bool = param(False, "round 1: score again in float64 on a copy and warn "
                                         "(DegenerateScoresWarning) when the kept sets at the target density differ "
                                         "(IoU < 0.9) or a score is not finite; costs about one extra round")
@@ -52,7 +56,8 @@ def masked_weights(prunable: Mapping[str, nn.Parameter]) -> Iterator[dict[str, t
 
 
 class ScorePruner(Pruner):
-    """Subclasses implement :meth:`score`; ``Params`` must have ``scope`` and ``rounds`` (see ScoreParams)."""
+    """Subclasses implement :meth:`score`; ``Params`` must have ``scope`` and ``rounds`` (subclass ScoreParams);
+    without ``tie_rule`` or ``check_numerics`` fields they take ScoreParams' defaults (the reference tie rule)."""
 
     Params = ScoreParams
     invert_scores: bool = False  # set by the "invert" sanity ablation: keep the LOWEST scores
@@ -90,8 +95,12 @@ class ScorePruner(Pruner):
                 if self.invert_scores:
                     scores = {n: -s for n, s in scores.items()}
                 masks = masking.topk_masks(masking.restrict_scores(scores, masks), round_density, self.params.scope,
-                                           getattr(self.params, "tie_rule", "exact"), final=r == len(schedule))
+                                           self._tie_rule(), final=r == len(schedule))
         return masks
+
+    def _tie_rule(self) -> str:
+        """The parameters' ``tie_rule``; for a ``Params`` without one, the built-ins' rule (``DEFAULT_TIE_RULE``)."""
+        return getattr(self.params, "tie_rule", DEFAULT_TIE_RULE)
 
     def check_scores(self, model: nn.Module, ctx: PruneContext, scores: Mapping[str, torch.Tensor],
                      density: float) -> numerics.HealthReport:

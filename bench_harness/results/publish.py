@@ -87,8 +87,8 @@ def _cell(value) -> str:
         return "<td></td>"
     text = html.escape(str(value))
     sort = ""
-    if isinstance(value, str) and value[:1] in "+-0123456789" and " ± " in value:
-        sort = f" data-sort='{html.escape(value.split(' ± ')[0])}'"
+    if isinstance(value, str) and value[:1] in "+-0123456789" and (" ± " in value or value.endswith(" (chance)")):
+        sort = f" data-sort='{html.escape(value.split(' ')[0])}'"  # "10.00 ± 0.40 (chance)" sorts as 10.00
     return f"<td{sort}>{text}</td>"
 
 

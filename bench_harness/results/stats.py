@@ -7,6 +7,13 @@
   t-test (``scipy.stats.ttest_rel``'s statistic mean(d) / (s_d / √n), t distribution with n − 1 degrees of
   freedom); undefined for fewer than two pairs or when every difference is equal (s_d = 0 with mean 0 gives
   p = 1; with mean ≠ 0, p = 0).
+- Chance level (:func:`at_chance`): a mean top-1 is *at chance* when it is not clearly above guessing, 1 / C for C
+  classes: mean ≤ 1/C + margin. The margin is the larger of 2 points (``CHANCE_TOLERANCE``) and, when the test-set
+  size n is known, the noise of guessing: z · √(p(1 − p) / (n · seeds)) with p = 1/C and z = 3.29 (a guessing
+  network's mean over that many test examples stays below it with probability 0.9995). At or below chance
+  counts: a network that learned nothing is flagged whether it lands a little above or below 1/C. With 10 classes
+  the 2 points cover the noise of any test set of 2,500 examples or more; a smaller test set (``recipe.test_subset``)
+  widens the margin.
 
 The vectorised forms (arrays of counts, means, standard deviations) are what the leaderboard uses; the scalar
 forms are the same formulas for one group, and are what the tests check against hand-computed values.
@@ -41,6 +48,25 @@ def paired_t_pvalue(mean, std, count) -> np.ndarray:
         p = 2.0 * _st.t.sf(np.abs(t), np.maximum(n - 1, 1))
     p = np.where(std == 0, np.where(mean == 0, 1.0, 0.0), p)
     return np.where(n >= 2, p, np.nan)
+
+
+CHANCE_TOLERANCE = 0.02  # 2 points of accuracy
+CHANCE_Z = 3.29  # one-sided 0.9995 quantile of the normal distribution
+
+
+def at_chance(top1, num_classes, n_test=None, seeds=1, tolerance: float = CHANCE_TOLERANCE):
+    """Whether a (mean) top-1 is within noise of chance, 1 / ``num_classes`` (see the module docstring for the
+    rule). Scalars or arrays; False where the accuracy or the number of classes is unknown; ``n_test`` (test
+    examples per run) and ``seeds`` (runs averaged) may be NaN/None: the margin is then the tolerance alone."""
+    top1, classes = np.asarray(top1, dtype=float), np.asarray(num_classes, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chance = 1.0 / classes
+        n = np.asarray(np.nan if n_test is None else n_test, dtype=float) * np.maximum(
+            np.nan_to_num(np.asarray(seeds, dtype=float), nan=1.0), 1.0)
+        noise = CHANCE_Z * np.sqrt(chance * (1.0 - chance) / n)
+        margin = np.fmax(tolerance, np.where(n > 0, noise, np.nan))
+        out = (top1 <= chance + margin) & (classes >= 1)
+    return bool(out) if np.ndim(out) == 0 else out
 
 
 def mean_std_ci(values: Sequence[float]) -> tuple[float, float, float, int]:

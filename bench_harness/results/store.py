@@ -150,14 +150,30 @@ def _nothing():
 
 
 def save_suite_file(suite) -> Path | None:
-    """Keep the suite file next to its results (``<results>/<suite>/suite.yaml``): the published site shows its
-    description and recipe, and a reader of the folder sees what produced it."""
+    """Keep the suite file next to its results (``<results>/<suite>/suite.yaml``), written atomically by every
+    executor before its first run starts or its first job is submitted: the published site shows its
+    description and recipe, and a reader of the folder sees what produced it. A different suite file saved
+    there before (an edited suite, or another file of the same name) is not lost: it is kept as
+    ``suite-<sha256[:12]>.yaml`` beside it (the rows themselves each record their full configuration). None when
+    the suite has no file (a suite built in Python)."""
+    import hashlib
+
     try:
         text = Path(suite.path).read_text()
     except OSError:
         return None
-    return atomic_write(paths.suite_dir(suite.results_root, suite.name)
-                        / "suite.yaml", lambda tmp: Path(tmp).write_text(text))
+    path = paths.suite_dir(suite.results_root, suite.name) / "suite.yaml"
+    try:
+        old = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        old = None
+    if old == text:
+        return path
+    if old is not None:
+        earlier = path.with_name(f"suite-{hashlib.sha256(old.encode()).hexdigest()[:12]}.yaml")
+        if not earlier.exists():
+            atomic_write(earlier, lambda tmp: Path(tmp).write_text(old))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def ensure_writable(folder: str | Path) -> None:

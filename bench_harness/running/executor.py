@@ -390,6 +390,7 @@ def run_local(suite: Suite, force: bool = False, workers: int = 1, progress: boo
     if not todo:
         return report
     results.ensure_writable(Path(suite.results_root) / suite.name)
+    results.save_suite_file(suite)  # the site shows its description and recipe
     # progress: bars on a terminal; plain log lines otherwise (a SLURM log, a CI log, a pipe)
     tty = progress and sys.stderr.isatty()
     lines = progress and not tty

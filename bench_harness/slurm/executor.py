@@ -134,6 +134,8 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
         preflight.check([preflight.Request(res, batch.origin_of(group[0]), len(group))
                          for res, group in by_profile.items()])
 
+    results.save_suite_file(suite)  # before the first sbatch, as the local executor does: the site shows it
+
     # Artifact jobs: one pretraining job per distinct pretrained model that is not stored yet, then one job per
     # distinct set of missing pruner stage artifacts (after the pretraining it needs, if any).
     from bench_harness.running.plan import PRETRAINING, STAGE, artifact_plan, missing
@@ -283,7 +285,8 @@ def report_submission(suite: Suite, runs: list[RunSpec], sub: Submission, stream
         print(f"logs: {sub.log_folder}/<job id>/ (`bench logs RUN_ID` prints a run's log)", file=stream)
     if sub.left_out:
         by_id = {r.run_id: r for r in runs}
-        print(f"{len(sub.left_out)} runs were not submitted: {sub.limit} (limits are read from "
+        were = "runs were" if len(sub.left_out) != 1 else "run was"
+        print(f"{len(sub.left_out)} {were} not submitted: {sub.limit} (limits are read from "
               f"`scontrol show assoc_mgr` and `sacctmgr`). Not submitted:", file=stream)
         for rid in sub.left_out[:20]:
             run = by_id.get(rid)
