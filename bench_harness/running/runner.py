@@ -199,9 +199,10 @@ def _load_pretrained(run: RunSpec, model, data: RunData, device, store: Artifact
         raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `weights: ...` to the model "
                          f"entry (file:<path>, torchvision:<WEIGHTS>, timm) or `pretrain: {{epochs: N}}` to the suite")
     if reinitialised:
+        why = ("head: reinit" if run.model.head == "reinit" else
+               "head: auto, and the weights' classifier does not fit the run's classes or there is none")
         warnings.warn(f"pretrained weights {row['pretrained_source']}: classifier {reinitialised} left at its "
-                      f"initialization (head: {run.model.head or 'auto'}; the classes differ, the weights have no "
-                      f"classifier, or head: reinit)", stacklevel=2)
+                      f"initialization ({why})", stacklevel=2)
     row["pretrain_seconds"] = time.perf_counter() - t0
     row["top1_pretrained"] = evaluate(model, data.test, device).top1
 
