@@ -268,6 +268,14 @@ def test_torchvision_default_is_pinned_to_the_weights_it_names(tmp_path, registr
     assert len(ids) == 1, ids
 
 
+@pytest.mark.xfail(strict=True, reason="parse_weights takes 'timm:<anything>' as the timm kind and resolve_weights "
+                   "ignores the argument: 'timm:nonsense' (or a path after timm:/torchvision: meant as a file) "
+                   "validates, loads the tag's weights and puts the nonsense into the run id")
+def test_a_timm_weights_argument_is_refused_or_used(tmp_path, registry):
+    with pytest.raises(SuiteError, match="timm"):
+        _suite(_grid("{name: 'timm:resnet18.a1_in1k', weights: 'timm:nonsense'}"), tmp_path, registry)
+
+
 # -- what held ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory"])
 def test_a_weights_path_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, registry, kind):
