@@ -1,7 +1,7 @@
 """Hostile tests of a model entry's ``weights:`` (issue 26): what a careless user or a busy shared cluster does.
 
-Tests marked ``xfail(strict=True)`` demonstrate a bug found by the hostile review (the reason says what should
-happen); the others pin behaviour that held. Everything is tiny: 8x8 images, an MLP, 0-1 epochs.
+The tests under "bugs" each reproduced a finding of the hostile review of issue 26 (they were strict xfails until
+the fix); the others pin behaviour that held. Everything is tiny: 8x8 images, an MLP, 0-1 epochs.
 """
 from __future__ import annotations
 
@@ -92,8 +92,6 @@ def _grid(models, pruners="[magnitude]", dataset="hx_target", extra=""):
 
 
 # -- bugs ---------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="leaderboard KEYS (model_label, dataset, sparsity_bin, method) ignore "
-                   "weights/head: runs from different starting weights are averaged as if they were seeds")
 def test_leaderboard_keeps_runs_of_different_weights_apart(tmp_path, registry):
     _save_mlp(tmp_path / "a.pt", seed=1)
     _save_mlp(tmp_path / "b.pt", seed=2)
@@ -107,9 +105,6 @@ def test_leaderboard_keeps_runs_of_different_weights_apart(tmp_path, registry):
     assert len(board) == 3, board[["model", "method", "seeds"]].to_string()
 
 
-@pytest.mark.xfail(strict=True, reason="the id hashes the raw weights: string, so one file (same SHA-256) spelled "
-                   "'file:w.pt', 'w.pt', 'file:./w.pt', or 'pretrain: x ' vs 'pretrain:x' gives distinct ids: the "
-                   "same experiment trained again and split in the results")
 def test_one_file_spelled_differently_is_one_run_id(tmp_path, registry):
     _save_mlp(tmp_path / "w.pt")
     ids = []
@@ -119,43 +114,35 @@ def test_one_file_spelled_differently_is_one_run_id(tmp_path, registry):
     assert len(set(ids)) == 1, ids
 
 
-@pytest.mark.xfail(strict=True, reason="validation accepts pretrain:<dataset> of another image shape; the run "
-                   "pretrains the whole source (stored as an artifact) and only then fails on a shape mismatch, "
-                   "once per run of the suite")
 def test_a_transfer_source_of_another_image_shape_is_refused_at_validation(tmp_path, registry):
-    with pytest.raises(SuiteError, match="hx_gray"):
-        _suite(_grid(f"{{{MLP}, weights: 'pretrain:hx_gray'}}", extra="pretrain: {epochs: 1}"), tmp_path,
-               registry)
+    for source in ("hx_gray", "hx_big"):
+        with pytest.raises(SuiteError, match=f"pretrain:{source} has"):
+            _suite(_grid(f"{{{MLP}, weights: 'pretrain:{source}'}}", extra="pretrain: {epochs: 1}"), tmp_path,
+                   registry)
 
 
-def test_a_transfer_source_of_another_image_shape_fails_every_run_after_pretraining(tmp_path, registry):
-    """What happens today (kept green): the source is pretrained and stored, then each run fails."""
-    suite = _suite(_grid(f"{{{MLP}, weights: 'pretrain:hx_big'}}", pruners="[dense, magnitude]",
+def test_a_transfer_source_whose_shape_only_the_run_knows_fails_before_pretraining(tmp_path, registry):
+    """A target data set with parameters has its shape decided when the run reads it: the run fails before it
+    pretrains anything (no artifact), with both shapes named."""
+    data = "{name: synthetic, params: {num_classes: 4, image_size: 16, train_size: 64, test_size: 32}}"
+    suite = _suite(_grid(f"{{{MLP}, weights: 'pretrain:hx_source'}}", pruners="[dense, magnitude]", dataset=data,
                          extra="pretrain: {epochs: 1, batch_size: 32}"), tmp_path, registry)
     rows = [execute_run(r, registry) for r in suite.runs]
-    assert all(r["status"] == "failed" and "do not fit" in r["error"] for r in rows)
-    assert list((tmp_path / "results" / "artifacts" / "pretrained").glob("*/artifact.pt"))  # pretrained anyway
+    assert all(r["status"] == "failed" and "3x8x8" in r["error"] and "3x16x16" in r["error"] for r in rows)
+    assert not list((tmp_path / "results" / "artifacts").glob("pretrained/*/artifact.pt"))
 
 
-@pytest.mark.xfail(strict=True, reason="scoring.dataset's image shape / classes are checked per run at run "
-                   "time, not at validation: a suite of thousands of runs validates and every run fails")
 def test_a_scoring_dataset_of_another_shape_is_refused_at_validation(tmp_path, registry):
     with pytest.raises(SuiteError, match="scoring"):
         _suite(_grid(MLP.join("{}"), extra="scoring: {dataset: hx_big}"), tmp_path, registry)
 
 
-@pytest.mark.xfail(strict=True, reason="backbone_lr_scale is NonNegative with inf allowed: .inf (or 1e308) "
-                   "validates and every run fails with a non-finite loss")
 def test_an_infinite_backbone_lr_scale_is_refused(tmp_path, registry):
     with pytest.raises(SuiteError, match="backbone_lr_scale"):
         _suite(_grid(MLP.join("{}"), extra="").replace("batch_size: 32}", "batch_size: 32, "
                                                          "backbone_lr_scale: .inf}"), tmp_path, registry)
 
 
-@pytest.mark.xfail(strict=True, reason="file_digest caches by (path, inode, size, mtime_ns): a file rewritten in "
-                   "place with the same size and its mtime restored (touch -r) keeps its old digest in a process "
-                   "that validates again, so the new content gets the old content's run ids (st_ctime is not in "
-                   "the key)")
 def test_a_file_rewritten_in_place_with_its_mtime_restored_gets_new_ids(tmp_path, registry):
     path = tmp_path / "w.pt"
     _save_mlp(path, seed=0)
@@ -172,10 +159,6 @@ def test_a_file_rewritten_in_place_with_its_mtime_restored_gets_new_ids(tmp_path
     assert before != after
 
 
-@pytest.mark.xfail(strict=True, reason="the global torch RNG after _load_pretrained depends on whether the "
-                   "pretrain:<dataset> artifact was produced in this run (seed_everything + training) or loaded: "
-                   "the first run of a seed and the others (or a rerun after a kill) draw different pruner "
-                   "randomness / augmentations")
 def test_global_rng_after_a_transfer_does_not_depend_on_the_artifact_cache(tmp_path, registry):
     # a source with other classes (a backbone built with another classifier: other draws), as in any transfer
     suite = _suite(_grid(f"{{{MLP}, weights: 'pretrain:hx_six'}}", pruners="[hx_rng]",
@@ -188,9 +171,6 @@ def test_global_rng_after_a_transfer_does_not_depend_on_the_artifact_cache(tmp_p
     assert json.loads(produced["pruner_info"])["draw"] == json.loads(loaded["pruner_info"])["draw"]
 
 
-@pytest.mark.xfail(strict=True, reason="pretrained_sha256 of a harness pretraining is the artifact FILE's digest, "
-                   "and torch.save names its zip records after atomic_write's random temp file: identical weights "
-                   "get different pretrained_sha256 in two results folders (state_sha256 exists but is unused)")
 def test_pretrained_sha256_of_identical_pretraining_is_identical(tmp_path, registry):
     text = _grid(f"{{{MLP}, weights: 'pretrain:hx_source'}}", extra="pretrain: {epochs: 1, batch_size: 32}")
     a = execute_run(_suite(text, tmp_path, registry, tmp_path / "r1").runs[0], registry)
@@ -200,19 +180,12 @@ def test_pretrained_sha256_of_identical_pretraining_is_identical(tmp_path, regis
     assert a["pretrained_sha256"] == b["pretrained_sha256"]
 
 
-@pytest.mark.xfail(strict=True, reason="a weights file that torch/safetensors cannot read (empty, truncated, a "
-                   "pickle with code, wrong keys) validates; validation already reads every byte for the digest "
-                   "but each run fails separately")
 def test_an_unreadable_weights_file_is_refused_at_validation(tmp_path, registry):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(SuiteError, match="empty.pt"):
         _suite(_grid(f"{{{MLP}, weights: 'file:empty.pt'}}"), tmp_path, registry)
 
 
-@pytest.mark.xfail(strict=True, reason="ArtifactStore reads manifest.json and artifact.pt with open()/read_text(): "
-                   "a FIFO planted as a pretrain:<dataset> artifact's payload in the group-writable results folder "
-                   "blocks every run that needs that backbone (a symlink to /dev/zero: endless read; as manifest: "
-                   "unbounded memory); bench_harness.files.open_regular exists for this and is not used")
 def test_a_planted_fifo_artifact_does_not_block_a_transfer(tmp_path, registry):
     import signal
 
@@ -243,19 +216,12 @@ def test_a_planted_fifo_artifact_does_not_block_a_transfer(tmp_path, registry):
         signal.signal(signal.SIGALRM, old)
 
 
-@pytest.mark.xfail(strict=True, reason="freeze_backbone / backbone_lr_scale are Recipe fields, so the pretrain: "
-                   "recipe accepts them: the harness's pretraining of a random backbone then trains only its "
-                   "classifier (train -> make_optimizer -> recipe_param_groups), a 'pretrained' backbone that is "
-                   "its initialization")
 def test_transfer_options_in_the_pretrain_recipe_are_refused(tmp_path, registry):
     with pytest.raises(SuiteError, match="freeze_backbone"):
         _suite(_grid(f"{{{MLP}, weights: 'pretrain:hx_source'}}",
                      extra="pretrain: {epochs: 1, batch_size: 32, freeze_backbone: true}"), tmp_path, registry)
 
 
-@pytest.mark.xfail(strict=True, reason="torchvision weights are hashed into the id as spelled: 'DEFAULT' is not "
-                   "pinned (another torchvision release may map it to other weights under the same id, so the old "
-                   "rows count as done), and four spellings of one enum member give four ids")
 def test_torchvision_default_is_pinned_to_the_weights_it_names(tmp_path, registry):
     import torchvision
 
@@ -268,9 +234,6 @@ def test_torchvision_default_is_pinned_to_the_weights_it_names(tmp_path, registr
     assert len(ids) == 1, ids
 
 
-@pytest.mark.xfail(strict=True, reason="parse_weights takes 'timm:<anything>' as the timm kind and resolve_weights "
-                   "ignores the argument: 'timm:nonsense' (or a path after timm:/torchvision: meant as a file) "
-                   "validates, loads the tag's weights and puts the nonsense into the run id")
 def test_a_timm_weights_argument_is_refused_or_used(tmp_path, registry):
     with pytest.raises(SuiteError, match="timm"):
         _suite(_grid("{name: 'timm:resnet18.a1_in1k', weights: 'timm:nonsense'}"), tmp_path, registry)

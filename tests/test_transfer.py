@@ -137,7 +137,7 @@ recipe: {{epochs: 0}}
     assert info["pretrained"] is True
     assert row["pretrained_source"] == "file:w.pt" and row["pretrained_sha256"] == file_sha256(tmp_path / "w.pt")
     for run in suite.runs:  # the weights (and the file's digest) are in every run's identity
-        assert run.identity()["model_weights"] == "file:w.pt"
+        assert run.identity()["model_weights"] == "file"  # any spelling of the path: the digest is the file
         assert run.identity()["model_weights_sha256"] == file_sha256(tmp_path / "w.pt")
 
 
@@ -292,17 +292,41 @@ scoring: {{examples: 32{{extra}}}}
     assert other_suite.runs[0].identity()["scoring"] == {"dataset": "tr_source", "examples": 32}
 
 
-@pytest.mark.parametrize("dataset, message", [("tr_six", "6 classes and the model's classifier 4"),
-                                              ("tr_gray", "same image shape")])
-def test_a_scoring_data_set_the_model_cannot_take_fails_clearly(tmp_path, registry, dataset, message):
-    suite = _suite(f"""
+@pytest.mark.parametrize("dataset", ["tr_six", "tr_gray"])
+def test_a_scoring_data_set_the_model_cannot_take_is_refused_at_validation(tmp_path, registry, dataset):
+    with pytest.raises(SuiteError, match=f"scoring.dataset: '{dataset}' has .* score on a data set of the run's "
+                                         f"image shape with at most its number of classes"):
+        _suite(f"""
 name: badscore
 grid: {{models: [{MLP_ENTRY}}}], datasets: [tr_target], sparsities: [0.5], pruners: [tr_seeing]}}
+scoring: {{dataset: {dataset}}}
+""", tmp_path, registry)
+
+
+@pytest.mark.parametrize("dataset, message", [("tr_six", "6 classes and the model's classifier 4"),
+                                              ("tr_gray", "same image shape")])
+def test_a_scoring_data_set_the_run_finds_unfit_fails_it_clearly(tmp_path, registry, dataset, message):
+    """When the run's data set takes parameters its shape is known only to the run, which checks it."""
+    suite = _suite(f"""
+name: badscore
+grid: {{models: [{MLP_ENTRY}}}], datasets: [{{name: synthetic, params: {{num_classes: 4, image_size: 8,
+        train_size: 64, test_size: 32}}}}], sparsities: [0.5], pruners: [tr_seeing]}}
 recipe: {{epochs: 0}}
 scoring: {{dataset: {dataset}}}
 """, tmp_path, registry)
     row = execute_run(suite.runs[0], registry)
     assert row["status"] == "failed" and message in row["error"]
+
+
+def test_scoring_on_the_runs_own_data_set_by_name_is_the_default_experiment(tmp_path, registry):
+    text = f"""
+name: own
+grid: {{models: [{MLP_ENTRY}}}], datasets: [tr_target], sparsities: [0.5], pruners: [tr_seeing]}}
+scoring: {{examples: 32{{extra}}}}
+"""
+    own = _suite(text.replace("{extra}", ", dataset: tr_target"), tmp_path, registry)
+    default = _suite(text.replace("{extra}", ""), tmp_path, registry)
+    assert own.runs[0].run_id == default.runs[0].run_id
 
 
 # -- pretrain:<dataset>: the harness's pretraining on a source data set, then the transfer -----------------------

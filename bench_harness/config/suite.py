@@ -32,7 +32,18 @@ import yaml
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from typing_extensions import Annotated, Literal
 
-from bench_harness.config.weights import HEADS, PRETRAIN, file_digest, parse_weights, weights_file
+from bench_harness.config.weights import (
+    FILE,
+    HEADS,
+    PRETRAIN,
+    TIMM,
+    TORCHVISION,
+    canonical_weights,
+    file_digest,
+    parse_weights,
+    weights_file,
+    weights_file_problem,
+)
 from bench_harness.contract.run_info import ComponentInfo, RunInfo
 from bench_harness.errors import BenchError, SuiteError, SuiteErrors, UnknownNameError, did_you_mean
 from bench_harness.identity import config_hash, non_default_fields
@@ -86,7 +97,7 @@ class Recipe:
     compile: bool = False  # torch.compile the model's training forward/backward
     # transfer (docs/transfer.md): the classifier (the model's last Linear layer) trains at lr; every other
     # parameter, the backbone, at lr x backbone_lr_scale, or not at all with freeze_backbone (linear probing)
-    backbone_lr_scale: NonNegative = 1.0
+    backbone_lr_scale: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1.0
     freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
@@ -195,6 +206,9 @@ class RunSpec:
     # SHA-256 of a `file:` weights file, read by validation: part of the id, and checked again when the run
     # loads the file (None: no file weights, or a run built by hand)
     weights_sha256: str | None = None
+    # the model entry's weights: as its run ids name them (config.weights.canonical_weights: one spelling per set
+    # of weights), set by validation; None: the entry's own spelling (a run built by hand)
+    weights_canonical: str | None = None
     # The pruner parameters hashed into the id, as runs were once built by hand (tests/test_identity.py): accepted
     # when equal to what the run hashes, never stored.
     pruner_defaults: InitVar[dict[str, Any] | None] = None
@@ -227,7 +241,7 @@ class RunSpec:
             # the harness's pretraining is part of a run when it gives the run its starting weights; weights:
             # are part of every run that names them (every pruner starts from them, docs/transfer.md)
             "pretrain": self.pretrain if self.harness_pretrains else None,
-            "model_weights": self.model.weights,
+            "model_weights": self.weights_canonical or self.model.weights,
             "model_weights_sha256": self.weights_sha256,
             "model_head": self.model.head if self.model.weights and self.model.head not in (None, "auto") else None,
             "ablation": self.ablation,
@@ -683,45 +697,116 @@ def _pruner_entry(path: str, registry, pruner: Component) -> _PrunerEntry:
                         bool(pruner_cls.ignores_sparsity), _is_score_pruner(pruner_cls))
 
 
-def _checked_weights(parsed: ParsedSuite, registry, model: Component) -> str | None:
-    """Check a model entry's weights: against the suite; the SHA-256 of a ``file:`` (part of its runs' ids)."""
+@dataclass(frozen=True)
+class _CheckedWeights:
+    """What validation decides once per model entry with weights: for all of its runs."""
+
+    canonical: str | None  # the spelling run ids use (config.weights.canonical_weights)
+    sha256: str | None  # a file's SHA-256
+
+
+def _checked_weights(parsed: ParsedSuite, registry, model: Component) -> _CheckedWeights:
+    """Check a model entry's weights: against the suite and the registry; its canonical form and, for a
+    ``file:``, the SHA-256 (both part of its runs' ids)."""
     if not model.weights:
-        return None
+        return _CheckedWeights(None, None)
     path, key = parsed.path, f"grid.models[{model.name}].weights"
     spec = parse_weights(model.weights)
+    if spec.kind in (TORCHVISION, TIMM) and not model.name.startswith(spec.kind + ":"):
+        example = "{name: 'timm:resnet50.a1_in1k', weights: timm}" if spec.kind == TIMM else (
+            "{name: 'torchvision:resnet50', weights: 'torchvision:IMAGENET1K_V1'}")
+        raise SuiteError(path, key, f"{spec.kind} weights belong to a {spec.kind}:<name> model, not {model.name!r} "
+                         f"(e.g. {example}); a state dict of your own is 'file:<path>'")
+    try:
+        canonical = canonical_weights(model.weights, model.name)
+    except (ValueError, ImportError) as exc:
+        raise SuiteError(path, key, str(exc)) from None
     if spec.kind == PRETRAIN:
-        try:
-            registry.entry("dataset", spec.argument)
-        except UnknownNameError as exc:
-            raise SuiteError(path, key, f"pretrain:{spec.argument}: {exc}") from None
+        problem = _source_problem(parsed, registry, spec.argument)
+        if problem:
+            raise SuiteError(path, key, problem)
         if parsed.pretrain is None:
             raise SuiteError(path, "pretrain", f"weights {model.weights!r} pretrain the model on "
                              f"{spec.argument!r} with the suite's pretrain: recipe: add `pretrain: {{epochs: N}}`")
-        return None
-    if spec.kind != "file":
-        return None
+        return _CheckedWeights(canonical, None)
+    if spec.kind != FILE:
+        return _CheckedWeights(canonical, None)
     file = weights_file(model.weights, parsed.settings.base_dir)
     try:
-        return file_digest(file)
+        digest = file_digest(file)
+        problem = weights_file_problem(file)
     except OSError as exc:
         raise SuiteError(path, key, f"weights file {file} cannot be read ({exc.strerror or exc}): a run id includes "
                          f"the file's SHA-256, so the file must be there when the suite is validated (a relative "
                          f"path is read from the directory the suite was loaded in, "
                          f"{parsed.settings.base_dir})") from None
+    if problem:
+        raise SuiteError(path, key, f"weights file {file}: {problem}")
+    return _CheckedWeights(canonical, digest)
+
+
+def _image_shape(registry, name: str, params: Mapping[str, Any], data_root: str) -> tuple[int, int, int] | None:
+    """(channels, image size, classes) of a data set when known without reading it (None: it depends on data the
+    run reads, e.g. a folder; checked when the run starts)."""
+    spec = registry.get("dataset", name)
+    if spec.resolve is not None:
+        if params:
+            return None
+        try:
+            spec = spec.resolve(root=data_root)
+        except Exception:
+            return None
+    return (spec.in_channels, spec.image_size, spec.num_classes)
+
+
+def _source_problem(parsed: ParsedSuite, registry, source: str) -> str | None:
+    """Why ``pretrain:<source>`` cannot start the suite's runs (None: it can): unknown, or images of another
+    shape than a grid data set's (the pretrained backbone would not fit the run's model)."""
+    try:
+        registry.entry("dataset", source)
+    except UnknownNameError as exc:
+        return f"pretrain:{source}: {exc}"
+    shape = _image_shape(registry, source, {}, parsed.settings.data_root)
+    if shape is None:
+        return (f"pretrain:{source}: the data set's shape depends on parameters or files, and a transfer's source "
+                f"is named without parameters: pretrain on a registered data set of fixed shape")
+    for dataset in parsed.datasets:
+        target = _image_shape(registry, dataset.name, dataset.params, parsed.settings.data_root)
+        if target is not None and target[:2] != shape[:2]:
+            return (f"pretrain:{source} has {shape[0]}x{shape[1]}x{shape[1]} images and {dataset.name!r} "
+                    f"{target[0]}x{target[1]}x{target[1]}: a backbone pretrained on one does not fit the other's "
+                    f"model; pretrain on a data set of the run's image shape")
+    return None
 
 
 def _scoring_data_problems(parsed: ParsedSuite, registry) -> list[SuiteError]:
-    """A ``scoring.dataset`` (suite-wide or a pruner entry's) that names no registered data set."""
+    """A ``scoring.dataset`` (suite-wide or a pruner entry's) that names no registered data set, or one whose
+    images differ in shape from a grid data set's or that has more classes (its labels go through the run's
+    classifier)."""
     problems = []
     for pruner, scoring in parsed.scoring_of.items():
-        if scoring.dataset is not None:
-            try:
-                registry.entry("dataset", scoring.dataset)
-            except UnknownNameError as exc:
-                key = ("scoring.dataset" if not (pruner.scoring and "dataset" in pruner.scoring)
-                       else f"grid.pruners[{pruner.name}].scoring.dataset")
-                if all(p.key != key for p in problems):
-                    problems.append(SuiteError(parsed.path, key, str(exc)))
+        if scoring.dataset is None:
+            continue
+        key = ("scoring.dataset" if not (pruner.scoring and "dataset" in pruner.scoring)
+               else f"grid.pruners[{pruner.name}].scoring.dataset")
+        if any(p.key == key for p in problems):
+            continue
+        try:
+            registry.entry("dataset", scoring.dataset)
+        except UnknownNameError as exc:
+            problems.append(SuiteError(parsed.path, key, str(exc)))
+            continue
+        shape = _image_shape(registry, scoring.dataset, {}, parsed.settings.data_root)
+        for dataset in parsed.datasets:
+            target = _image_shape(registry, dataset.name, dataset.params, parsed.settings.data_root)
+            if shape is None or target is None or dataset.name == scoring.dataset:
+                continue
+            if shape[:2] != target[:2] or shape[2] > target[2]:
+                problems.append(SuiteError(parsed.path, key, (
+                    f"{scoring.dataset!r} has {shape[0]}x{shape[1]}x{shape[1]} images in {shape[2]} classes and "
+                    f"{dataset.name!r} {target[0]}x{target[1]}x{target[1]} in {target[2]}: score on a data set of "
+                    f"the run's image shape with at most its number of classes")))
+                break
     return problems
 
 
@@ -773,16 +858,21 @@ def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
                         path, "pretrain", f"pruner {pruner.name!r} prunes a pretrained model, and model "
                         f"{model.name!r} names no weights: add `weights: ...` to the model entry (file:<path>, "
                         f"torchvision:<WEIGHTS>, timm) or a `pretrain: {{epochs: N}}` section"))
-    weights_sha: dict[Component, str | None] = {}
+    weights_of: dict[Component, _CheckedWeights] = {}
     for model in parsed.models:
         try:
-            weights_sha[model] = _checked_weights(parsed, registry, model)
+            weights_of[model] = _checked_weights(parsed, registry, model)
         except SuiteError as exc:
             problems.extend(exc.problems)
+    if parsed.pretrain is not None and (parsed.pretrain.freeze_backbone or parsed.pretrain.backbone_lr_scale != 1.0):
+        problems.append(SuiteError(path, "pretrain", "freeze_backbone and backbone_lr_scale are for training a "
+                                   "pretrained backbone; the pretrain: recipe trains a model from its initialization: "
+                                   "leave them out of it (set them in recipe:)"))
     problems += _scoring_data_problems(parsed, registry)
     SuiteErrors.raise_if_any(problems)
     runs: list[RunSpec] = []
     seen_ids: set[str] = set()
+    own_data: dict[Scoring, Scoring] = {}
     for model, dataset, pruner, seed, ablation in itertools.product(parsed.models, parsed.datasets, parsed.pruners,
                                                                     parsed.seeds, parsed.ablations):
         entry = entries[pruner]
@@ -791,11 +881,14 @@ def validate_suite(parsed: ParsedSuite, registry=None) -> Suite:
                 continue  # the dense reference has nothing to ablate
             if ablation == "invert" and not entry.has_scores:
                 continue  # only score-based pruners have scores to invert
+        scoring = parsed.scoring_of[pruner]
+        if scoring.dataset == dataset.name and not dataset.params:  # the run's own data: the default, one id
+            scoring = own_data.setdefault(scoring, dataclasses.replace(scoring, dataset=None))
         for sparsity in parsed.sparsities:
             run = RunSpec(parsed.name, model, dataset, pruner, 0.0 if entry.ignores_sparsity else sparsity, seed,
-                          parsed.recipe, parsed.scoring_of[pruner], parsed.prunable, parsed.pretrain, ablation,
+                          parsed.recipe, scoring, parsed.prunable, parsed.pretrain, ablation,
                           parsed.settings, entry.params, entry.version, entry.needs_pretrained,
-                          weights_sha256=weights_sha[model])
+                          weights_sha256=weights_of[model].sha256, weights_canonical=weights_of[model].canonical)
             if run.run_id in seen_ids:  # dense runs collapse over sparsities
                 continue
             seen_ids.add(run.run_id)

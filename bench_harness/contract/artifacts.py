@@ -18,6 +18,8 @@ every other process waits for the lock and then reads. A payload whose checksum 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
 import json
 import shutil
 import socket
@@ -30,7 +32,7 @@ import torch
 
 from bench_harness.atomic import atomic_write
 from bench_harness.errors import BenchError
-from bench_harness.files import file_sha256  # noqa: F401  (the artifact store's digest, re-exported)
+from bench_harness.files import file_sha256, open_regular
 from bench_harness.identity import canonical_json, config_hash
 from bench_harness.locks import file_lock
 
@@ -123,16 +125,17 @@ class ArtifactStore:
     def _load(self, name: str, config: Mapping[str, Any], folder: Path, produced: bool) -> Any:
         manifest = read_manifest(folder)
         payload_path = folder / "artifact.pt"
-        digest = file_sha256(payload_path)
+        data = read_payload(payload_path)  # one read: what is checked is what is loaded
+        digest = hashlib.sha256(data).hexdigest()
         if digest != manifest.get("sha256"):
             raise ArtifactError(f"artifact {name!r} at {payload_path} is damaged: SHA-256 {digest[:16]}… differs "
                                 f"from its manifest's {str(manifest.get('sha256'))[:16]}…")
         try:
-            payload = torch.load(payload_path, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ArtifactError(f"artifact {name!r} at {payload_path} cannot be loaded with weights_only=True "
                                 f"({type(exc).__name__}); delete {folder} to produce it again") from None
-        self.used[name] = ArtifactRecord(name, folder.name, digest, payload_path.stat().st_size, produced)
+        self.used[name] = ArtifactRecord(name, folder.name, digest, len(data), produced)
         return payload
 
 
@@ -161,9 +164,27 @@ class MemoryArtifactStore(ArtifactStore):
         return self.used[name]
 
 
+MANIFEST_MAX_BYTES = 1 << 20  # a manifest is a few hundred bytes; a larger one was not written by the harness
+
+
+def read_payload(path: Path) -> bytes:
+    """An artifact's payload bytes; ArtifactError for anything but a regular file the harness wrote (a FIFO, a
+    link to /dev/zero or a directory planted in a shared results folder is refused without blocking)."""
+    try:
+        with open_regular(path) as fh:
+            return fh.read()
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"artifact payload {path} cannot be read ({exc}); delete {path.parent} to produce it "
+                            f"again") from None
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "manifest.json").read_text())
+        with open_regular(folder / "manifest.json", MANIFEST_MAX_BYTES) as fh:
+            manifest = json.loads(fh.read().decode())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        return manifest
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"artifact manifest {folder / 'manifest.json'} is missing or damaged ({exc}); delete "
                             f"{folder} to produce it again") from None
@@ -183,8 +204,10 @@ def list_artifacts(root: str | Path) -> list[dict[str, Any]]:
             out.append({"name": folder.parent.name, "key": folder.name, "path": str(folder), "ok": False,
                         "problem": str(exc)})
             continue
-        payload = folder / "artifact.pt"
-        ok = payload.exists() and file_sha256(payload) == manifest.get("sha256")
+        try:
+            ok = hashlib.sha256(read_payload(folder / "artifact.pt")).hexdigest() == manifest.get("sha256")
+        except ArtifactError:
+            ok = False
         out.append({**manifest, "path": str(folder), "ok": ok,
                     "problem": None if ok else "payload missing or checksum mismatch"})
     return out

@@ -56,7 +56,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("train_from_epoch", pa.int64(), "schedule epoch training after pruning started from (k when rewinding)"),
     ("pretrained_source", pa.string(), "where the pretrained weights came from: pretrain (the harness's own), "
                                        "file:..., torchvision:..., timm:... (null: not pretrained)"),
-    ("pretrained_sha256", pa.string(), "SHA-256 of the pretrained weights (file, or the harness's artifact)"),
+    ("pretrained_sha256", pa.string(), "SHA-256 of the pretrained weights: of the file, or for the harness's own "
+                                       "pretraining of the state dict's names and tensors (identical weights, "
+                                       "identical digest; before issue 26: of the artifact file)"),
     ("artifacts", pa.string(), "stage artifacts the run used, JSON {name: {key, sha256, size, produced}}"),
     ("warnings", pa.string(), "warnings emitted during the run, JSON list of 'Category: message'"),
     ("resumed_from_epoch", pa.int64(), "the run was interrupted (preemption, time limit) and resumed from this "

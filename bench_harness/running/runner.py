@@ -56,7 +56,7 @@ from bench_harness.running.provenance import provenance, resolve_device
 from bench_harness.running.step_options import step_options
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.training import evaluate, train
-from bench_harness.running.weights import load_pretrained, load_state
+from bench_harness.running.weights import load_pretrained, load_state, state_sha256
 
 
 def seed_everything(seed: int) -> None:
@@ -150,6 +150,11 @@ def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: Artif
     trained now: the run's model on the run's data, or for ``weights: pretrain:<dataset>`` a model built for the
     source data set and trained on it (seeded by the run's seed, so every pruner of a seed shares one backbone)."""
     source = pretrain_source(run)
+    sspec = None if source is None else concrete_spec(registry.get("dataset", source), run.data_root, {})
+    if sspec is not None and (sspec.in_channels, sspec.image_size, sspec.image_size) != data.input_shape:
+        raise BenchError(f"pretrain:{source} has {sspec.in_channels}x{sspec.image_size}x{sspec.image_size} images and "
+                         f"the run's data set {run.dataset.name!r} {'x'.join(map(str, data.input_shape))}: a "
+                         f"backbone pretrained on one does not fit the other's model")
 
     def compute():
         # the random streams the rest of the run draws from (augmentation, dropout) must not depend on whether the
@@ -162,7 +167,6 @@ def _harness_pretrained(run: RunSpec, model, data: RunData, device, store: Artif
             train(model, data.train, run.pretrain, device, on_epoch=on_epoch)
             return {k: v.detach().cpu() for k, v in model.state_dict().items()}
         recipe = run.pretrain
-        sspec = concrete_spec(registry.get("dataset", source), run.data_root, {})
         train_set = head(load_split(sspec, "train", recipe.augment, root=run.data_root, download=run.download),
                          recipe.train_subset)
         seed_everything(run.seed)
@@ -191,10 +195,11 @@ def _load_pretrained(run: RunSpec, model, data: RunData, device, store: Artifact
         state = _harness_pretrained(run, model, data, device, store, progress, registry)
         reinitialised = load_state(model, state, f"pretrained weights {run.model.weights}", run.model.name,
                                    run.model.head)
-        row.update(pretrained_source=run.model.weights, pretrained_sha256=store.used[PRETRAINED].sha256)
+        row.update(pretrained_source=run.weights_canonical or run.model.weights, pretrained_sha256=state_sha256(state))
     elif run.pretrain is not None:
-        model.load_state_dict(_harness_pretrained(run, model, data, device, store, progress, registry))
-        row.update(pretrained_source="pretrain", pretrained_sha256=store.used[PRETRAINED].sha256)
+        state = _harness_pretrained(run, model, data, device, store, progress, registry)
+        model.load_state_dict(state)
+        row.update(pretrained_source="pretrain", pretrained_sha256=state_sha256(state))
     else:
         raise BenchError(f"pruner {run.pruner.name!r} prunes a pretrained model: add `weights: ...` to the model "
                          f"entry (file:<path>, torchvision:<WEIGHTS>, timm) or `pretrain: {{epochs: N}}` to the suite")

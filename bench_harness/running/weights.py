@@ -55,7 +55,11 @@ def _load_file(path: Path, data: bytes | None = None) -> dict[str, torch.Tensor]
     if path.suffix == ".safetensors":
         from safetensors.torch import load
 
-        return load(data)
+        try:
+            return load(data)
+        except Exception as exc:
+            raise BenchError(f"{path}: cannot be read as a safetensors file ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
