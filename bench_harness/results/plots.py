@@ -66,9 +66,16 @@ class Style:
 
 # slot i: colour i mod 12, marker i mod 11, line i mod 4: the (marker, line) pairs of the 44 slots are all different
 SLOTS = [Style(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)], DASHES[i % len(DASHES)]) for i in range(44)]
-BUILTIN_SLOTS = {"magnitude": 0, "mp": 0, "snip": 1, "grasp": 2, "synflow": 3, "px": 4, "px_cvpr2024": 4, "imp": 5,
-                 "snows": 6, "edge_popup": 7, "autosparse": 8, "mp_ls": 9, "slt_frozen": 10, "px_head": 11}
-FIXED = {"dense": Style("#000000", "*", ":"), "random": Style("#8C8C8C", "d", "-")}
+_DDD = DASHES[3]
+# the built-in methods: every colour and marker different; methods often shown together differ in line style too
+BUILTIN = {"magnitude": Style("#0072B2", "o", "-"), "snip": Style("#E69F00", "s", "--"),
+           "grasp": Style("#009E73", "^", "-."), "synflow": Style("#CC79A7", "D", _DDD),
+           "px": Style("#D55E00", "v", "--"), "imp": Style("#56B4E9", "P", "-."), "snows": Style("#882255", "X", _DDD),
+           "edge_popup": Style("#999933", "<", "-"), "autosparse": Style("#332288", ">", "--"),
+           "mp_ls": Style("#44AA99", "p", "-."), "slt_frozen": Style("#AA4499", "h", _DDD),
+           "px_head": Style("#DDCC77", "8", "-")}
+BUILTIN.update(mp=BUILTIN["magnitude"], px_cvpr2024=BUILTIN["px"])
+FIXED = {"dense": Style("#000000", "*", ":"), "random": Style("#8C8C8C", "d", "-"), **BUILTIN}
 CHANCE_COLOUR = "0.45"
 AT_CHANCE_LABEL = "at chance"
 CLIPPED_LABEL = "CI cut at 0/100 %"
@@ -108,11 +115,7 @@ def _pruner(base: str) -> str:
 def _own_style(base: str) -> Style:
     """A method's own style: its pruner's for a built-in (a variant with parameters too), else its hashed slot."""
     pruner = _pruner(base)
-    if pruner in FIXED:
-        return FIXED[pruner]
-    if pruner in BUILTIN_SLOTS:
-        return SLOTS[BUILTIN_SLOTS[pruner]]
-    return SLOTS[_hash_slot(base)]
+    return FIXED[pruner] if pruner in FIXED else SLOTS[_hash_slot(base)]
 
 
 def method_styles(methods: Iterable[str]) -> dict[str, Style]:
@@ -120,7 +123,7 @@ def method_styles(methods: Iterable[str]) -> dict[str, Style]:
     next slot where a colour, a marker or a (marker, line) pair is taken while free ones remain. The same set of
     methods gets the same styles in every plot."""
     methods = sorted(set(methods))
-    builtin = {**FIXED, **BUILTIN_SLOTS}
+    builtin = FIXED
     # the plain built-ins first, then variants of built-ins (the first of a pruner whose plain form is absent
     # takes its pruner's style), then the others
     bases = sorted({_base(m) for m in methods}, key=lambda b: (b not in builtin, _pruner(b) not in builtin, b))
@@ -192,7 +195,7 @@ def _title(model: str, dataset: str, names: Mapping[str, str] | None, extra: str
 
 def layer_label(name: str, all_names: Iterable[str] = ()) -> str:
     """A prunable layer by its module path: without ``.weight``, without the path prefix every layer shares, long
-    components shortened ("encoder_layer_3" → "block3"), at most ~22 characters (first … last components)."""
+    components shortened ("encoder_layer_3" → "block3"), at most ~22 characters (leading components dropped)."""
     def strip(n):
         return re.sub(r"\.(weight|weight_orig|bias)$", "", n)
 
@@ -202,13 +205,12 @@ def layer_label(name: str, all_names: Iterable[str] = ()) -> str:
     while all(len(o) > common + 1 and o[common] == path[common] for o in others) and len(path) > common + 1:
         common += 1
     parts = path[common:]
-    short = {"self_attention": "attn", "attention": "attn", "downsample": "down", "shortcut": "short",
-             "classifier": "classifier", "features": "features"}
+    short = {"self_attention": "attn", "attention": "attn"}
     parts = [re.sub(r"^encoder_layer_(\d+)$", r"block\1", short.get(p, p)) for p in parts]
-    label = ".".join(parts)
-    if len(label) > 22 and len(parts) > 2:
-        label = f"{parts[0]}…{parts[-2]}.{parts[-1]}" if len(parts[-2]) < 12 else f"{parts[0]}…{parts[-1]}"
-    return label
+    while len(".".join(parts)) > 22 and len(parts) > 2:  # the leading components go first: "…block3.attn.out"
+        parts = parts[1:]
+        parts[0] = "…" + parts[0].lstrip("…")
+    return ".".join(parts)
 
 
 # -- figure helpers --------------------------------------------------------------------------------------------------
@@ -273,17 +275,17 @@ def _log_axis(axis, lo: float, hi: float, formatter=None) -> None:
 def _density_axis(ax, densities, dense: bool) -> None:
     """Log axis with a tick at every density (1: the dense model), dense on the left, no minor labels."""
     ticks = sorted({float(f"{d:.4g}") for d in densities if d > 0} | ({1.0} if dense else set()))
+    # limits first: a single density would otherwise autoscale to a singular log axis
+    ax.set_xlim(*((max(ticks) * 1.3, min(ticks) / 1.3) if ticks else (1.0, 0.01)))  # dense left, sparse right
     ax.set_xscale("log")
     if not ticks:
-        ax.set_xlim(1.0, 0.01)
         return
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
     if len(ticks) > 6:
-        plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
-    ax.set_xlim(max(ticks) * 1.3, min(ticks) / 1.3)  # dense on the left, sparse on the right
+        ax.tick_params(axis="x", which="major", labelrotation=45)
 
 
 def _legend(fig, ax, extra: list | None = None) -> None:
