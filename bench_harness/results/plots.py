@@ -123,14 +123,13 @@ def method_styles(methods: Iterable[str]) -> dict[str, Style]:
     next slot where a colour, a marker or a (marker, line) pair is taken while free ones remain. The same set of
     methods gets the same styles in every plot."""
     methods = sorted(set(methods))
-    builtin = FIXED
     # the plain built-ins first, then variants of built-ins (the first of a pruner whose plain form is absent
     # takes its pruner's style), then the others
-    bases = sorted({_base(m) for m in methods}, key=lambda b: (b not in builtin, _pruner(b) not in builtin, b))
+    bases = sorted({_base(m) for m in methods}, key=lambda b: (b not in FIXED, _pruner(b) not in FIXED, b))
     chosen: dict[str, Style] = {}
     claimed: set[str] = set()
     for base in bases:
-        if _pruner(base) in builtin and _pruner(base) not in claimed:
+        if _pruner(base) in FIXED and _pruner(base) not in claimed:
             chosen[base] = _own_style(base)
             claimed.add(_pruner(base))
             continue
@@ -164,7 +163,8 @@ def method_style(method: str, among: Iterable[str] | None = None) -> Style:
 
 
 def method_colour(method: str, among: Iterable[str] | None = None) -> str:
-    """The colour of a method everywhere (plots and site): by its pruner name and parameters, ablation aside."""
+    """The colour of a method everywhere (plots and site): by its pruner name and parameters, ablation aside. Pass
+    ``among`` (the board's methods) to get exactly the colour its plots use when names collide."""
     return method_style(method, among).colour
 
 
@@ -469,9 +469,9 @@ def _dodge(cell: pd.DataFrame, column: str, log: bool) -> pd.Series:
     return 10 ** out if log else out
 
 
-def _place_labels(ax, labels: list, points: list) -> None:
-    """Small labels next to their points, each at the first of eight places around it that overlaps neither
-    another label nor a point (the first place where every one does)."""
+def _place_labels(ax, labels: list, points: list, bars: list) -> None:
+    """Small labels next to their points, each at the first of eight places around it that overlaps no other
+    label, point or error bar (the first place where every one does)."""
     if not labels:
         return
     fig = ax.figure
@@ -480,6 +480,9 @@ def _place_labels(ax, labels: list, points: list) -> None:
     screen = ax.transData.transform(np.asarray(points, dtype=float)) if points else np.zeros((0, 2))
     r = plt.rcParams["lines.markersize"] * px * 0.7
     taken = [(x - r, y - r, x + r, y + r) for x, y in screen]
+    for x, lo, hi in bars:
+        (x0, y0), (_, y1) = ax.transData.transform([(x, lo), (x, hi)])
+        taken.append((x0 - 2 * px, y0, x0 + 2 * px, y1))
     for x, y, text, colour in labels:
         w, h = 0.6 * size * len(text) + 1, size + 1  # in points
         places = [(3, 2), (3, -2 - h), (-3 - w, 2), (-3 - w, -2 - h), (-w / 2, 5), (-w / 2, -5 - h), (6, -h / 2),
@@ -513,6 +516,7 @@ def draw_accuracy_vs(board: pd.DataFrame, model: str, dataset: str, column: str,
     annotate = int((cell.method != "dense").sum()) <= MAX_ANNOTATIONS
     points: list = []
     labels: list = []
+    bars: list = []
     for method, g in cell.groupby("method"):
         st = styles[method]
         g = g.sort_values(column)
@@ -522,6 +526,7 @@ def draw_accuracy_vs(board: pd.DataFrame, model: str, dataset: str, column: str,
         if (g.seeds >= 2).any():
             ci = 100 * np.nan_to_num(g.top1_ci95.to_numpy(dtype=float))
             err = [y - np.clip(y - ci, 0, 100), np.clip(y + ci, 0, 100) - y]
+            bars += list(zip(x, np.clip(y - ci, 0, 100), np.clip(y + ci, 0, 100)))
             clipped |= _clip_marks(ax, x, y - ci, y + ci, st.colour)
             barred = True
         dense = method == "dense"
@@ -549,7 +554,7 @@ def draw_accuracy_vs(board: pd.DataFrame, model: str, dataset: str, column: str,
     _legend(fig, ax, _extra_handles(clipped, chance))
     if labels and fig.get_layout_engine() is not None:
         fig.canvas.draw()  # the layout places the axes; labels are placed in its final pixels
-    _place_labels(ax, labels, points)
+    _place_labels(ax, labels, points, bars)
     return fig
 
 
