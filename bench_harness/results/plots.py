@@ -214,16 +214,23 @@ def layer_label(name: str, all_names: Iterable[str] = ()) -> str:
 
 
 # -- figure helpers --------------------------------------------------------------------------------------------------
+_ACTIVE: list[str] = ["default"]  # the style of the innermost plot_style
+
+
 @contextmanager
 def plot_style(name: str = "default"):
     if name not in STYLES:
         raise ValueError(f"unknown plot style {name!r}: use {', '.join(STYLES)}")
-    with plt.rc_context(STYLES[name]):
-        yield
+    _ACTIVE.append(name)
+    try:
+        with plt.rc_context(STYLES[name]):
+            yield
+    finally:
+        _ACTIVE.pop()
 
 
 def _paper() -> bool:
-    return plt.rcParams["font.family"] == ["serif"] and plt.rcParams["pdf.fonttype"] == 42
+    return _ACTIVE[-1].startswith("paper")
 
 
 def _new_figure(width: float | None = None):
