@@ -476,7 +476,7 @@ def _dodge(cell: pd.DataFrame, column: str, log: bool) -> pd.Series:
     return 10 ** out if log else out
 
 
-def _place_labels(ax, labels: list, points: list, bars: list) -> None:
+def _place_labels(ax, labels: list, points: list, bars: list, rings: list = ()) -> None:
     """Small labels next to their points, each at the first of eight places around it that overlaps no other
     label, point or error bar (the first place where every one does)."""
     if not labels:
@@ -487,6 +487,8 @@ def _place_labels(ax, labels: list, points: list, bars: list) -> None:
     screen = ax.transData.transform(np.asarray(points, dtype=float)) if points else np.zeros((0, 2))
     r = plt.rcParams["lines.markersize"] * px * 0.7
     taken = [(x - r, y - r, x + r, y + r) for x, y in screen]
+    for x, y in ax.transData.transform(np.asarray(rings, dtype=float)) if len(rings) else []:
+        taken.append((x - 2 * r, y - 2 * r, x + 2 * r, y + 2 * r))  # a ring around a point at chance
     for x, lo, hi in bars:
         (x0, y0), (_, y1) = ax.transData.transform([(x, lo), (x, hi)])
         taken.append((x0 - 2 * px, y0, x0 + 2 * px, y1))
@@ -524,6 +526,7 @@ def draw_accuracy_vs(board: pd.DataFrame, model: str, dataset: str, column: str,
     points: list = []
     labels: list = []
     bars: list = []
+    rings: list = []
     for method, g in cell.groupby("method"):
         st = styles[method]
         g = g.sort_values(column)
@@ -543,6 +546,7 @@ def draw_accuracy_vs(board: pd.DataFrame, model: str, dataset: str, column: str,
         marked = _at_chance(g)
         if marked.any():
             _ring(ax, x[marked], y[marked], ms)
+            rings += list(zip(x[marked], y[marked]))
             chance = True
         points += list(zip(x, y))
         if annotate and not dense:
@@ -561,7 +565,7 @@ def draw_accuracy_vs(board: pd.DataFrame, model: str, dataset: str, column: str,
     _legend(fig, ax, _extra_handles(clipped, chance))
     if labels and fig.get_layout_engine() is not None:
         fig.canvas.draw()  # the layout places the axes; labels are placed in its final pixels
-    _place_labels(ax, labels, points, bars)
+    _place_labels(ax, labels, points, bars, rings)
     return fig
 
 
