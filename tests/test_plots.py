@@ -301,7 +301,7 @@ def test_rows_at_chance_are_ringed_with_a_legend_entry_and_the_chance_line_is_dr
         assert len(rings) == 1 and rings[0].get_ydata()[0] == pytest.approx(10.0)
         assert "at chance" in _legend_texts(fig) and "chance (10 %)" in _legend_texts(fig)
     # without the column, nothing special
-    plain = board.drop(columns=["at_chance", "flag_at_chance"])
+    plain = board.drop(columns=["at_chance", "flag_at_chance"], errors="ignore")
     fig = draw_accuracy_vs_density(plain, "lenet5", "fashion_mnist")
     assert not _rings(fig.axes[0]) and "at chance" not in _legend_texts(fig)
 
