@@ -381,7 +381,8 @@ def cmd_plot(args) -> int:
     result = aggregate(root, suites)
     for suite in suites:
         out = Path(args.out) / suite if args.out else Path(root) / suite / "plots"
-        files = make_plots(result.boards[suite], result.runs[suite], out, style=args.style)
+        files = make_plots(result.boards[suite], result.runs[suite], out, style=args.style,
+                           names=_registry().display_names())
         print(f"{suite}: {len(files)} files in {out}")
     return 0
 
@@ -399,7 +400,8 @@ def cmd_publish(args) -> int:
 
     cards = {suite: suite_card(root, suite) for suite in suites}
     for suite in suites:
-        plots = make_plots(result.boards[suite], result.runs[suite], Path(root) / suite / "plots")
+        plots = make_plots(result.boards[suite], result.runs[suite], Path(root) / suite / "plots",
+                           names=_registry().display_names())
         publish_suite(suite, result.boards[suite], result.runs[suite], plots, out, cards[suite])
     index = publish_index(out, {s: (result.boards[s], result.runs[s]) for s in suites}, result.cross, cards)
     print(f"site written: {index} (open it in a browser, or copy {out} to any static host)")
@@ -534,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-root", type=absolute_path)
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("plot", help="plots (PNG, SVG, PDF) of a suite's leaderboard")
-    p.add_argument("--style", choices=["default", "paper"], default="default",
-                   help="paper: one-column width, 8 pt text, embedded fonts")
+    p.add_argument("--style", choices=["default", "paper", "paper-wide"], default="default",
+                   help="paper: one journal column (3.5 in), paper-wide: two (7.2 in); 8 pt serif text, embedded fonts")
     p.add_argument("suites", nargs="+")
     p.add_argument("--out", help="folder (default: results/<suite>/plots)")
     p.add_argument("--results-root", type=absolute_path)

@@ -194,6 +194,12 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
 
+    def display_names(self) -> dict[str, str]:
+        """Model and data set names → the display names their specs give ("lenet5" → "LeNet-5"), for figures and
+        tables drawn from results, which hold only names; names without one are left out."""
+        return {name: entry.obj.display_name for kind in ("model", "dataset")
+                for name, entry in self.entries[kind].items() if getattr(entry.obj, "display_name", "")}
+
     def call_lifecycle(self, hook_name: str, **kwargs: Any) -> None:
         hook = getattr(self.pm.hook, hook_name)
         for impl in hook.get_hookimpls():

@@ -16,6 +16,7 @@ class ModelSpec:
     build: Callable[..., Any]  # build(num_classes=, in_channels=, image_size=, **params)
     description: str = ""
     prefix: bool = False  # serves "<name>:<arch>" names; build then receives arch=<arch>
+    display_name: str = ""  # how figures and tables write it ("LeNet-5", "ResNet-20"); "" = the name
 
 
 class DatasetNotFound(BenchError, FileNotFoundError):
@@ -35,6 +36,7 @@ class DatasetSpec:
     # For data sets whose shape depends on parameters (a folder, the synthetic set): resolve(root=, **params)
     # returns the concrete spec; its ``load`` then receives the same parameters.
     resolve: Callable[..., DatasetSpec] | None = None
+    display_name: str = ""  # how figures and tables write it ("Fashion-MNIST", "CIFAR-10"); "" = the name
 
 
 @dataclass(frozen=True)

@@ -306,17 +306,20 @@ def _resolve_synthetic(root, num_classes: int = 10, image_size: int = 32, in_cha
 @hookimpl
 def bench_register_datasets():
     return [
-        DatasetSpec("cifar10", 10, 3, 32, partial(_cifar, 10), "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD),
-        DatasetSpec("cifar100", 100, 3, 32, partial(_cifar, 100), "CIFAR-100", CIFAR100_MEAN, CIFAR100_STD),
-        DatasetSpec("mnist", 10, 1, 28, partial(_mnist_like, "mnist"), "MNIST", MNIST_MEAN, MNIST_STD),
+        DatasetSpec("cifar10", 10, 3, 32, partial(_cifar, 10), "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD,
+                    display_name="CIFAR-10"),
+        DatasetSpec("cifar100", 100, 3, 32, partial(_cifar, 100), "CIFAR-100", CIFAR100_MEAN, CIFAR100_STD,
+                    display_name="CIFAR-100"),
+        DatasetSpec("mnist", 10, 1, 28, partial(_mnist_like, "mnist"), "MNIST", MNIST_MEAN, MNIST_STD,
+                    display_name="MNIST"),
         DatasetSpec("fashion_mnist", 10, 1, 28, partial(_mnist_like, "fashion_mnist"), "Fashion-MNIST",
-                    FASHION_MEAN, FASHION_STD),
+                    FASHION_MEAN, FASHION_STD, display_name="Fashion-MNIST"),
         DatasetSpec("tiny_imagenet", 200, 3, 64, _tiny_imagenet, "Tiny-ImageNet (64x64, 200 classes)",
-                    IMAGENET_MEAN, IMAGENET_STD),
+                    IMAGENET_MEAN, IMAGENET_STD, display_name="Tiny-ImageNet"),
         DatasetSpec("imagenet", 1000, 3, 224, _imagenet, "ImageNet-1k in ImageFolder layout", IMAGENET_MEAN,
-                    IMAGENET_STD),
+                    IMAGENET_STD, display_name="ImageNet-1k"),
         DatasetSpec("imagefolder", 0, 3, 224, _imagefolder, "any folder with train/ and val/ in ImageFolder layout",
-                    IMAGENET_MEAN, IMAGENET_STD, resolve=_resolve_imagefolder),
+                    IMAGENET_MEAN, IMAGENET_STD, resolve=_resolve_imagefolder, display_name="ImageFolder"),
         DatasetSpec("synthetic", 10, 3, 32, _synthetic, "synthetic Gaussian images (tests, smoke runs)",
-                    resolve=_resolve_synthetic),
+                    resolve=_resolve_synthetic, display_name="synthetic"),
     ]

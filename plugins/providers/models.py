@@ -98,12 +98,15 @@ def _timm(arch, num_classes, in_channels, image_size, pretrained=False, **kw):
 @hookimpl
 def bench_register_models():
     specs = [ModelSpec(f"resnet{d}", partial(_resnet, d), f"CIFAR ResNet-{d} (16/32/64 filters, 1x1 conv+BN "
-                                                            f"shortcuts)") for d in (20, 32, 44, 56, 110)]
-    specs += [ModelSpec(f"vgg{d}_bn", partial(_vgg, d), f"CIFAR VGG-{d} with BatchNorm") for d in (11, 13, 16, 19)]
-    specs += [ModelSpec(f"conv{d}", partial(_conv, d), f"Conv-{d} (Frankle & Carbin 2019)") for d in (2, 4, 6)]
+                                                            f"shortcuts)", display_name=f"ResNet-{d}")
+             for d in (20, 32, 44, 56, 110)]
+    specs += [ModelSpec(f"vgg{d}_bn", partial(_vgg, d), f"CIFAR VGG-{d} with BatchNorm",
+                        display_name=f"VGG-{d} (BN)") for d in (11, 13, 16, 19)]
+    specs += [ModelSpec(f"conv{d}", partial(_conv, d), f"Conv-{d} (Frankle & Carbin 2019)", display_name=f"Conv-{d}")
+              for d in (2, 4, 6)]
     specs += [
-        ModelSpec("lenet5", _lenet5, "LeNet-5"),
-        ModelSpec("mlp", _mlp, "fully connected network, hidden=(300, 100) by default"),
+        ModelSpec("lenet5", _lenet5, "LeNet-5", display_name="LeNet-5"),
+        ModelSpec("mlp", _mlp, "fully connected network, hidden=(300, 100) by default", display_name="MLP"),
         ModelSpec("torchvision", _torchvision, "any torchvision model: torchvision:<arch>", prefix=True),
         ModelSpec("timm", _timm, "any timm model: timm:<arch>", prefix=True),
     ]
