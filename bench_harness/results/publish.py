@@ -92,15 +92,19 @@ def _cell(value) -> str:
     return f"<td{sort}>{text}</td>"
 
 
-def _method_cell(method: str) -> str:
-    return (f"<td data-sort='{html.escape(method)}'><span class='swatch' style='background:{method_colour(method)}'>"
+def _method_cell(method: str, among: list[str]) -> str:
+    """A method's name with its swatch: the colour its plots use (``among``: the methods shown together)."""
+    colour = method_colour(method, among)
+    return (f"<td data-sort='{html.escape(method)}'><span class='swatch' style='background:{colour}'>"
             f"</span>{html.escape(method)}</td>")
 
 
 def _table(df: pd.DataFrame, table_id: str) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     method_col = list(df.columns).index("method") if "method" in df.columns else -1
-    rows = "".join("<tr>" + "".join(_method_cell(v) if i == method_col else _cell(v) for i, v in enumerate(row))
+    among = sorted({str(m) for m in df["method"].dropna()}) if method_col >= 0 else []
+    rows = "".join("<tr>" + "".join(_method_cell(v, among) if i == method_col else _cell(v)
+                                    for i, v in enumerate(row))
                    + "</tr>" for row in df.itertuples(index=False))
     return (f"<div class='scroll'><table class='sortable' id='{table_id}'><thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table></div>")
@@ -121,12 +125,13 @@ def _runs_table(runs: pd.DataFrame, limit: int = 5000) -> str:
     runs = runs.sort_values(["model_label", "dataset", "method", "target_sparsity", "seed"]).head(limit)
     head = "".join(f"<th>{c}</th>" for c in RUN_COLUMNS + ["details"])
     rows = []
+    among = sorted({str(m) for m in runs["method"].dropna()}) if "method" in runs else []
     for _, r in runs.iterrows():
         cells = []
         for c in RUN_COLUMNS:
             v = r.get(c)
             if c == "method":
-                cells.append(_method_cell(str(v)))
+                cells.append(_method_cell(str(v), among))
                 continue
             if isinstance(v, float):
                 v = "" if math.isnan(v) else f"{v:.4f}" if c not in ("target_sparsity", "sparsity_bin") else f"{v:.4g}"
