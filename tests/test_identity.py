@@ -29,6 +29,10 @@ def test_frozen_ids_of_runs_that_start_from_weights():
     assert _run(model=Component("resnet20", weights="pretrain:mnist", head="reinit"),
                 pretrain=Recipe(epochs=2)).run_id == "6b856b185f90d487"
     assert _run(pretrain=Recipe(epochs=2)).run_id == _run().run_id  # an at-init run without weights: no pretraining
+    # a post-training run pretrained by the harness (its recipe, even at its defaults, is part of the id)
+    assert _run(pruner=Component("pt"), pretrain=Recipe(), needs_pretrained=True).run_id == "11cf12ac119791fd"
+    assert _run(pruner=Component("pt"), pretrain=Recipe(epochs=3, lr=0.2),
+                needs_pretrained=True).run_id == "928995b912e4f811"
 
 
 def test_defaults_do_not_enter_the_identity():

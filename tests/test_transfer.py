@@ -487,3 +487,30 @@ recipe: {epochs: 2, batch_size: 32}
     stored = execute_run(elsewhere, registry)
     assert computed["status"] == stored["status"] == "ok", (computed.get("error"), stored.get("error"))
     assert computed["loss"] == stored["loss"] and computed["top1"] == stored["top1"]
+
+
+def test_the_leaderboard_names_the_start_and_compares_within_it(tmp_path, registry):
+    """Runs from a pretrained start and from a random init are other models on the board: ranked apart, and
+    paired with the controls (random, magnitude, dense) of their own start only."""
+    from bench_harness.results.leaderboard import build_leaderboard
+    from bench_harness.results.store import load_results
+
+    suite = _suite(f"""
+name: board
+grid: {{models: [{MLP_ENTRY}, weights: "pretrain:tr_source", head: reinit}}, {MLP_ENTRY}}}],
+        datasets: [tr_target], sparsities: [0.5], pruners: [dense, magnitude, random, tr_seeing]}}
+pretrain: {{epochs: 1, batch_size: 32}}
+recipe: {{epochs: 0}}
+""", tmp_path, registry)
+    rows = [execute_run(r, registry) for r in suite.runs]
+    assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    board = build_leaderboard(load_results(tmp_path / "results", ["board"]), ["board"])
+    assert set(board.model) == {"mlp(hidden=[32, 16])", "mlp(hidden=[32, 16]) ← pretrain:tr_source, head reinit"}
+    assert set(board.method) == {"dense", "magnitude", "random", "tr_seeing"}  # the start is the model's
+    assert (board.seeds == 1).all() and len(board) == 8
+    top1 = {(r.model_label, r.pruner): r.top1 for r in load_results(tmp_path / "results", ["board"])
+            .assign(model_label=lambda d: d.config.str.contains("pretrain:tr_source")).itertuples()}
+    for transferred, model in ((True, board.model.str.contains("←")), (False, ~board.model.str.contains("←"))):
+        seeing = board[model & (board.method == "tr_seeing")].iloc[0]
+        assert seeing.vs_random_diff == pytest.approx(top1[(transferred, "tr_seeing")] - top1[(transferred, "random")])
+        assert seeing.vs_dense_diff == pytest.approx(top1[(transferred, "tr_seeing")] - top1[(transferred, "dense")])

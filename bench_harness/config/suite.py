@@ -240,13 +240,14 @@ class RunSpec:
             "prunable": non_default_fields(self.prunable),
             # the harness's pretraining is part of a run when it gives the run its starting weights; weights:
             # are part of every run that names them (every pruner starts from them, docs/transfer.md)
-            "pretrain": self.pretrain if self.harness_pretrains else None,
+            "pretrain": non_default_fields(self.pretrain) if self.harness_pretrains else None,
             "model_weights": self.weights_canonical or self.model.weights,
             "model_weights_sha256": self.weights_sha256,
             "model_head": self.model.head if self.model.weights and self.model.head not in (None, "auto") else None,
             "ablation": self.ablation,
         }
-        return {k: v for k, v in config.items() if v not in (None, {}, [])}
+        # a pretraining recipe at its defaults is still a pretraining: kept as {} (as the Recipe it once was)
+        return {k: v for k, v in config.items() if v not in (None, {}, []) or (k == "pretrain" and v is not None)}
 
     @property
     def weights_kind(self) -> str | None:

@@ -24,10 +24,15 @@ experiment and the seed); if they do, the leaderboard refuses with an error nami
 ``config`` (written by hand, or by tools older than the run-id scheme) fall back to (suite, method, model, data
 set, sparsity bin): they pool within their suite only.
 
+The weights a model entry names are every one of its runs' starting point (docs/transfer.md), so they belong to
+the **model**: its label says where its runs start, ``lenet5 ← pretrain:mnist, head reinit`` or
+``resnet20 ← file 3fa4c2d1`` (a file by its digest), and runs from another start are another model on the board,
+ranked and compared apart.
+
 Paired comparisons (``vs_random``, ``vs_magnitude``, ``vs_dense``) pair a run with the control run of the same
 seed in the same cell *and the same setting*: the experiment without the fields that belong to the pruner
-(pruner, parameters, version, ablation, sparsity, scoring, pretraining and pretrained weights, which the controls
-do not use). Controls that differ only in those fields are averaged per seed.
+(pruner, parameters, version, ablation, sparsity, scoring, and the harness's pretraining, which the at-init
+controls do not use). Controls that differ only in those fields are averaged per seed.
 
 Leaderboard schema (version 4; version 3 named ``at_chance`` ``flag_at_chance`` (2-point rule) and pooled
 runs by method label only; version 2 called the bin ``target_sparsity``), one row per (model, dataset,
@@ -81,8 +86,7 @@ MIN_SEEDS = 3
 OFF_TARGET = 0.005
 CONTROLS = ("random", "magnitude")
 # fields of a run's config that belong to the pruner, not to the setting it is compared in (see the docstring)
-PRUNER_FIELDS = ("seed", "sparsity", "pruner", "pruner_params", "pruner_version", "ablation", "scoring", "pretrain",
-                 "model_weights")
+PRUNER_FIELDS = ("seed", "sparsity", "pruner", "pruner_params", "pruner_version", "ablation", "scoring", "pretrain")
 
 
 def method_label(pruner: str, params_json: str | None, ablation: str | None) -> str:
@@ -95,11 +99,35 @@ def method_label(pruner: str, params_json: str | None, ablation: str | None) -> 
     return label
 
 
-def _model_label(model: str, params_json: str | None) -> str:
+def _model_label(model: str, params_json: str | None, start: str = "") -> str:
+    """The model as the board names it: with its non-default parameters, and the weights its runs start from
+    (``start``, from :func:`_starts`) when they are not a random initialization: ``lenet5 ← pretrain:mnist``."""
     params = json.loads(params_json) if isinstance(params_json, str) and params_json else {}  # NaN: a row without
-    if not params:
-        return model
-    return model + "(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+    label = model + ("(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+    return f"{label} ← {start}" if start else label
+
+
+_CONFIG_FIELD = r'"{}": "([^"]*)"'
+
+
+def _starts(df: pd.DataFrame) -> list[str]:
+    """Per run, the starting weights its config names (``model_weights``, a file's digest prefix, a non-default
+    ``model_head``), e.g. ``pretrain:mnist, head reinit`` or ``file 3fa4c2d1``; "" for a random initialization
+    (and for rows without config). Every pruner of a model entry with weights starts from them, so they belong
+    to the model: runs from other starts are other models on the board, ranked and compared apart."""
+    if "config" not in df:
+        return [""] * len(df)
+    texts = df["config"].astype("string")
+    weights, sha, head = (texts.str.extract(_CONFIG_FIELD.format(name), expand=False)
+                          for name in ("model_weights", "model_weights_sha256", "model_head"))
+    out = []
+    for w, s, h in zip(weights, sha, head):
+        if not isinstance(w, str):
+            out.append("")
+            continue
+        label = f"{w} {s[:8]}" if w == "file" and isinstance(s, str) else w
+        out.append(f"{label}, head {h}" if isinstance(h, str) else label)
+    return out
 
 
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +145,7 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
                     for k in zip(df.pruner, df.pruner_params, ablations)]
     models: dict = {}
     df["model_label"] = [models.get(k) or models.setdefault(k, _model_label(*k))
-                         for k in zip(df.model, df.get("model_params", [None] * len(df)))]
+                         for k in zip(df.model, df.get("model_params", [None] * len(df)), _starts(df))]
     hours = (df.get("prune_seconds", 0).fillna(0) + df.get("train_seconds", 0).fillna(0)
              + df.get("pretrain_seconds", 0).fillna(0)) / 3600.0
     df["device_hours"] = hours

@@ -181,6 +181,9 @@ def display_name(name: str, names: Mapping[str, str] | None = None) -> str:
     names = names or {}
     if name in names:
         return names[name]
+    model, arrow, start = name.partition(" ← ")  # the leaderboard's model label: runs starting from weights
+    if arrow:
+        return f"{display_name(model, names)} from {start}"
     base, sep, params = name.partition("(")
     shown = names.get(base, base)
     if ":" in base and base not in names:  # torchvision:resnet18 → resnet18 (torchvision)
