@@ -1,7 +1,9 @@
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BENCH = str(Path(sys.executable).parent / "bench")
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# The plugin registry's cache (bench_harness/contract/registry.py) of the tests and of the `bench` processes they
+# start: a temporary file of this session, never the user's cache.
+_REGISTRY_CACHE_DIR = tempfile.mkdtemp(prefix="bench-registry-cache-")
+os.environ.setdefault("BENCH_HARNESS_REGISTRY_CACHE", os.path.join(_REGISTRY_CACHE_DIR, "registry.json"))
+atexit.register(shutil.rmtree, _REGISTRY_CACHE_DIR, True)
 
 
 def bench(*args, cwd=None, env=None, check=True, timeout=600):

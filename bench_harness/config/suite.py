@@ -547,6 +547,8 @@ def read_suite_file(path: str) -> Any:
 
 
 def _is_score_pruner(cls: type) -> bool:
+    if getattr(cls, "lazy_params", None) is not None:  # the plugin registry's cached metadata (no import)
+        return bool(cls.has_scores)
     from bench_harness.contract.score_pruner import ScorePruner
 
     return issubclass(cls, ScorePruner)
