@@ -9,8 +9,9 @@ process (wall time and peak RSS, imports included; "torch" says whether the proc
 ``sbatch`` on both suites (`publish` on the small one); the incremental index update after 1,000 new run files
 beside N; and the first `bench aggregate` over F fresh run files for each F of ``--fresh``. The commands run
 from a temporary folder with the inherited PYTHONPATH, so the code measured is whatever that puts first
-(``PYTHONPATH=/path/to/checkout:...``). Figures are printed, never asserted (docs/measurements.md has the
-measured ones).
+(``PYTHONPATH=/path/to/checkout:...``); ``--before PYTHONPATH`` measures two versions of the code alternately (the
+commands only). The plugin registry's cache is a file in the temporary folder (built by the first command).
+Figures are printed, never asserted (docs/measurements.md has the measured ones).
 """
 from __future__ import annotations
 
@@ -77,11 +78,11 @@ print(f"{time.perf_counter() - t0:.2f} s in-process, read {stats['read']}, {tabl
 """
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str, str]:
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str, str]:
     """(wall seconds, peak RSS in MB (GNU time), stdout's last line, whether torch was imported) of a command in a
     fresh process."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
@@ -146,6 +147,10 @@ def main() -> None:
                         "aggregate (e.g. 20000 100000)")
     parser.add_argument("--dir", default="/tmp/bench-cli-speed")
     parser.add_argument("--only", nargs="*", help="only these labels (e.g. results validate)")
+    parser.add_argument("--before", metavar="PYTHONPATH", help="also measure the code this PYTHONPATH puts first "
+                        "('' for the environment's own install), alternating with the inherited one, for ratios "
+                        "on a machine whose load changes")
+    parser.add_argument("--rounds", type=int, default=3, help="with --before: rounds of each command (median)")
     args = parser.parse_args()
     base = Path(args.dir)
     shutil.rmtree(base, ignore_errors=True)
@@ -169,6 +174,14 @@ def main() -> None:
     n = finished_part(big, base)
     print(f"large suite: {n} runs, one compacted part ({time.perf_counter() - t0:.1f} s to write)")
     cli = [py, "-c", CLI]
+    os.environ.setdefault("BENCH_HARNESS_REGISTRY_CACHE", str(base / "registry.json"))
+    before_env = None
+    if args.before is not None:
+        before_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        if args.before:
+            before_env["PYTHONPATH"] = args.before
+        for env in (before_env, None):  # warm: the registry's cache built, files in the page cache
+            timed([*cli, "validate", str(small)], base, env)
     site = base / "site"
     for label, path in (("small", small), ("large", big)):
         name = path.stem
@@ -187,9 +200,24 @@ def main() -> None:
         for what, cmd in commands:
             if args.only and what not in args.only:
                 continue
-            wall, peak, last, torch = timed(cmd, base)
-            print(f"{label:<6} {what:<20} {wall:6.2f} s  {peak:6.0f} MB  torch={torch:<3}  ({last})", flush=True)
-    if not args.only or "incremental" in args.only:
+            if args.before is None:
+                wall, peak, last, torch = timed(cmd, base)
+                print(f"{label:<6} {what:<20} {wall:6.2f} s  {peak:6.0f} MB  torch={torch:<3}  ({last})", flush=True)
+                continue
+            figures: dict[str, list] = {"before": [], "after": []}
+            for _ in range(args.rounds):
+                for which, env in (("before", before_env), ("after", None)):
+                    figures[which].append(timed(cmd, base, env))
+            line = []
+            for which in ("before", "after"):
+                walls = sorted(f[0] for f in figures[which])
+                peaks = sorted(f[1] for f in figures[which])
+                line.append(f"{which} {walls[len(walls) // 2]:6.2f} s {peaks[len(peaks) // 2]:5.0f} MB "
+                            f"torch={figures[which][-1][3]:<3}")
+            ratio = sorted(f[0] for f in figures["after"])[args.rounds // 2] / sorted(
+                f[0] for f in figures["before"])[args.rounds // 2]
+            print(f"{label:<6} {what:<20} {'  '.join(line)}  after/before {ratio:.2f}", flush=True)
+    if (not args.only or "incremental" in args.only) and args.before is None:
         # +1,000 run files beside the large suite's N runs (index holding N run files' rows, as before compaction)
         inc = base / "inc"
         write_shards(inc, 0, args.runs, os.cpu_count() or 1)
@@ -198,7 +226,7 @@ def main() -> None:
         wall, peak, last, _ = timed([py, "-c", INCREMENTAL, str(inc), "big"], base)
         print(f"incremental +1,000 run files on {args.runs:,}: {wall:6.2f} s  {peak:6.0f} MB  ({last})", flush=True)
         shutil.rmtree(inc, ignore_errors=True)
-    for fresh in args.fresh:
+    for fresh in args.fresh if args.before is None else []:
         root = base / f"fresh{fresh}"
         write_shards(root, 0, fresh, os.cpu_count() or 1)
         wall, peak, last, _ = timed([py, "-m", "bench_harness.cli", "aggregate", "big", "--results-root", str(root)],

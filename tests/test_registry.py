@@ -87,7 +87,7 @@ def site(tmp_path, monkeypatch):
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
     yield site
-    for module in ("regtest_one", "regtest_two"):
+    for module in ("regtest_one", "regtest_two", "regstatic_plugin", "regstatic_meta"):
         sys.modules.pop(module, None)
     importlib.invalidate_caches()
 
@@ -153,6 +153,95 @@ def test_the_cache_is_rebuilt_when_the_installed_plugins_change(cache, site, cha
         assert "regtest_extra" not in after.names("pruner")
     if change == "file edit":
         assert "regtest" not in after.names("pruner")
+
+
+STATIC_META = '''
+from dataclasses import dataclass
+from bench_harness import param
+
+
+@dataclass
+class Params:
+    depth: int = param(3, "how deep")
+    mode: str = param("a", "which way")
+
+
+METADATA = {"pruners": [{"name": "regstatic", "version": "2", "regime": "{regime}", "requires": {{"data": True}},
+                         "params": Params}]}
+'''
+
+STATIC_PLUGIN = '''
+from bench_harness import Pruner, Requirements, hookimpl
+from regstatic_meta import Params
+
+
+class Regstatic(Pruner):
+    name = "regstatic"
+    version = "2"
+    requires = Requirements(data=True)
+    Params = Params
+
+
+@hookimpl
+def bench_register_pruners():
+    return [Regstatic]
+'''
+
+
+def _install_static(site: Path, regime: str = "at_init") -> None:
+    info = site / "regstatic-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: regstatic\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[bench_harness]\nregstatic = regstatic_plugin\n\n"
+                                           "[bench_harness.metadata]\nregstatic = regstatic_meta:METADATA\n")
+    (site / "regstatic_meta.py").write_text(STATIC_META.replace("{regime}", regime).replace("{{", "{").replace(
+        "}}", "}"))
+    (site / "regstatic_plugin.py").write_text(STATIC_PLUGIN)
+    importlib.invalidate_caches()
+
+
+def test_a_plugin_declaring_its_metadata_statically_is_not_imported_to_build_the_cache(cache, site):
+    _install_static(site)
+    reg = lazy.light_registry()
+    assert "regstatic_plugin" not in sys.modules, "building the cache imported a plugin with a static declaration"
+    assert isinstance(reg, lazy.LightRegistry) and isinstance(lazy.light_registry(), lazy.LightRegistry)
+    meta = reg.get("pruner", "regstatic")
+    assert (meta.version, meta.requires.data, meta.lazy_params) == ("2", True, True)
+    assert reg.entry("pruner", "regstatic").distribution == "regstatic"
+    full = Registry()  # imports it: what a run sees
+    assert "regstatic_plugin" in sys.modules
+
+    def outcome(registry, params):
+        data = {"name": "p", "grid": {"models": ["lenet5"], "datasets": ["fashion_mnist"], "sparsities": [0.5],
+                                      "pruners": [{"name": "regstatic", "params": params}]}}
+        try:
+            return [r.run_id for r in validate_suite(parse_suite(data, "p.yaml"), registry).runs]
+        except SuiteError as exc:
+            return str(exc)
+
+    for params in ({"depth": 5}, {}, {"depth": "x"}, {"dept": 1}):
+        assert outcome(reg, params) == outcome(full, params)
+
+
+def test_a_broken_static_declaration_is_a_warning_and_the_plugin_is_imported(cache, site):
+    _install_static(site, regime="sometimes")
+    with pytest.warns(UserWarning, match="static metadata .* cannot be used .*regime 'sometimes'"):
+        reg = lazy.light_registry()
+    assert isinstance(reg, Registry) and "regstatic" in reg.names("pruner")
+
+
+def test_the_declared_vocabulary_is_the_pruner_contract():
+    from bench_harness.contract.pruner import Granularity, Regime, SparsityKind
+
+    assert lazy.REGIMES == tuple(r.value for r in Regime)
+    assert lazy.SPARSITY_KINDS == tuple(k.value for k in SparsityKind)
+    assert lazy.GRANULARITIES == tuple(g.value for g in Granularity)
+    decl = lazy.declared({"models": ["a", {"name": "hub", "prefix": True}],
+                          "pruners": [{"name": "p", "regime": "post_training"}]})
+    assert decl["model"] == {"a": {"prefix": False}, "hub": {"prefix": True}}
+    assert decl["pruner"]["p"]["meta"]["requires"]["pretrained"] is True  # derived from the regime, as Pruner does
+    with pytest.raises(ValueError, match="unknown keys"):
+        lazy.declared({"pruners": [{"name": "p", "regmie": "none"}]})
 
 
 def _good(cache: Path) -> dict:

@@ -59,6 +59,13 @@ def validate_params(pruner: str, params_cls: type, values: Mapping[str, Any] | N
         return params_cls(**values)
 
 
+def param(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with help text: ``rounds: int = param(100, "number of pruning rounds")``."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
 class Unsupported(Exception):
     """A declaration that cannot be written down exactly."""
 

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from bench_harness.contract.artifacts import ArtifactStore, MemoryArtifactStore
-from bench_harness.contract.params import params_adapter, validate_params
+from bench_harness.contract.params import param, params_adapter, validate_params  # noqa: F401 (param: its old home)
 from bench_harness.contract.run_info import RunInfo
 
 
@@ -284,13 +284,6 @@ def params_json_schema(params_cls: type) -> dict[str, Any]:
         return _params_adapter(params_cls).json_schema()
     except Exception:
         return {"type": "object"}
-
-
-def param(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text: ``rounds: int = param(100, "number of pruning rounds")``."""
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
 
 
 def iter_batches(

@@ -4,11 +4,12 @@ The commands that compute nothing heavy (`bench validate`, `plugins`, `results`,
 need the plugins' names, versions, regimes and parameter declarations, not their code (which imports torch).
 :func:`light_registry` reads them from a cache built from the loaded plugins once per *installed set*:
 
-- the key is a hash of what decides the registry: every entry point of the ``bench_harness`` group (distribution,
-  version, name, target), the contents of the ``*.py`` files of the packages they point into and of
-  bench-harness itself (found with ``importlib.util.find_spec``, which imports nothing), the Python and pydantic
-  versions and the plugin switches (``BENCH_HARNESS_PLUGINS``, ``..._BLOCK_PLUGINS``, ``..._DISABLE_PLUGIN_AUTOLOAD``);
-  it is computed afresh by every command and compared with the cache's;
+- the key is a hash of what decides the registry: every entry point of the ``bench_harness`` and
+  ``bench_harness.metadata`` groups (distribution, version, name, target), the contents of the ``*.py`` files of
+  the packages they point into and of bench-harness itself (found with ``importlib.util.find_spec``, which
+  imports nothing), the Python and pydantic versions and the plugin switches (``BENCH_HARNESS_PLUGINS``,
+  ``..._BLOCK_PLUGINS``, ``..._DISABLE_PLUGIN_AUTOLOAD``); it is computed afresh by every command and compared
+  with the cache's;
 - the cache is data, never code: JSON, validated field by field when read (a parameter declaration is rebuilt
   into a dataclass from a small vocabulary of types, :mod:`bench_harness.contract.params`); a file that is
   missing, damaged, of another key or format, not a regular file, not owned by the user or writable by others is
@@ -18,11 +19,16 @@ need the plugins' names, versions, regimes and parameter declarations, not their
   ``sys.path``; deleting it is always safe. It is written atomically (a temporary file renamed over it), so
   processes that build it at once each leave a complete file.
 
+A plugin may declare its metadata statically (an entry point of the same name in the ``bench_harness.metadata``
+group pointing to a declaration in a light module, see docs/writing-a-pruner.md): building the cache then reads
+the declaration and does not import the plugin.
+
 A pruner whose ``Params`` cannot be written down exactly (see :func:`~bench_harness.contract.params.describe_params`)
 is validated by importing it: suites validated either way give the same run ids.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -86,11 +92,12 @@ def installed_set() -> dict[str, Any]:
     from importlib import metadata
 
     entry_points, tops = [], {"bench_harness"}
-    for ep in metadata.entry_points(group=PROJECT_NAME):
-        dist = getattr(ep, "dist", None)
-        name, version = (dist.metadata["Name"], dist.version) if dist is not None else ("unknown", "unknown")
-        entry_points.append([str(name), str(version), ep.name, ep.value])
-        tops.add(ep.value.split(":")[0].split(".")[0])
+    for group in (PROJECT_NAME, STATIC_GROUP):
+        for ep in metadata.entry_points(group=group):
+            dist = getattr(ep, "dist", None)
+            name, version = (dist.metadata["Name"], dist.version) if dist is not None else ("unknown", "unknown")
+            entry_points.append([group, str(name), str(version), ep.name, ep.value])
+            tops.add(ep.value.split(":")[0].split(".")[0])
     files: dict[str, str] = {}
     for top in sorted(tops):
         found = _package_files(top)
@@ -133,9 +140,118 @@ def _pruner_meta(cls: Any) -> dict[str, Any]:
             "params": describe_params(cls.Params), "param_help": help_}
 
 
-def registry_data(registry: Any, installed: Mapping[str, Any], warned: list[str] | None = None) -> dict[str, Any]:
-    """The cache's contents for a loaded :class:`~bench_harness.contract.plugins.Registry` (``warned``: the
-    warnings loading it gave, repeated whenever the cache is read)."""
+# -- static declarations: metadata a plugin declares without its code being imported ---------------------------
+STATIC_GROUP = "bench_harness.metadata"
+REGIMES = ("none", "at_init", "post_training", "mask_learning", "iterative")  # Regime's values (a test checks)
+SPARSITY_KINDS = ("exact", "target", "learned")
+GRANULARITIES = ("unstructured", "n:m")
+_DECLARED = {"pruners": "pruner", "models": "model", "datasets": "dataset", "metrics": "metric"}
+_PRUNER_KEYS = {"name", "version", "description", "regime", "sparsity_kind", "granularity", "requires",
+                "score_based", "params"}
+
+
+def _declared_pruner(item: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) or not item["name"]:
+        raise ValueError(f"a pruner is a mapping with a name, got {item!r}")
+    unknown = sorted(set(item) - _PRUNER_KEYS)
+    if unknown:
+        raise ValueError(f"pruner {item['name']!r}: unknown keys {unknown} (known: {', '.join(sorted(_PRUNER_KEYS))})")
+    regime = item.get("regime", "at_init")
+    for key, value, allowed in (("regime", regime, REGIMES),
+                                ("sparsity_kind", item.get("sparsity_kind", "exact"), SPARSITY_KINDS),
+                                ("granularity", item.get("granularity", "unstructured"), GRANULARITIES)):
+        if value not in allowed:
+            raise ValueError(f"pruner {item['name']!r}: {key} {value!r} is not one of {', '.join(allowed)}")
+    requires = dict(item.get("requires") or {})
+    if set(requires) - {"data", "labels", "pretrained"} or not all(type(v) is bool for v in requires.values()):
+        raise ValueError(f"pruner {item['name']!r}: requires is a mapping of data/labels/pretrained to true/false")
+    requires = {k: requires.get(k, False) for k in ("data", "labels", "pretrained")}
+    requires["pretrained"] = requires["pretrained"] or regime == "post_training"  # as Pruner derives it
+    params = item.get("params")
+    if params is None:
+        params_desc: dict | None = {"class": "NoParams", "frozen": False, "config": None, "fields": []}
+        params_cls: type = params_class(params_desc)
+    elif isinstance(params, type) and dataclasses.is_dataclass(params):
+        params_desc, params_cls = describe_params(params), params
+    else:
+        raise ValueError(f"pruner {item['name']!r}: params is a dataclass (fields made with bench_harness.param)")
+    help_ = {}
+    for f in dataclasses.fields(params_cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_[f.name] = [repr(default), str(f.metadata.get("help", ""))]
+    version = item.get("version", "1")
+    if not isinstance(version, (str, int)) or isinstance(version, bool):
+        raise ValueError(f"pruner {item['name']!r}: version is a string")
+    return item["name"], {
+        "version": str(version), "description": str(item.get("description", "")), "regime": regime,
+        "sparsity_kind": item.get("sparsity_kind", "exact"), "granularity": item.get("granularity", "unstructured"),
+        "requires": requires, "ignores_sparsity": regime == "none", "has_scores": bool(item.get("score_based")),
+        "params": params_desc, "param_help": help_}
+
+
+def declared(declaration: Any) -> dict[str, dict[str, Any]]:
+    """A plugin's static declaration (``{"pruners": [...], "models": [...], "datasets": [...], "metrics": [...]}``,
+    see docs/writing-a-pruner.md) as kind -> name -> metadata; ValueError naming what is wrong."""
+    if callable(declaration):
+        declaration = declaration()
+    if not isinstance(declaration, Mapping):
+        raise ValueError(f"a declaration is a mapping of {', '.join(_DECLARED)} to lists, got "
+                         f"{type(declaration).__name__}")
+    unknown = sorted(set(declaration) - set(_DECLARED))
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} (known: {', '.join(_DECLARED)})")
+    out: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    for key, kind in _DECLARED.items():
+        items = declaration.get(key) or []
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{key} is a list")
+        for item in items:
+            if kind == "pruner":
+                name, meta = _declared_pruner(item)
+                out[kind][name] = {"prefix": False, "meta": meta}
+            elif isinstance(item, str) and item:
+                out[kind][item] = {"prefix": False}
+            elif (isinstance(item, Mapping) and set(item) <= {"name", "prefix"} and isinstance(item.get("name"), str)
+                  and type(item.get("prefix", False)) is bool):
+                out[kind][item["name"]] = {"prefix": item.get("prefix", False)}
+            else:
+                raise ValueError(f"a {kind} is a name or {{name: ..., prefix: true/false}}, got {item!r}")
+    return out
+
+
+def static_declarations() -> tuple[dict[tuple[str, str], tuple[Any, str, dict]], list[str]]:
+    """The plugins to load that declare their metadata statically (an entry point of the same name in the
+    ``bench_harness.metadata`` group of the same distribution, ``module:attribute``, whose module is light):
+    (distribution, name) -> (the plugin's entry point, version, declaration); and warnings for declarations that
+    cannot be used (those plugins are imported instead)."""
+    from importlib import metadata
+
+    from bench_harness.contract.plugins import selected_entry_points
+
+    selected = {(dist, ep.name): (ep, version) for ep, dist, version in selected_entry_points()}
+    out: dict[tuple[str, str], tuple[Any, str, dict]] = {}
+    warned: list[str] = []
+    for mep in metadata.entry_points(group=STATIC_GROUP):
+        dist = getattr(mep, "dist", None)
+        key = (dist.metadata["Name"] if dist is not None else "unknown", mep.name)
+        if key not in selected or key in out:
+            continue
+        try:
+            out[key] = (*selected[key], declared(mep.load()))
+        except Exception as exc:  # noqa: BLE001 - a broken declaration: the plugin is imported as usual
+            warned.append(f"plugin {mep.name!r} from distribution {key[0]}: its static metadata ({mep.value}) "
+                          f"cannot be used ({type(exc).__name__}: {exc}); the plugin is imported instead")
+    return out, warned
+
+
+def registry_data(registry: Any, installed: Mapping[str, Any], warned: list[str] | None = None,
+                  static: Mapping[tuple[str, str], tuple[Any, str, dict]] | None = None) -> dict[str, Any]:
+    """The cache's contents for a loaded :class:`~bench_harness.contract.plugins.Registry` and the static
+    declarations of the plugins it did not load (``warned``: the warnings loading them gave, repeated whenever
+    the cache is read)."""
+    from bench_harness.errors import PluginConflictError
+
     plugins = [{"name": i.name, "distribution": i.distribution, "version": i.version, "module": i.module,
                 "registers": {k: list(v) for k, v in i.registers.items()}, "error": i.error}
                for i in registry.plugins.values()]
@@ -148,6 +264,20 @@ def registry_data(registry: Any, installed: Mapping[str, Any], warned: list[str]
             if kind == "pruner":
                 item["meta"] = _pruner_meta(e.obj)
             entries[kind][name] = item
+    for (dist, name), (ep, version, decl) in sorted((static or {}).items()):
+        plugin = name if name not in {p["name"] for p in plugins} else f"{dist}:{name}"
+        registers = {kind: sorted(table) for kind, table in decl.items() if table}
+        plugins.append({"name": plugin, "distribution": dist, "version": version, "module": ep.value,
+                        "registers": registers, "error": None})
+        for kind, table in decl.items():
+            for entry_name, item in table.items():
+                existing = entries[kind].get(entry_name)
+                if existing is not None:
+                    raise PluginConflictError(
+                        f"{kind} {entry_name!r} is registered twice: by plugin {existing['plugin']!r} of "
+                        f"distribution {existing['distribution']} and by plugin {plugin!r} of distribution {dist}. "
+                        f"Uninstall one, or block one with BENCH_HARNESS_BLOCK_PLUGINS={plugin}.")
+                entries[kind][entry_name] = {"plugin": plugin, "distribution": dist, "version": version, **item}
     return {"format": FORMAT, "key": set_key(installed), "installed": installed, "plugins": plugins,
             "entries": entries, "warnings": [str(w) for w in warned or []]}
 
@@ -402,20 +532,25 @@ def light_registry(note: Callable[[str], None] | None = None) -> Any:
 
 
 def rebuild(path: Path, installed: Mapping[str, Any]) -> Any:
-    """Import the plugins, write the cache for ``installed`` and return the loaded registry."""
+    """Import the plugins (but those that declare their metadata statically), write the cache for ``installed``
+    and return the registry: the loaded one, or the cache's when some plugins were not imported."""
     from bench_harness.contract import plugins
 
+    static, static_warned = static_declarations()
     with warnings.catch_warnings(record=True) as caught:  # kept in the cache, and given here as usual
         warnings.simplefilter("always", plugins.PluginWarning)
-        registry = plugins.Registry()
-    warned = [str(w.message) for w in caught if issubclass(w.category, plugins.PluginWarning)]
+        registry = plugins.Registry(skip=frozenset(static))
+    warned = static_warned + [str(w.message) for w in caught if issubclass(w.category, plugins.PluginWarning)]
+    for message in static_warned:
+        warnings.warn(message, plugins.PluginWarning, stacklevel=3)
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if plugins._REGISTRY is None:  # the process-wide registry (get_registry) is this one
+    if not static and plugins._REGISTRY is None:  # the process-wide registry (get_registry) is this one
         plugins._REGISTRY = registry
+    data = registry_data(registry, installed, warned, static)
     try:
-        write_cache(path, registry_data(registry, installed, warned))
+        write_cache(path, data)
     except (OSError, ValueError) as exc:  # read-only cache folder, a value JSON cannot hold: import next time too
         warnings.warn(f"the plugin registry cache could not be written to {path}: {exc}", UserWarning,
                       stacklevel=2)
-    return registry
+    return LightRegistry(data, plugins.get_registry) if static else registry
