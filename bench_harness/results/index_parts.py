@@ -84,18 +84,25 @@ def read_index(folder: Path, runs: dict[str, dataset.Signature]) -> tuple[pa.Tab
     if not tables:
         return None, names, 0, 0
     table = dataset.concat(tables) if len(tables) > 1 else tables[0]
-    shards = table.column("_shard").to_pylist()
-    sigs = zip(*(table.column(c).to_pylist() for c in COLUMNS[1:]))
-    keep, seen = [], set()
-    for i, (shard, sig) in enumerate(zip(shards, sigs)):
-        if shard not in seen and runs.get(shard) == sig:
+    names_listed = pa.array(list(runs), pa.string())
+    listed = [pa.array([sig[k] for sig in runs.values()], pa.int64()) for k in range(3)]
+    where = pc.index_in(table.column("_shard"), value_set=names_listed)  # null: the file is gone
+    valid = pc.is_valid(where)
+    for k, column in enumerate(COLUMNS[1:]):
+        same = pc.equal(pc.cast(table.column(column), pa.int64()), pc.take(listed[k], where))
+        valid = pc.and_kleene(valid, pc.fill_null(same, False))
+    valid = pc.fill_null(valid, False)
+    kept = table.filter(valid)
+    if pc.count_distinct(kept.column("_shard")).as_py() != kept.num_rows:  # two readers appended the same rows
+        seen: set[str] = set()
+        first = []
+        for i, shard in enumerate(kept.column("_shard").to_pylist()):
+            first.append(shard not in seen)
             seen.add(shard)
-            keep.append(i)
-    ignored = table.num_rows - len(keep)
-    gone = len(set(shards) - set(runs)) if ignored else 0
-    if ignored:
-        table = table.take(pa.array(keep, pa.int64()))
-    return table, names, ignored, gone
+        kept = kept.filter(pa.array(first, pa.bool_()))
+    ignored = table.num_rows - kept.num_rows
+    gone = pc.count_distinct(pc.filter(table.column("_shard"), pc.is_null(where))).as_py() if ignored else 0
+    return kept, names, ignored, gone
 
 
 def remove(folder: Path, names: list[str]) -> None:
