@@ -293,6 +293,15 @@ def test_a_damaged_or_planted_cache_is_never_used(cache, damage):
         assert isinstance(lazy.light_registry(), lazy.LightRegistry)
 
 
+def test_a_cache_written_under_a_group_writable_umask_is_used(cache):
+    old = os.umask(0o002)
+    try:
+        lazy.light_registry()
+    finally:
+        os.umask(old)
+    assert isinstance(lazy.light_registry(), lazy.LightRegistry)
+
+
 def test_an_unwritable_cache_falls_back_to_importing(tmp_path, monkeypatch):
     monkeypatch.setenv(lazy.CACHE_ENV, str(tmp_path / "file" / "registry.json"))
     (tmp_path / "file").write_text("a file where the folder would be")

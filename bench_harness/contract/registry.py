@@ -293,6 +293,10 @@ def write_cache(path: Path, data: Mapping[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     atomic_write(path, write)
+    try:  # the user's own (a group-writable umask would otherwise make it a file the reader refuses)
+        os.chmod(path, 0o600)
+    except OSError:
+        pass
 
 
 def _read_text(path: Path) -> str:
