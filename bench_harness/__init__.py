@@ -18,7 +18,7 @@ _PUBLIC = {
     "SparsityKind": "bench_harness.contract.pruner",
     "Granularity": "bench_harness.contract.pruner", "Stage": "bench_harness.contract.pruner",
     "NoParams": "bench_harness.contract.pruner",
-    "param": "bench_harness.contract.pruner",
+    "param": "bench_harness.contract.params",
     "RunInfo": "bench_harness.contract.run_info", "ComponentInfo": "bench_harness.contract.run_info",
     "ScorePruner": "bench_harness.contract.score_pruner", "ScoreParams": "bench_harness.contract.score_pruner",
     "Trainer": "bench_harness.running.trainer", "FitResult": "bench_harness.running.trainer",

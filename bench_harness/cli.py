@@ -23,8 +23,17 @@ def _registry():
     return get_registry()
 
 
+def _light_registry(args):
+    """The plugin registry read from its cache (no plugin imported) when that is valid; a note on stderr with
+    ``-v`` when the plugins had to be imported."""
+    from bench_harness.contract.registry import light_registry
+
+    verbose = getattr(args, "notes", False) or getattr(args, "verbose", False)
+    return light_registry(note=(lambda msg: print(f"note: {msg}", file=sys.stderr)) if verbose else None)
+
+
 def cmd_plugins(args) -> int:
-    reg = _registry()
+    reg = _light_registry(args)
     hidden = 0
     for info in sorted(reg.plugins.values(), key=lambda i: (i.distribution != "bench-harness", i.name)):
         shown = {}
@@ -68,15 +77,16 @@ def cmd_check_plugin(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bench_harness.config.schema import suite_json_schema
     from bench_harness.config.suite import load_suite
 
     if args.schema:
+        from bench_harness.config.schema import suite_json_schema
+
         print(json.dumps(suite_json_schema(), indent=1))
         return 0
     if not args.suite:
         raise BenchError("bench validate SUITE (or --schema to print the suite file's JSON Schema)")
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, _light_registry(args))
     if suite.raw.get("slurm"):
         from bench_harness.config.slurm import slurm_plan
 
@@ -85,11 +95,13 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _load_suite(args):
-    """The suite file ``args.suite`` with the command line's overrides (``--results-root``, ``--download``)."""
+def _load_suite(args, light: bool = False):
+    """The suite file ``args.suite`` with the command line's overrides (``--results-root``, ``--download``).
+    ``light``: validated against the plugin registry's cache (for commands that run no model: its runs' Params are
+    rebuilt from the cache, their ids are the same)."""
     from bench_harness.config.suite import load_suite
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, _light_registry(args) if light else None)
     changes = {}
     if getattr(args, "results_root", None):
         changes["results_root"] = args.results_root
@@ -114,16 +126,20 @@ def _compact_after_run(suite) -> None:
 
 
 def cmd_run(args) -> int:
-    from bench_harness.running.executor import pending_runs, run_local
-
-    suite = _load_suite(args)
-    todo, done = pending_runs(suite, args.force)
+    suite = _load_suite(args, light=args.dry_run)
     if args.dry_run:
-        finished = {r.run_id for r in done}
+        from bench_harness.results.store import finished_run_ids
+
+        finished = set() if args.force else finished_run_ids(suite.results_root, suite.name)
+        done = [r for r in suite.runs if r.run_id in finished]
+        todo = [r for r in suite.runs if r.run_id not in finished]
         lines = [f"[{'done' if run.run_id in finished else 'todo'}] {run.describe()}" for run in suite.runs]
         sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
         print(f"{len(suite.runs)} runs: {len(done)} finished, {len(todo)} to run")
         return 0
+    from bench_harness.running.executor import pending_runs, run_local
+
+    todo, done = pending_runs(suite, args.force)
     if args.executor == "slurm":
         return _run_slurm(suite, args)
     if args.executor != "local":
@@ -268,7 +284,7 @@ def print_results(suite_name: str, results_root: str, where: list[str] | None = 
 
 
 def cmd_results(args) -> int:
-    names, root = _resolve_suites([args.suite], args.results_root)
+    names, root = _resolve_suites([args.suite], args.results_root, args)
     print_results(names[0], root, args.where, args.failed)
     return 0
 
@@ -281,7 +297,7 @@ def cmd_verify(args) -> int:
     from bench_harness import paths
     from bench_harness.results.store import verify_store
 
-    suite = _load_suite(args)
+    suite = _load_suite(args, light=True)
     counts: Counter = Counter()
     damaged = 0
     root = suite.results_root
@@ -299,14 +315,14 @@ def cmd_verify(args) -> int:
     return 1 if damaged else 0
 
 
-def _resolve_suites(names: list[str], results_root: str | None) -> tuple[list[str], str]:
+def _resolve_suites(names: list[str], results_root: str | None, args=None) -> tuple[list[str], str]:
     """Suite files or names -> (names, results root)."""
     from bench_harness.config.suite import load_suite
 
     out, root = [], results_root
     for name in names:
         if Path(name).is_file():
-            suite = load_suite(name)
+            suite = load_suite(name, _light_registry(args))
             out.append(suite.name)
             root = root or suite.results_root
         elif not name.replace("-", "").replace("_", "").isalnum():
@@ -327,7 +343,7 @@ def cmd_aggregate(args) -> int:
     from bench_harness.results.aggregate import aggregate, leaderboard_path
     from bench_harness.results.compaction import maybe_compact
 
-    suites, root = _resolve_suites(args.suites, args.results_root)
+    suites, root = _resolve_suites(args.suites, args.results_root, args)
     t0 = time.perf_counter()
     for suite in suites:
         try:
@@ -352,7 +368,7 @@ def cmd_leaderboard(args) -> int:
     from bench_harness.results.aggregate import aggregate
     from bench_harness.results.leaderboard import display_table, to_latex, to_markdown
 
-    suites, root = _resolve_suites(args.suites, args.results_root)
+    suites, root = _resolve_suites(args.suites, args.results_root, args)
     result = aggregate(root, suites)
     board = result.cross if result.cross is not None else result.boards[suites[0]]
     if board is None or board.empty:
@@ -377,7 +393,7 @@ def cmd_plot(args) -> int:
     from bench_harness.results.aggregate import aggregate
     from bench_harness.results.plots import make_plots
 
-    suites, root = _resolve_suites(args.suites, args.results_root)
+    suites, root = _resolve_suites(args.suites, args.results_root, args)
     result = aggregate(root, suites)
     for suite in suites:
         out = Path(args.out) / suite if args.out else Path(root) / suite / "plots"
@@ -392,7 +408,7 @@ def cmd_publish(args) -> int:
     from bench_harness.results.plots import make_plots
     from bench_harness.results.publish import publish_index, publish_suite
 
-    suites, root = _resolve_suites(args.suites, args.results_root)
+    suites, root = _resolve_suites(args.suites, args.results_root, args)
     result = aggregate(root, suites)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -466,6 +482,8 @@ def cmd_merge(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark harness for neural-network pruning.")
+    parser.add_argument("-v", "--verbose", dest="notes", action="store_true",
+                        help="notes on stderr (e.g. why the plugin registry's cache was not used)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list plugins, their distributions and what they register")
     p.add_argument("-v", "--verbose", action="store_true", help="show pruner hyperparameters")

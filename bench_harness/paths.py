@@ -62,8 +62,15 @@ def store_lock(results_root: str | Path, suite: str) -> Path:
 
 
 def index_cache(results_root: str | Path, suite: str) -> Path:
-    """A cache of the run files' rows (Arrow IPC, not Parquet: a glob over ``*.parquet`` never counts it)."""
+    """The single-file cache of the run files' rows of earlier versions (read once, then a part of
+    :func:`index_dir`)."""
     return suite_dir(results_root, suite) / "index.arrow"
+
+
+def index_dir(results_root: str | Path, suite: str) -> Path:
+    """The shard index: a cache of the run files' rows in parts (Arrow IPC, not Parquet: a glob over
+    ``*.parquet`` never counts them; derived, safe to delete)."""
+    return suite_dir(results_root, suite) / "index"
 
 
 def compaction_journal(results_root: str | Path, suite: str) -> Path:

@@ -505,10 +505,11 @@ def _plant(kind: str, root: Path, other: Path) -> None:
         stale = pd.read_parquet(part).head(20).assign(status="failed")
         stale.to_parquet(suite / "index.parquet", index=False)
     elif kind == "crafted cache":
+        from bench_harness.results.index_parts import list_parts
         from bench_harness.results.shard_index import update_index
 
         update_index(root, "race")
-        cache = suite / "index.arrow"
+        cache = suite / "index" / list_parts(suite / "index")[-1]  # the index's newest part
         table = pa.ipc.open_file(pa.OSFile(str(cache))).read_all()
         crafted = pa.concat_tables([table, table.slice(0, 3)])
         with pa.OSFile(str(cache), "wb") as sink, pa.ipc.new_file(sink, crafted.schema) as writer:

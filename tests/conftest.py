@@ -1,7 +1,9 @@
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BENCH = str(Path(sys.executable).parent / "bench")
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# The plugin registry's cache (bench_harness/contract/registry.py) of the tests and of the `bench` processes they
+# start: a temporary file of this session, never the user's cache.
+_REGISTRY_CACHE_DIR = tempfile.mkdtemp(prefix="bench-registry-cache-")
+os.environ.setdefault("BENCH_HARNESS_REGISTRY_CACHE", os.path.join(_REGISTRY_CACHE_DIR, "registry.json"))
+atexit.register(shutil.rmtree, _REGISTRY_CACHE_DIR, True)
 
 
 def bench(*args, cwd=None, env=None, check=True, timeout=600):
@@ -101,3 +109,21 @@ def slurm_cluster():
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture
+def shipped_suites_here(tmp_path, monkeypatch):
+    """The suites in suites/, with the working directory a temporary folder holding the `file:` weights they
+    name (relative paths are read from where bench runs; validation reads each file's format and SHA-256), as
+    their comments tell a user to provide them. Returns the suite paths."""
+    import yaml
+
+    suites = sorted((Path(__file__).parent.parent / "suites").glob("*.yaml"))
+    monkeypatch.chdir(tmp_path)
+    for path in suites:
+        for model in yaml.safe_load(path.read_text())["grid"]["models"]:
+            weights = model.get("weights", "") if isinstance(model, dict) else ""
+            if weights.startswith("file:"):
+                (tmp_path / weights[5:]).parent.mkdir(parents=True, exist_ok=True)
+                torch.save({}, tmp_path / weights[5:])
+    return suites

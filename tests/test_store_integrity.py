@@ -371,29 +371,43 @@ def test_a_legacy_index_never_overrides_newer_rows(tmp_path):
     assert len(glob) == 4 and (glob["status"] == "ok").all()
 
 
-def test_a_crafted_cache_is_not_trusted(tmp_path):
-    """index.arrow with a row repeated or another run's row under a file's signature is discarded."""
+@pytest.mark.parametrize("craft", ["repeated row", "another run's row", "repeated part"])
+def test_a_crafted_cache_is_not_trusted(tmp_path, craft):
+    """An index part with a row repeated or another run's row under a file's signature is discarded; a part
+    repeated (two readers appending the same rows) counts each run once."""
+    from bench_harness.results import index_parts
     from bench_harness.results.shard_index import update_index
 
     _fill(tmp_path, 3)
     update_index(tmp_path, SUITE)
-    cache = paths.index_cache(tmp_path, SUITE)
-    table = pa.ipc.open_file(pa.OSFile(str(cache))).read_all()
-    crafted = pa.concat_tables([table, table.slice(0, 1)])
-    with pa.OSFile(str(cache), "wb") as sink, pa.ipc.new_file(sink, crafted.schema) as writer:
+    folder = paths.index_dir(tmp_path, SUITE)
+    [part] = index_parts.list_parts(folder)
+    table = pa.ipc.open_file(pa.OSFile(str(folder / part))).read_all()
+    if craft == "repeated row":
+        crafted = pa.concat_tables([table, table.slice(0, 1)])
+    elif craft == "another run's row":
+        crafted = table.set_column(table.column_names.index("run_id"), "run_id",
+                                   pa.array(list(reversed(table.column("run_id").to_pylist()))))
+    else:
+        crafted = table
+    target = folder / (part if craft != "repeated part" else part.replace("ix-0", "ix-1"))
+    with pa.OSFile(str(target), "wb") as sink, pa.ipc.new_file(sink, crafted.schema) as writer:
         writer.write_table(crafted)
     df = _rows(tmp_path)
     assert len(df) == 3 and df.index.is_unique
+    assert sorted(df["top1"]) == sorted(_row(i)["top1"] for i in range(3))
 
 
-@pytest.mark.parametrize("planted", ["index.arrow", "compaction.json", "runs/run", "legacy"])
+@pytest.mark.parametrize("planted", ["index.arrow", "index part", "compaction.json", "runs/run", "legacy"])
 def test_a_fifo_planted_in_the_results_folder_never_hangs_a_reader(tmp_path, planted):
     _fill(tmp_path, 2)
     target = {"index.arrow": paths.index_cache(tmp_path, SUITE),
+              "index part": paths.index_dir(tmp_path, SUITE) / f"ix-{9:020d}-{0:08x}.arrow",
               "compaction.json": paths.compaction_journal(tmp_path, SUITE),
               "runs/run": paths.shard_path(tmp_path, SUITE, f"{7:040x}"),
               "legacy": paths.legacy_index(tmp_path, SUITE)}[planted]
     target.unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(target)
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", textwrap.dedent(f"""
         from bench_harness.results.store import load_results, shard_status

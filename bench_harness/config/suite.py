@@ -668,6 +668,8 @@ def read_suite_file(path: str) -> Any:
 
 
 def _is_score_pruner(cls: type) -> bool:
+    if getattr(cls, "lazy_params", None) is not None:  # the plugin registry's cached metadata (no import)
+        return bool(cls.has_scores)
     from bench_harness.contract.score_pruner import ScorePruner
 
     return issubclass(cls, ScorePruner)
@@ -746,17 +748,16 @@ def _checked_weights(parsed: ParsedSuite, registry, model: Component) -> _Checke
     return _CheckedWeights(canonical, digest)
 
 
-def _image_shape(registry, name: str, params: Mapping[str, Any], data_root: str) -> tuple[int, int, int] | None:
-    """(channels, image size, classes) of a data set when known without reading it (None: it depends on data the
-    run reads, e.g. a folder; checked when the run starts)."""
+def _image_shape(registry, name: str) -> tuple[int, int, int] | None:
+    """(channels, image size, classes) of a data set whose shape is fixed (None: it depends on parameters or on
+    the files a run reads, e.g. a folder or the synthetic set; the run checks it when it starts). The same answer
+    from the imported plugins and from the registry's cache (its ``shape``), so `bench validate` and `bench run`
+    agree."""
     spec = registry.get("dataset", name)
-    if spec.resolve is not None:
-        if params:
-            return None
-        try:
-            spec = spec.resolve(root=data_root)
-        except Exception:
-            return None
+    if hasattr(spec, "shape"):  # the registry's cache
+        return tuple(spec.shape) if spec.shape else None
+    if getattr(spec, "resolve", None) is not None:
+        return None
     return (spec.in_channels, spec.image_size, spec.num_classes)
 
 
@@ -767,12 +768,11 @@ def _source_problem(parsed: ParsedSuite, registry, source: str) -> str | None:
         registry.entry("dataset", source)
     except UnknownNameError as exc:
         return f"pretrain:{source}: {exc}"
-    shape = _image_shape(registry, source, {}, parsed.settings.data_root)
-    if shape is None:
-        return (f"pretrain:{source}: the data set's shape depends on parameters or files, and a transfer's source "
-                f"is named without parameters: pretrain on a registered data set of fixed shape")
+    shape = _image_shape(registry, source)
+    if shape is None:  # decided by the files the run reads: the run checks it before it pretrains
+        return None
     for dataset in parsed.datasets:
-        target = _image_shape(registry, dataset.name, dataset.params, parsed.settings.data_root)
+        target = _image_shape(registry, dataset.name)
         if target is not None and target[:2] != shape[:2]:
             return (f"pretrain:{source} has {shape[0]}x{shape[1]}x{shape[1]} images and {dataset.name!r} "
                     f"{target[0]}x{target[1]}x{target[1]}: a backbone pretrained on one does not fit the other's "
@@ -797,9 +797,9 @@ def _scoring_data_problems(parsed: ParsedSuite, registry) -> list[SuiteError]:
         except UnknownNameError as exc:
             problems.append(SuiteError(parsed.path, key, str(exc)))
             continue
-        shape = _image_shape(registry, scoring.dataset, {}, parsed.settings.data_root)
+        shape = _image_shape(registry, scoring.dataset)
         for dataset in parsed.datasets:
-            target = _image_shape(registry, dataset.name, dataset.params, parsed.settings.data_root)
+            target = _image_shape(registry, dataset.name)
             if shape is None or target is None or dataset.name == scoring.dataset:
                 continue
             if shape[:2] != target[:2] or shape[2] > target[2]:

@@ -9,17 +9,20 @@ If a method's accuracy survives ``shuffle`` or ``reinit``, it uses no more than 
 """
 from __future__ import annotations
 
-from typing import Mapping
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Mapping
 
 from bench_harness.errors import BenchError
+
+if TYPE_CHECKING:  # torch is imported by the functions that use it: validating a suite's ablations needs none
+    import torch
+    from torch import nn
 
 ABLATIONS = ("shuffle", "reinit", "invert")
 
 
 def shuffle_masks(masks: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    import torch
+
     out = {}
     for name, m in masks.items():
         perm = torch.randperm(m.numel(), generator=generator)
@@ -29,6 +32,8 @@ def shuffle_masks(masks: Mapping[str, torch.Tensor], generator: torch.Generator)
 
 def reinitialize(model: nn.Module, seed: int) -> None:
     """Fresh initialisation of every module with ``reset_parameters`` (a different draw than the run's)."""
+    import torch
+
     state = torch.random.get_rng_state()
     torch.manual_seed(seed + 1_000_003)
     try:

@@ -86,36 +86,49 @@ KINDS = {
 }
 
 
+def selected_entry_points(group: str = hookspecs.PROJECT_NAME) -> list[tuple[Any, str, str]]:
+    """(entry point, distribution, version) of the plugins to load, the switches applied (see the module
+    docstring); a distribution visible twice on sys.path counts once."""
+    autoload = os.environ.get("BENCH_HARNESS_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0", "false")
+    allow = {_normal(n) for n in _split_env("BENCH_HARNESS_PLUGINS")}
+    block = {_normal(n) for n in _split_env("BENCH_HARNESS_BLOCK_PLUGINS")}
+    seen, out = set(), []
+    for ep in metadata.entry_points(group=group):
+        dist, version = _dist_name(ep)
+        if (dist, ep.name) in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add((dist, ep.name))
+        builtin = _normal(dist) == OWN_DISTRIBUTION
+        names = {_normal(ep.name), _normal(dist)}
+        if names & block:
+            continue
+        if not builtin and (not autoload or (allow and not names & allow)):
+            continue
+        out.append((ep, dist, version))
+    return out
+
+
 class Registry:
     """Loaded plugins and everything they register, looked up by name with 'did you mean' errors."""
 
-    def __init__(self, extra_plugins: list[tuple[str, Any]] | None = None) -> None:
+    def __init__(self, extra_plugins: list[tuple[str, Any]] | None = None,
+                 skip: frozenset[tuple[str, str]] = frozenset()) -> None:
+        """``skip``: (distribution, entry-point name) of plugins not to load (the registry's cache reads their
+        static declarations instead)."""
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        self._load_entry_points()
+        self._load_entry_points(skip)
         for name, module in extra_plugins or []:
             self._register(module, PluginInfo(name, "(in-process)", "", getattr(module, "__name__", name)))
         self.pm.check_pending()
         self._collect()
 
     # -- discovery -------------------------------------------------------------------------------------
-    def _load_entry_points(self) -> None:
-        autoload = os.environ.get("BENCH_HARNESS_DISABLE_PLUGIN_AUTOLOAD", "") in ("", "0", "false")
-        allow = {_normal(n) for n in _split_env("BENCH_HARNESS_PLUGINS")}
-        block = {_normal(n) for n in _split_env("BENCH_HARNESS_BLOCK_PLUGINS")}
-        seen = set()
-        for ep in metadata.entry_points(group=hookspecs.PROJECT_NAME):
-            dist, version = _dist_name(ep)
-            if (dist, ep.name) in seen:  # the same distribution visible twice on sys.path
-                continue
-            seen.add((dist, ep.name))
-            builtin = _normal(dist) == OWN_DISTRIBUTION
-            names = {_normal(ep.name), _normal(dist)}
-            if names & block:
-                continue
-            if not builtin and (not autoload or (allow and not names & allow)):
+    def _load_entry_points(self, skip: frozenset[tuple[str, str]] = frozenset()) -> None:
+        for ep, dist, version in selected_entry_points():
+            if (dist, ep.name) in skip:
                 continue
             info = PluginInfo(ep.name, dist, version, ep.value)
             try:

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from bench_harness.contract.artifacts import ArtifactStore, MemoryArtifactStore
+from bench_harness.contract.params import param, params_adapter, validate_params  # noqa: F401 (param: its old home)
 from bench_harness.contract.run_info import RunInfo
 
 
@@ -253,29 +254,7 @@ class Pruner:
         """Build the ``Params`` dataclass from a mapping, validated by pydantic against its annotations (types,
         ``Literal`` allowed values, ``Annotated`` ranges); a bad key or value raises ``ValueError`` naming the
         parameter and what is allowed."""
-        from pydantic import ValidationError
-
-        from bench_harness.errors import did_you_mean
-
-        values = dict(values or {})
-        known = [f.name for f in dataclasses.fields(cls.Params)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            hint = f"known parameters: {', '.join(sorted(known))}" if known else "it takes no parameters"
-            suggestion = did_you_mean(unknown[0], known)
-            raise ValueError(f"pruner {cls.name!r} has no parameter {', '.join(map(repr, unknown))}.{suggestion} "
-                             f"({hint})")
-        try:
-            return _params_adapter(cls.Params).validate_python(values)
-        except ValidationError as exc:
-            from bench_harness.validation import validation_problems
-
-            problems = [f"parameter {key!r}: {message}" for key, message in validation_problems(exc, known)]
-            raise ValueError(f"pruner {cls.name!r} " + "; ".join(problems)) from None  # every one of them
-        except Exception as exc:  # annotations pydantic cannot interpret: build without validation
-            if "pydantic" not in type(exc).__module__:
-                raise
-            return cls.Params(**values)
+        return validate_params(cls.name, cls.Params, values)
 
     @classmethod
     def param_help(cls) -> dict[str, tuple[Any, str]]:
@@ -299,15 +278,7 @@ class Pruner:
         raise NotImplementedError
 
 
-_ADAPTERS: dict[type, Any] = {}
-
-
-def _params_adapter(params_cls: type) -> Any:
-    from pydantic import TypeAdapter
-
-    if params_cls not in _ADAPTERS:
-        _ADAPTERS[params_cls] = TypeAdapter(params_cls)
-    return _ADAPTERS[params_cls]
+_params_adapter = params_adapter  # the name it had here
 
 
 def params_json_schema(params_cls: type) -> dict[str, Any]:
@@ -316,13 +287,6 @@ def params_json_schema(params_cls: type) -> dict[str, Any]:
         return _params_adapter(params_cls).json_schema()
     except Exception:
         return {"type": "object"}
-
-
-def param(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text: ``rounds: int = param(100, "number of pruning rounds")``."""
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
 
 
 def iter_batches(

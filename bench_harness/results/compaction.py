@@ -47,7 +47,7 @@ from bench_harness import locks, paths
 from bench_harness.atomic import atomic_write
 from bench_harness.errors import BenchError
 from bench_harness.files import open_regular
-from bench_harness.results import dataset
+from bench_harness.results import dataset, index_parts
 
 COMPACT_AT = 1000  # run files in runs/ from which `bench run` and `bench aggregate` compact automatically
 MAX_PARTS = 64     # more parts than this: a compaction merges them all into one
@@ -350,7 +350,12 @@ def compact(results_root: str | Path, suite: str) -> dict:
         # discards the journal and leaves those parts, which lose nothing)
         done = _finish(results_root, suite, journal)
         journal_path.unlink(missing_ok=True)
-        dataset.forget_parts(runs, set(dataset.list_store(runs).parts))
+        listing = dataset.list_store(runs)
+        dataset.forget_parts(runs, set(listing.parts))
+        try:  # the shard index's rows of the files folded are dropped: its parts merged into one
+            index_parts.merge(paths.index_dir(results_root, suite), listing.runs)
+        except OSError:  # derived: a later update merges them
+            pass
     return {"compacted": done["removed"], "put_back": done["put_back"], "parts_merged": len(folded),
             "rows": rows.num_rows if rows is not None else 0, "quarantined": quarantined}
 

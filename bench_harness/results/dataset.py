@@ -277,16 +277,27 @@ def part_sequence(name: str) -> int:
     return int(PART.match(name).group(1))
 
 
+_KNOWN: dict[str, pa.DataType] = {}
+
+
+def _known_types() -> dict[str, pa.DataType]:
+    """column -> type of the result schema, built once (iterating a schema makes a Python object per field, and
+    every run file read is checked against it)."""
+    if not _KNOWN:
+        _KNOWN.update({f.name: f.type for f in SCHEMA})
+    return _KNOWN
+
+
 def conforms(table: pa.Table) -> bool:
     """Whether every column the result schema knows has the schema's type (a null-typed column from a hand-made
     file would break the schema inference of glob readers)."""
-    known = {f.name: f.type for f in SCHEMA}
+    known = _known_types()
     return all(known.get(f.name, f.type) == f.type for f in table.schema)
 
 
 def conform(table: pa.Table) -> pa.Table:
     """The table with every column the result schema knows cast to the schema's type."""
-    known = {f.name: f.type for f in SCHEMA}
+    known = _known_types()
     for i, f in enumerate(table.schema):
         if f.name in known and f.type != known[f.name]:
             table = table.set_column(i, f.name, pc.cast(table.column(i), known[f.name]))

@@ -1,11 +1,12 @@
 """Reading a suite's rows: the dataset folder ``runs/`` (see :mod:`bench_harness.results.dataset`) through an
 incremental cache.
 
-The cache (``results/<suite>/index.arrow``, Arrow IPC so that no ``*.parquet`` glob counts it) holds the rows of
-the run files with the signature of the file each came from (``_shard``, ``_mtime_ns``, ``_size``, ``_ino``).
-Updating lists ``runs/`` (one ``scandir``), reads only run files that are new or changed, and reads the compacted
-parts (few, large, cached per process). The cache is derived: it may be deleted at any time, and a row leaves it
-only because its file left the dataset — which only compaction does, after the row is safe in a part. Everything
+The cache (``results/<suite>/index/``, parts in Arrow IPC so that no ``*.parquet`` glob counts them; see
+:mod:`bench_harness.results.index_parts`) holds the rows of the run files with the signature of the file each came
+from (``_shard``, ``_mtime_ns``, ``_size``, ``_ino``). Updating lists ``runs/`` (one ``scandir``), reads only run
+files that are new or changed and appends them as a new part of the index (the others are not rewritten), and
+reads the compacted parts of the dataset (few, large, cached per process). The cache is derived: it may be
+deleted at any time, and a row of it is used only while its file is listed with the same signature. Everything
 here runs under the store's shared lock (:func:`bench_harness.results.compaction.reading`).
 
 The table returned has one row per run id: a run file's row wins over a part's (it is newer: a compacted run
@@ -16,93 +17,70 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from bench_harness import paths
-from bench_harness.atomic import atomic_write
-from bench_harness.files import open_regular
-from bench_harness.results import dataset
+from bench_harness import locks, paths
+from bench_harness.results import dataset, index_parts
 from bench_harness.results.compaction import COMPACT_AT, compact, maybe_compact, reading, run_files  # noqa: F401
 from bench_harness.results.dataset import CorruptShardWarning, read_shards  # noqa: F401
 
-_CACHE_COLUMNS = ("_shard", "_mtime_ns", "_size", "_ino")
-
-
-def _read_cache(path: Path) -> pa.Table | None:
-    """The cache, or None when it is missing, damaged or inconsistent (one row per file, each file named after its
-    row's run): no loss, the run files are read again."""
-    if not path.exists():
-        return None
-    try:
-        with open_regular(path) as fh:
-            table = pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
-        if not set(_CACHE_COLUMNS) <= set(table.column_names) or "run_id" not in table.column_names:
-            return None
-        shards = table.column("_shard").to_pylist()
-        if len(set(shards)) != len(shards) or any(f"{r}.parquet" != s for r, s in
-                                                   zip(table.column("run_id").to_pylist(), shards)):
-            return None
-        return table
-    except Exception:
-        return None
-
-
-def _save_cache(path: Path, table: pa.Table | None) -> None:
-    """Replace the cache atomically (under the store's shared lock: two readers may both write one, each
-    complete and each valid, because every row carries the signature of its file)."""
-    if table is None:
-        path.unlink(missing_ok=True)
-        return
-
-    def write(tmp: str) -> None:
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-
-    atomic_write(path, write)
-
-
-def _signatures(table: pa.Table | None) -> dict[str, tuple[int, int, int]]:
-    if table is None or not table.num_rows:
-        return {}
-    cols = [table.column(c).to_pylist() for c in _CACHE_COLUMNS]
-    return {name: (m, s, i) for name, m, s, i in zip(*cols)}
-
-
-def _keep_rows(table: pa.Table, names: set[str]) -> pa.Table:
-    return table.filter(pc.is_in(table.column("_shard"), value_set=pa.array(sorted(names), pa.string())))
-
 
 def update_index(results_root: str | Path, suite: str, rebuild: bool = False) -> tuple[pa.Table | None, dict]:
-    """Every row of the suite (one per run id), the cache brought up to date; returns (table, stats).
-    ``rebuild`` reads every file again."""
+    """Every row of the suite (one per run id), the index brought up to date by appending a part with the run
+    files that are new or changed; returns (table, stats). ``rebuild`` reads every file again."""
     runs = paths.runs_dir(results_root, suite)
     if not runs.is_dir():
         return None, {"shards": 0, "read": 0, "dropped": 0, "compacted_rows": 0, "parts": 0}
-    cache_path = paths.index_cache(results_root, suite)
+    folder = paths.index_dir(results_root, suite)
     stats: dict = {}
+    merge_after = False
     with reading(results_root, suite):
         listing = dataset.list_store(runs)
         if rebuild:
             dataset.forget_parts(runs)
-        cached = None if rebuild else _read_cache(cache_path)
-        known = _signatures(cached)
-        fresh = sorted(n for n, sig in listing.runs.items() if known.get(n) != sig)
-        unchanged = set(listing.runs) - set(fresh)
-        gone = set(known) - set(listing.runs)
-        kept = _keep_rows(cached, unchanged) if cached is not None and unchanged else None
+            cached, names, ignored, gone = None, index_parts.list_parts(folder), 0, 0
+        else:
+            try:
+                index_parts.upgrade_legacy(paths.index_cache(results_root, suite), folder)
+            except OSError as exc:  # a read-only results folder: the index is an optimisation
+                stats["index_not_saved"] = f"{type(exc).__name__}: {exc}"
+            cached, names, ignored, gone = index_parts.read_index(folder, listing.runs)
+        known = set(cached.column("_shard").to_pylist()) if cached is not None else set()
+        fresh = sorted(n for n in listing.runs if n not in known)
         new = dataset.read_shards([str(runs / n) for n in fresh], suite=suite)
-        tables = [t for t in (kept, new) if t is not None and t.num_rows]
+        tables = [t for t in (cached, new) if t is not None and t.num_rows]
         run_rows = dataset.concat(tables) if tables else None
         parts = dataset.read_parts(runs, listing.parts)
-        if fresh or gone or (run_rows is not None) != cache_path.exists():
-            try:
-                _save_cache(cache_path, run_rows)
-            except OSError as exc:  # a read-only results folder: the cache is an optimisation
-                stats["index_not_saved"] = f"{type(exc).__name__}: {exc}"
+        try:
+            if rebuild:
+                if run_rows is not None:
+                    index_parts.write_part(folder, run_rows)
+                index_parts.remove(folder, names)
+            else:
+                if new is not None and new.num_rows:
+                    index_parts.write_part(folder, new)
+                merge_after = len(names) >= index_parts.MAX_PARTS or ignored > max(1000, len(known))
+        except OSError as exc:  # a read-only results folder: the index is an optimisation
+            stats["index_not_saved"] = f"{type(exc).__name__}: {exc}"
+    if merge_after:
+        _merge_parts(results_root, suite)
     table, from_parts = combine(run_rows, parts)
-    stats.update({"shards": len(listing.runs), "read": len(fresh), "dropped": len(gone),
+    stats.update({"shards": len(listing.runs), "read": len(fresh), "dropped": gone,
                   "compacted_rows": from_parts, "parts": len(parts)})
     return table, stats
+
+
+def _merge_parts(results_root: str | Path, suite: str) -> None:
+    """Merge the index's parts under the store's exclusive lock, if it is free (else a later update does)."""
+    lock = paths.store_lock(results_root, suite)
+    if locks.held(lock) is not None or not locks.acquire(lock, "ex", wait=False):
+        return
+    try:
+        runs = paths.runs_dir(results_root, suite)
+        index_parts.merge(paths.index_dir(results_root, suite), dataset.list_store(runs).runs)
+    except OSError:
+        pass
+    finally:
+        locks.release(lock)
 
 
 def combine(run_rows: pa.Table | None, parts: dict[str, pa.Table]) -> tuple[pa.Table | None, int]:

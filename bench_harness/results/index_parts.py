@@ -1,0 +1,135 @@
+"""The shard index stored as parts: ``results/<suite>/index/ix-<time>-<random>.arrow`` (Arrow IPC, so that no
+``*.parquet`` glob counts them), each holding rows of run files with the signature of the file each came from
+(``_shard``, ``_mtime_ns``, ``_size``, ``_ino``).
+
+An update *appends* a part with the rows it read (it never rewrites the others); readers take the union of the
+parts and keep, for each run file listed in ``runs/``, a row whose signature is the file's — so a row of a file
+that changed or left the dataset is ignored wherever it lies, and a row two racing readers both appended counts
+once. The parts are merged into one (:func:`merge`) by compaction under the store's exclusive lock, and by an
+update that finds many parts or many ignored rows; a part removed by a merge while a reader lists it is only a
+cache miss (those run files are read again). Everything here is derived from the run files: the folder may be
+deleted at any time. A part that is damaged or inconsistent (a row repeated, a row under another run's file
+name) is ignored whole.
+
+The single-file index of earlier versions (``results/<suite>/index.arrow``) is read once and becomes the first
+part (:func:`upgrade_legacy`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bench_harness.atomic import atomic_write
+from bench_harness.files import open_regular
+from bench_harness.results import dataset
+
+COLUMNS = ("_shard", "_mtime_ns", "_size", "_ino")
+NAME = re.compile(r"^ix-\d{20}-[0-9a-f]{8}\.arrow$")
+MAX_PARTS = 16  # more than this: the next update merges them
+
+
+def read_part(path: str | Path) -> pa.Table | None:
+    """A part, or None when it is missing, damaged or inconsistent (its rows are then read from the run files)."""
+    try:
+        with open_regular(path) as fh:
+            table = pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
+        if not set(COLUMNS) <= set(table.column_names) or "run_id" not in table.column_names:
+            return None
+        shards = table.column("_shard")
+        if pc.count_distinct(shards).as_py() != table.num_rows:
+            return None
+        expected = pc.binary_join_element_wise(table.column("run_id"), ".parquet", "")
+        if table.num_rows and not pc.all(pc.equal(expected, shards)).as_py():
+            return None
+        return table
+    except Exception:
+        return None
+
+
+def list_parts(folder: Path) -> list[str]:
+    """The parts' names, oldest first."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if NAME.match(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def write_part(folder: Path, table: pa.Table) -> str:
+    """A new part holding ``table`` (written atomically under a fresh name); returns its name."""
+    name = f"ix-{time.time_ns():020d}-{secrets.token_hex(4)}.arrow"
+
+    def write(tmp: str) -> None:
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+    if folder.is_symlink():
+        raise OSError(f"{folder} is a symbolic link: the index is written only into a folder of its own")
+    atomic_write(folder / name, write)
+    return name
+
+
+def read_index(folder: Path, runs: dict[str, dataset.Signature]) -> tuple[pa.Table | None, list[str], int, int]:
+    """(the rows of the parts whose file is listed in ``runs`` with the same signature, one per file; the names
+    of the parts read; how many rows were ignored (files gone or changed, rows repeated); how many files they
+    hold rows of are gone)."""
+    names = list_parts(folder)
+    tables = [t for t in (read_part(folder / n) for n in names) if t is not None and t.num_rows]
+    if not tables:
+        return None, names, 0, 0
+    table = dataset.concat(tables) if len(tables) > 1 else tables[0]
+    names_listed = pa.array(list(runs), pa.string())
+    listed = [pa.array([sig[k] for sig in runs.values()], pa.int64()) for k in range(3)]
+    where = pc.index_in(table.column("_shard"), value_set=names_listed)  # null: the file is gone
+    valid = pc.is_valid(where)
+    for k, column in enumerate(COLUMNS[1:]):
+        same = pc.equal(pc.cast(table.column(column), pa.int64()), pc.take(listed[k], where))
+        valid = pc.and_kleene(valid, pc.fill_null(same, False))
+    valid = pc.fill_null(valid, False)
+    kept = table.filter(valid)
+    if pc.count_distinct(kept.column("_shard")).as_py() != kept.num_rows:  # two readers appended the same rows
+        seen: set[str] = set()
+        first = []
+        for i, shard in enumerate(kept.column("_shard").to_pylist()):
+            first.append(shard not in seen)
+            seen.add(shard)
+        kept = kept.filter(pa.array(first, pa.bool_()))
+    ignored = table.num_rows - kept.num_rows
+    gone = pc.count_distinct(pc.filter(table.column("_shard"), pc.is_null(where))).as_py() if ignored else 0
+    return kept, names, ignored, gone
+
+
+def remove(folder: Path, names: list[str]) -> None:
+    for name in names:
+        try:
+            os.unlink(folder / name)
+        except FileNotFoundError:  # another reader's merge removed it first
+            pass
+
+
+def merge(folder: Path, runs: dict[str, dataset.Signature]) -> int:
+    """Replace the parts by one holding their valid rows (see :func:`read_index`); returns the rows kept."""
+    table, names, _, _ = read_index(folder, runs)
+    if table is not None and table.num_rows:
+        write_part(folder, table)
+    remove(folder, names)
+    return 0 if table is None else table.num_rows
+
+
+def upgrade_legacy(legacy: Path, folder: Path) -> None:
+    """The single-file index of earlier versions becomes a part (when it is valid), then goes."""
+    if not os.path.lexists(legacy):
+        return
+    table = read_part(legacy)
+    if table is not None and table.num_rows:
+        write_part(folder, table)
+    try:
+        os.unlink(legacy)
+    except FileNotFoundError:  # another reader upgraded it at the same time
+        pass
