@@ -112,7 +112,7 @@ def finished_part(suite_path: Path, cwd: Path) -> int:
     for i, run in enumerate(suite.runs):
         row = _row(i)
         row.update(run_id=run.run_id, suite=suite.name, model=run.model.name, dataset=run.dataset.name,
-                   pruner=run.pruner.name, seed=run.seed, target_sparsity=run.sparsity)
+                   pruner=run.pruner.name, seed=run.seed, target_sparsity=run.sparsity, **_identity_of(run))
         rows.append(row)
     table = pa.Table.from_pylist(rows)
     table = pa.table({f.name: (table.column(f.name).cast(f.type) if f.name in table.column_names
@@ -121,6 +121,15 @@ def finished_part(suite_path: Path, cwd: Path) -> int:
     runs.mkdir(parents=True, exist_ok=True)
     dataset.write_part(runs, dataset.new_part_name([]), table)
     return len(rows)
+
+
+def _identity_of(run) -> dict:
+    """The identity columns a real run's row carries (its config and parameters), so the leaderboard groups the
+    synthetic rows into the suite's experiments as it would the real ones."""
+    from bench_harness.running.runner import identity_columns
+
+    columns = identity_columns(run)
+    return {k: columns[k] for k in ("config", "pruner_params", "model_params", "ablation")}
 
 
 def small_shards(suite_path: Path, cwd: Path) -> None:
@@ -136,7 +145,7 @@ def small_shards(suite_path: Path, cwd: Path) -> None:
     for i, run in enumerate(suite.runs):
         row = _row(i)
         row.update(run_id=run.run_id, suite=suite.name, model=run.model.name, dataset=run.dataset.name,
-                   pruner=run.pruner.name, seed=run.seed, target_sparsity=run.sparsity)
+                   pruner=run.pruner.name, seed=run.seed, target_sparsity=run.sparsity, **_identity_of(run))
         write_shard(row, suite.results_root, suite.name)
 
 
