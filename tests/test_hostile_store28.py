@@ -1,5 +1,6 @@
 """Hostile tests (issue 28): the shard index stored as parts (bench_harness/results/index_parts.py) and the plugin
-registry cache (bench_harness/contract/registry.py). xfail(strict=True): a bug shown; plain tests: what held."""
+registry cache (bench_harness/contract/registry.py). The first tests each reproduced a finding of that review (strict
+xfails until fixed); the others pin what held."""
 from __future__ import annotations
 
 import importlib
@@ -48,16 +49,12 @@ def _mistyped_part(root) -> None:
     index_parts.write_part(_folder(root), good.set_column(i, "_mtime_ns", pa.array(["x"] * good.num_rows)))
 
 
-@pytest.mark.xfail(strict=True, reason="a part with a mistyped signature column passes read_part (names only) and "
-                                       "pc.cast in read_index raises ArrowInvalid: every reader of the suite fails")
 def test_a_mistyped_part_is_ignored_by_readers(tmp_path):
     _mistyped_part(tmp_path)
     table, _ = update_index(tmp_path, SUITE)
     assert _ids(table) == _truth(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="compaction's final index_parts.merge raises ArrowInvalid on a mistyped part "
-                                       "(only OSError is caught): `bench aggregate`/compaction fail after compacting")
 def test_a_mistyped_part_does_not_fail_compaction(tmp_path):
     _mistyped_part(tmp_path)
     with warnings.catch_warnings():
@@ -66,8 +63,6 @@ def test_a_mistyped_part_does_not_fail_compaction(tmp_path):
     assert len(_truth(tmp_path)) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="pc.all skips nulls: a row with a null run_id under a real file's name passes "
-                                       "read_part's consistency check and replaces that run's row")
 def test_a_part_row_with_a_null_run_id_is_rejected(tmp_path):
     _fill(tmp_path, 3)
     update_index(tmp_path, SUITE)
@@ -81,9 +76,6 @@ def test_a_part_row_with_a_null_run_id_is_rejected(tmp_path):
     assert _ids(table) == _truth(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="index_parts.remove stops at the first entry it cannot unlink (a folder named "
-                                       "like a part here; another user's part in a sticky shared folder alike): every "
-                                       "update past MAX_PARTS then writes one more full merged copy and removes none")
 def test_an_unremovable_part_does_not_make_the_index_grow_without_bound(tmp_path):
     _fill(tmp_path, 5)
     folder = _folder(tmp_path)
@@ -137,9 +129,6 @@ def test_a_kill_in_the_middle_of_an_index_write_loses_and_doubles_nothing(tmp_pa
     assert _ids(table) == _ids(again) == _truth(tmp_path) and len(_truth(tmp_path)) == 26
 
 
-@pytest.mark.xfail(strict=True, reason="a writer killed between writing and renaming a part leaves "
-                                       "index/.ix-*.arrow.*.tmp; nothing (update, merge, compaction's recover) "
-                                       "removes them, unlike runs/.part-*.tmp")
 def test_temporary_files_of_a_killed_index_writer_are_cleaned_up(tmp_path):
     _fill(tmp_path, 20)
     update_index(tmp_path, SUITE)
@@ -229,10 +218,6 @@ def bench_register_pruners():
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="the cache key hashes only the packages entry points point into: a plugin "
-                                       "whose Params take defaults/bounds from another top-level module keeps the "
-                                       "stale cached declaration (default 3 and width<=10 instead of 5 and <=2), so "
-                                       "validation (and the params behind run ids) differ from importing")
 def test_the_cache_follows_a_module_the_plugin_imports_its_declaration_from(tmp_path, monkeypatch):
     from bench_harness.contract import registry as lazy
 
@@ -250,6 +235,8 @@ def test_the_cache_follows_a_module_the_plugin_imports_its_declaration_from(tmp_
         lazy.light_registry()
         assert isinstance(lazy.light_registry(), lazy.LightRegistry)
         (site / "h28_consts.py").write_text("DEPTH = 5\nMAX = 2\n")
+        for module in ("h28_plugin", "h28_consts"):  # the next command is a new process
+            sys.modules.pop(module, None)
         importlib.invalidate_caches()
         reg = lazy.light_registry()
         pruner = reg.get("pruner", "h28")

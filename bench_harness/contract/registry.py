@@ -295,7 +295,55 @@ def registry_data(registry: Any, installed: Mapping[str, Any], warned: list[str]
                 if kind == "dataset":
                     entries[kind][entry_name].setdefault("shape", None)  # declared: checked when a run reads it
     return {"format": FORMAT, "key": set_key(installed), "installed": installed, "plugins": plugins,
-            "entries": entries, "warnings": [str(w) for w in warned or []]}
+            "entries": entries, "warnings": [str(w) for w in warned or []], "watched": []}
+
+
+def _library_roots() -> list[str]:
+    """Where the standard library and installed distributions live (their files change with a version, which
+    the key holds)."""
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    try:
+        roots.update(site.getsitepackages())
+    except AttributeError:  # a virtualenv's old site module
+        pass
+    roots.add(site.getusersitepackages())
+    return sorted(os.path.realpath(r) + os.sep for r in roots if r)
+
+
+def watched_files(before: set[str]) -> list[list[Any]]:
+    """[path, size, mtime_ns] of the module files imported since ``before`` (names in sys.modules) that lie
+    outside the standard library and the installed distributions: a plugin's helper module on the path (its
+    defaults, its bounds), whose change the key cannot see. Checked whenever the cache is read."""
+    roots = _library_roots()
+    out = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name in before or not isinstance(path, str):
+            continue
+        real = os.path.realpath(path)
+        if any(real.startswith(r) for r in roots):
+            continue
+        try:
+            st = os.stat(real)
+        except OSError:
+            continue
+        out.append([real, st.st_size, st.st_mtime_ns])
+    return sorted(out)
+
+
+def check_watched(data: Mapping[str, Any]) -> None:
+    """StaleRegistry when a watched module file (see :func:`watched_files`) changed or went since the cache was
+    built."""
+    for path, size, mtime in data["watched"]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise StaleRegistry(f"{path}, imported by the plugins, is gone") from None
+        if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            raise StaleRegistry(f"{path}, imported by the plugins, changed")
 
 
 def write_cache(path: Path, data: Mapping[str, Any]) -> None:
@@ -359,7 +407,11 @@ def _check_data(data: Any, key: str) -> None:
     if data.get("key") != key:
         raise StaleRegistry("built for another set of installed plugins (a version, a file or a distribution "
                             "changed)")
-    _expect(set(data) == {"format", "key", "installed", "plugins", "entries", "warnings"}, "unexpected keys")
+    _expect(set(data) == {"format", "key", "installed", "plugins", "entries", "warnings", "watched"},
+            "unexpected keys")
+    _expect(type(data["watched"]) is list and all(
+        type(w) is list and len(w) == 3 and _is_str(w[0]) and type(w[1]) is int and type(w[2]) is int
+        for w in data["watched"]), "watched files")
     _expect(type(data["warnings"]) is list and all(map(_is_str, data["warnings"])), "warnings")
     plugins = data["plugins"]
     _expect(type(plugins) is list, "plugins")
@@ -416,6 +468,7 @@ def read_cache(path: Path, key: str) -> dict[str, Any]:
     except ValueError as exc:
         raise StaleRegistry(f"damaged cache: not JSON ({exc})") from None
     _check_data(data, key)
+    check_watched(data)
     return data
 
 
@@ -536,8 +589,12 @@ def light_registry(note: Callable[[str], None] | None = None) -> Any:
     """The plugin registry for lookups and validation: read from the cache when it is valid for the installed
     plugins (nothing imported), else the plugins imported as before (:func:`~bench_harness.contract.plugins.
     get_registry`) and the cache rebuilt. ``note`` receives a sentence on why the cache was not used."""
+    from bench_harness.contract import plugins
     from bench_harness.contract.plugins import get_registry
 
+    process = plugins._REGISTRY
+    if process is not None and any(i.distribution == "(in-process)" for i in process.plugins.values()):
+        return process  # plugins registered in this process (an embedding program): no cache knows them
     say = note or (lambda _msg: None)
     path = cache_path()
     if path is None:
@@ -566,7 +623,9 @@ def rebuild(path: Path, installed: Mapping[str, Any]) -> Any:
     static, static_warned = static_declarations()
     with warnings.catch_warnings(record=True) as caught:  # kept in the cache, and given here as usual
         warnings.simplefilter("always", plugins.PluginWarning)
+        before = set(sys.modules)
         registry = plugins.Registry(skip=frozenset(static))
+        watched = watched_files(before)
     warned = static_warned + [str(w.message) for w in caught if issubclass(w.category, plugins.PluginWarning)]
     for message in static_warned:
         warnings.warn(message, plugins.PluginWarning, stacklevel=3)
@@ -575,6 +634,7 @@ def rebuild(path: Path, installed: Mapping[str, Any]) -> Any:
     if not static and plugins._REGISTRY is None:  # the process-wide registry (get_registry) is this one
         plugins._REGISTRY = registry
     data = registry_data(registry, installed, warned, static)
+    data["watched"] = watched
     try:
         write_cache(path, data)
     except (OSError, ValueError) as exc:  # read-only cache folder, a value JSON cannot hold: import next time too

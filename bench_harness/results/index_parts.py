@@ -41,6 +41,12 @@ def read_part(path: str | Path) -> pa.Table | None:
             table = pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
         if not set(COLUMNS) <= set(table.column_names) or "run_id" not in table.column_names:
             return None
+        kinds = {name: table.schema.field(name).type for name in ("run_id", *COLUMNS)}
+        if not (all(pa.types.is_string(kinds[n]) for n in ("run_id", "_shard"))
+                and all(pa.types.is_integer(kinds[n]) for n in COLUMNS[1:])):
+            return None  # a column of another type: not a part this code wrote
+        if any(table.column(n).null_count for n in ("run_id", *COLUMNS)):
+            return None  # a row without its run id or signature cannot be matched to a run file
         shards = table.column("_shard")
         if pc.count_distinct(shards).as_py() != table.num_rows:
             return None
@@ -83,7 +89,10 @@ def read_index(folder: Path, runs: dict[str, dataset.Signature]) -> tuple[pa.Tab
     tables = [t for t in (read_part(folder / n) for n in names) if t is not None and t.num_rows]
     if not tables:
         return None, names, 0, 0
-    table = dataset.concat(tables) if len(tables) > 1 else tables[0]
+    try:
+        table = dataset.concat(tables) if len(tables) > 1 else tables[0]
+    except (pa.ArrowException, ValueError, TypeError):  # parts whose row columns do not fit together: a miss
+        return None, names, 0, 0
     names_listed = pa.array(list(runs), pa.string())
     listed = [pa.array([sig[k] for sig in runs.values()], pa.int64()) for k in range(3)]
     where = pc.index_in(table.column("_shard"), value_set=names_listed)  # null: the file is gone
@@ -106,19 +115,40 @@ def read_index(folder: Path, runs: dict[str, dataset.Signature]) -> tuple[pa.Tab
 
 
 def remove(folder: Path, names: list[str]) -> None:
+    """Remove the named parts; one that cannot be removed (another user's in a shared folder, a folder planted
+    under a part's name) is left, and the others still go."""
     for name in names:
         try:
             os.unlink(folder / name)
-        except FileNotFoundError:  # another reader's merge removed it first
+        except OSError:  # gone already (another reader's merge), or not ours to remove
             pass
 
 
+TEMPORARY = re.compile(r"^\.ix-\d{20}-[0-9a-f]{8}\.arrow\..*\.tmp$")
+STALE_TEMPORARY_S = 600.0  # a writer takes well under a second to rename its part: older ones were killed
+
+
+def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_TEMPORARY_S) -> None:
+    """The temporary files of part writers killed before their rename (none of a live writer: only files older
+    than ``older_than_s``)."""
+    cutoff = time.time() - older_than_s
+    try:
+        with os.scandir(folder) as it:
+            stale = [e.name for e in it if TEMPORARY.match(e.name) and e.stat(follow_symlinks=False).st_mtime < cutoff]
+    except OSError:
+        return
+    remove(folder, stale)
+
+
 def merge(folder: Path, runs: dict[str, dataset.Signature]) -> int:
-    """Replace the parts by one holding their valid rows (see :func:`read_index`); returns the rows kept."""
+    """Replace the parts by one holding their valid rows (see :func:`read_index`), and remove the temporary files
+    of writers killed before their rename; returns the rows kept. Called with the store's exclusive lock held
+    (compaction, or an update that found many parts): no part writer is running then."""
     table, names, _, _ = read_index(folder, runs)
     if table is not None and table.num_rows:
         write_part(folder, table)
     remove(folder, names)
+    remove_stale_temporaries(folder, older_than_s=0.0)
     return 0 if table is None else table.num_rows
 
 
