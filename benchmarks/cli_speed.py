@@ -93,21 +93,27 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, fl
     return wall, peak_kb / 1024, (proc.stdout.strip().splitlines() or [""])[-1][:70], torch
 
 
+def _suite_at(suite_path: Path, cwd: Path):
+    """The suite loaded as `bench` run in ``cwd`` would load it (relative paths against ``cwd``)."""
+    from bench_harness.config.suite import load_suite
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return load_suite(suite_path)
+    finally:
+        os.chdir(old)
+
+
 def finished_part(suite_path: Path, cwd: Path) -> int:
     """Every run of the suite finished: one compacted part with one full row per run (ids from the suite)."""
     import pyarrow as pa
 
     from bench_harness import paths
-    from bench_harness.config.suite import load_suite
     from bench_harness.results import dataset
     from bench_harness.results.schema import SCHEMA
 
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        suite = load_suite(suite_path)
-    finally:
-        os.chdir(old)
+    suite = _suite_at(suite_path, cwd)
     rows = []
     for i, run in enumerate(suite.runs):
         row = _row(i)
@@ -133,15 +139,9 @@ def _identity_of(run) -> dict:
 
 
 def small_shards(suite_path: Path, cwd: Path) -> None:
-    from bench_harness.config.suite import load_suite
     from bench_harness.results.store import write_shard
 
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        suite = load_suite(suite_path)
-    finally:
-        os.chdir(old)
+    suite = _suite_at(suite_path, cwd)
     for i, run in enumerate(suite.runs):
         row = _row(i)
         row.update(run_id=run.run_id, suite=suite.name, model=run.model.name, dataset=run.dataset.name,

@@ -108,6 +108,19 @@ def selected_entry_points(group: str = hookspecs.PROJECT_NAME) -> list[tuple[Any
     return out
 
 
+def find_entry(table: dict[str, Any], kind: str, name: str) -> Any:
+    """The entry of ``name`` in a registry's table of ``kind`` (a prefix spec serves ``<prefix>:<name>``, e.g.
+    ``torchvision:resnet18``); UnknownNameError listing the names a user may write (test-only ones left out).
+    The imported registry and the registry's cache (contract/registry.py) both look up here."""
+    if name in table:
+        return table[name]
+    if ":" in name:
+        spec = table.get(name.split(":", 1)[0])
+        if spec is not None and getattr(spec.obj, "prefix", False):
+            return spec
+    raise UnknownNameError(kind, name, [n for n, e in table.items() if not getattr(e.obj, "test_only", False)])
+
+
 class Registry:
     """Loaded plugins and everything they register, looked up by name with 'did you mean' errors."""
 
@@ -191,15 +204,7 @@ class Registry:
 
     # -- lookup ------------------------------------------------------------------------------------------
     def entry(self, kind: str, name: str) -> Entry:
-        table = self.entries[kind]
-        if name in table:
-            return table[name]
-        if ":" in name:  # prefix specs, e.g. "torchvision:resnet18"
-            prefix = name.split(":", 1)[0]
-            spec = table.get(prefix)
-            if spec is not None and getattr(spec.obj, "prefix", False):
-                return spec
-        raise UnknownNameError(kind, name, [n for n, e in table.items() if not getattr(e.obj, "test_only", False)])
+        return find_entry(self.entries[kind], kind, name)
 
     def get(self, kind: str, name: str) -> Any:
         return self.entry(kind, name).obj

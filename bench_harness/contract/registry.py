@@ -43,7 +43,6 @@ from typing import Any, Callable, Mapping
 
 from bench_harness.contract.hookspecs import PROJECT_NAME
 from bench_harness.contract.params import describe_params, params_class, validate_params
-from bench_harness.errors import UnknownNameError
 
 FORMAT = 1
 CACHE_ENV = "BENCH_HARNESS_REGISTRY_CACHE"
@@ -561,14 +560,9 @@ class LightRegistry:
                 table[name] = EntryMeta(name, obj, e["plugin"], e["distribution"], e["version"])
 
     def entry(self, kind: str, name: str) -> EntryMeta:
-        table = self.entries[kind]
-        if name in table:
-            return table[name]
-        if ":" in name:  # prefix specs, e.g. "torchvision:resnet18"
-            spec = table.get(name.split(":", 1)[0])
-            if spec is not None and getattr(spec.obj, "prefix", False):
-                return spec
-        raise UnknownNameError(kind, name, [n for n, e in table.items() if not getattr(e.obj, "test_only", False)])
+        from bench_harness.contract.plugins import find_entry  # pluggy only: no plugin, no torch
+
+        return find_entry(self.entries[kind], kind, name)
 
     def get(self, kind: str, name: str) -> Any:
         return self.entry(kind, name).obj
