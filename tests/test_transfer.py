@@ -514,3 +514,31 @@ recipe: {{epochs: 0}}
         seeing = board[model & (board.method == "tr_seeing")].iloc[0]
         assert seeing.vs_random_diff == pytest.approx(top1[(transferred, "tr_seeing")] - top1[(transferred, "random")])
         assert seeing.vs_dense_diff == pytest.approx(top1[(transferred, "tr_seeing")] - top1[(transferred, "dense")])
+
+
+def test_rows_written_before_the_recipe_was_stored_as_json_pool_with_the_new_ones(tmp_path, registry):
+    """Rows of issue 25's era stored the pretraining recipe in ``config`` as its Python repr; the same experiment's
+    other seeds, written now, store it as JSON. They are one experiment (same ids): the leaderboard pools them,
+    reading the repr as literals only (a repr that is code is left as text and never run)."""
+    from bench_harness.results.leaderboard import _legacy_recipe, build_leaderboard
+    from bench_harness.results.store import load_results
+
+    suite = _suite(f"""
+name: legacy
+grid: {{models: [{MLP_ENTRY}, weights: "pretrain:tr_source"}}], datasets: [tr_target], sparsities: [0.5],
+        seeds: [0, 1], pruners: [magnitude]}}
+pretrain: {{epochs: 1, batch_size: 32, lr: 0.05}}
+recipe: {{epochs: 0}}
+""", tmp_path, registry)
+    rows = [execute_run(r, registry) for r in suite.runs]
+    assert all(r["status"] == "ok" for r in rows)
+    runs = load_results(tmp_path / "results", ["legacy"])
+    old = runs.seed == 0
+    runs.loc[old, "config"] = runs.loc[old, "config"].str.replace(
+        '"pretrain": {"batch_size": 32, "epochs": 1, "lr": 0.05}',
+        '"pretrain": "Recipe(epochs=1, batch_size=32, optimizer=\'sgd\', lr=0.05, momentum=0.9, nesterov=False, '
+        'weight_decay=0.0001, schedule=\'cosine\', milestones=(), compile=False)"', regex=False)
+    assert runs.loc[old, "config"].str.contains("Recipe(", regex=False).all()
+    board = build_leaderboard(runs, ["legacy"])
+    assert len(board) == 1 and board.seeds.iloc[0] == 2 and board.setting.iloc[0] == ""
+    assert _legacy_recipe("__import__('os').system('false')") == "__import__('os').system('false')"

@@ -175,7 +175,34 @@ def _config(text) -> dict | None:
         config = json.loads(text)
     except ValueError:
         return None
-    return config if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return None
+    if isinstance(config.get("pretrain"), str):  # rows written before issue 26: the recipe as its Python repr
+        config["pretrain"] = _legacy_recipe(config["pretrain"])
+    return config
+
+
+def _legacy_recipe(text: str):
+    """A pretraining recipe stored as ``Recipe(epochs=2, lr=0.05, ...)`` (the ``config`` of rows written before
+    issue 26) as the JSON form rows carry now, its non-default fields, so that the seeds of one experiment
+    written before and after pool. Parsed as literals only (``ast.literal_eval`` per argument: nothing is run);
+    anything else is kept as it is."""
+    import ast
+    import dataclasses
+
+    from bench_harness.config.suite import Recipe
+    from bench_harness.identity import non_default_fields
+
+    try:
+        call = ast.parse(text, mode="eval").body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Recipe"
+                and not call.args):
+            return text
+        values = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        known = {f.name for f in dataclasses.fields(Recipe)}
+        return non_default_fields(Recipe(**{k: v for k, v in values.items() if k in known}))
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+        return text
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, object]:
