@@ -38,7 +38,8 @@ def suite_json_schema(registry=None) -> dict[str, Any]:
             name=(Literal[name], ...), params=(Union[cls.Params, None], None),  # type: ignore[valid-type]
             scoring=(Union[Scoring, None], None)))
     model_entry = create_model("model_entry", __config__=forbid, name=(str, ...), params=(dict[str, Any], {}),
-                               weights=(Union[str, None], None))
+                               weights=(Union[str, None], None),
+                               head=(Union[Literal["auto", "keep", "reinit"], None], None))
     dataset_entry = create_model("dataset_entry", __config__=forbid, name=(str, ...), params=(dict[str, Any], {}))
     seed_range = create_model("seed_range", __config__=forbid, range=(Union[int, tuple[int, int]], ...))
     grid_fields: dict[str, Any] = {
