@@ -13,8 +13,11 @@ from tests.conftest import bench
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SUITE = Path(__file__).parent.parent / "suites" / "pai_fashion_mnist_small.yaml"
-pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed "
-                                                               "(scripts/test.sh installs it as root)")
+# slow: the module's fixture trains every baseline on real Fashion-MNIST (about 2 minutes); scripts/test.sh --all
+# (CI) runs it, and test_cli_integration's real-data run stays in the default tier
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is not installed "
+                                                              "(scripts/test.sh installs it as root)")]
 
 
 @pytest.fixture(scope="module")

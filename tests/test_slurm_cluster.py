@@ -105,6 +105,7 @@ def test_worker_devices_spread_runs_over_the_jobs_gpus():
 
 # ---- on the dev cluster -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # about a minute of real SLURM scheduling; scripts/test.sh --all (CI) runs it
 def test_submit_limits_of_the_account_apply_and_wait_submits_the_rest(slurm_cluster, tmp_path):
     """GrpSubmitJobs=7 on the account: 7 of 12 runs go in, the rest is named, `--wait` submits it as slots free
     up. An unrelated QOS with MaxSubmitJobsPerUser=1 changes nothing."""
