@@ -241,6 +241,11 @@ def _keys(config: dict) -> tuple[str, str, str]:
     return tuple(json.dumps(c, sort_keys=True) for c in (config, family, setting))
 
 
+# marks the key made for rows without a config (a config text starts with "{"); not "\0": the hash table of
+# pandas 2.1 reads object strings up to their first NUL, so every such key would collide in unique()
+_NO_CONFIG = "#no-config:"
+
+
 def _experiments(df: pd.DataFrame) -> None:
     """Columns ``experiment`` (the config without the seed, JSON), ``setting`` (what sets it apart from the other
     experiments of its method, or ""), ``_setting_key`` (the setting paired comparisons match on), and the
@@ -251,16 +256,19 @@ def _experiments(df: pd.DataFrame) -> None:
     # runs of one experiment differ only in the seed: strip it from the text (the writer's canonical JSON,
     # where the top-level "seed" comes right before "sparsity") and parse each experiment once; a text that
     # does not have that form is parsed whole
-    stripped = texts.str.replace(r'"seed": -?\d+, "sparsity": ', '"sparsity": ', n=1, regex=True)
-    legacy = texts.isna()
+    stripped = texts.str.replace(r'"seed": -?\d+, "sparsity": ', '"sparsity": ', n=1, regex=True).astype(object)
+    legacy = texts.isna().to_numpy(dtype=bool)
     learned = df["sparsity_kind"].eq("learned")
     suites = df["suite"] if "suite" in df else pd.Series(None, index=df.index, dtype=object)
-    stripped[legacy] = ["\0" + json.dumps({"suite": s, **({"sparsity": t} if lrn else {})}, default=str)
-                        for s, t, lrn in zip(suites[legacy], df["target_sparsity"][legacy], learned[legacy])]
+    # a Series aligned on the index (a plain list is refused by the masked assignment of pandas 2.1)
+    stripped.loc[legacy] = pd.Series(
+        [_NO_CONFIG + json.dumps({"suite": s, **({"sparsity": t} if lrn else {})}, default=str)
+         for s, t, lrn in zip(suites[legacy], df["target_sparsity"][legacy], learned[legacy])],
+        index=stripped.index[legacy], dtype=object)
     keys: dict = {}
     for text in stripped.unique():
-        if text.startswith("\0"):  # no config: the runs of one suite (and, for learned sparsity, one target)
-            config = json.loads(text[1:])
+        if text.startswith(_NO_CONFIG):  # no config: the runs of one suite (and, for learned sparsity, one target)
+            config = json.loads(text[len(_NO_CONFIG):])
         else:
             config = _config(text) or {}
             if "seed" in config:  # not the writer's form

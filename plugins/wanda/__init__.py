@@ -1,0 +1,1 @@
+"""Wanda (Sun et al. 2023): post-training pruning by weight magnitude times input activation norm."""
