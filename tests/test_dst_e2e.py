@@ -91,3 +91,34 @@ def test_static_sparse_has_no_updates_and_the_same_initial_masks_as_rigl(rows):
     assert "mask_updates" not in info or not info["mask_updates"]
     rigl = json.loads(rows["rigl"]["pruner_info"])
     assert info["layer_density"] == pytest.approx(rigl["initial_layer_density"])
+
+
+def test_rigl_grows_by_the_dense_gradient_the_core_captures(tmp_path, monkeypatch):
+    """At an update step the core hands RigL d loss / d w for the pruned entries too (not the masked gradient)."""
+    from bench_harness_plugins.dst import pruners
+
+    seen = []
+    original = pruners.RigLUpdater.grow_scores
+
+    def spy(self, name, weight, u):
+        scores = original(self, name, weight, u)
+        pruned = ~u.masks[name]
+        if bool(pruned.any()):  # ERK may keep a small layer dense
+            seen.append((u.step, float((scores[pruned] != 0).float().mean())))
+        return scores
+
+    monkeypatch.setattr(pruners.RigLUpdater, "grow_scores", spy)
+    registry = Registry()
+    text = yaml.safe_dump({
+        "name": "dst_grads",
+        "grid": {"models": ["lenet5"], "datasets": [yaml.safe_load(DATA)], "sparsities": [SPARSITY],
+                 "pruners": [{"name": "rigl", "params": {"every": 4, "end": 0.5, "drop_fraction_anneal": "constant"}}]},
+        "recipe": {"epochs": 1, "batch_size": 32, "lr": 0.05},
+    })
+    suite = validate_suite(parse_suite(yaml.safe_load(text), "dst.yaml"), registry)
+    row = execute_run(suite.with_settings(results_root=str(tmp_path)).runs[0], registry)
+    assert row["status"] == "ok", row.get("error")
+    assert len(seen) >= 3 and {s for s, _ in seen} == {4}  # 8 steps, end step 4: one update of the sparse layers
+    # a masked gradient would be exactly zero on every pruned entry; the dense one is not (it is zero only where a
+    # unit feeding the weight is dead: the first layers see every pixel)
+    assert seen[0][1] == 1.0 and all(nonzero > 0.2 for _, nonzero in seen), seen
