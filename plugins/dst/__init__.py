@@ -1,1 +1,2 @@
-"""During-training pruners: gradual magnitude pruning, dynamic sparse training (SET, RigL) and the static-sparse control."""
+"""During-training pruners: gradual magnitude pruning, dynamic sparse training (SET, RigL), the static-sparse
+control."""
