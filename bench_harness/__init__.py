@@ -14,6 +14,7 @@ from bench_harness.version import __version__  # noqa: E402
 _PUBLIC = {
     "Pruner": "bench_harness.contract.pruner", "PruneResult": "bench_harness.contract.pruner",
     "PruneContext": "bench_harness.contract.pruner",
+    "MaskUpdater": "bench_harness.contract.pruner", "MaskUpdate": "bench_harness.contract.pruner",
     "Regime": "bench_harness.contract.pruner", "Requirements": "bench_harness.contract.pruner",
     "SparsityKind": "bench_harness.contract.pruner",
     "Granularity": "bench_harness.contract.pruner", "Stage": "bench_harness.contract.pruner",
@@ -28,7 +29,7 @@ _PUBLIC = {
     "Services": "bench_harness.contract.services",
     "prepare_once": "bench_harness.contract.datasets", "first_per_class": "bench_harness.contract.datasets",
     "BenchError": "bench_harness.errors",
-    "masking": "bench_harness.contract.masking",
+    "masking": "bench_harness.contract.masking", "allocation": "bench_harness.contract.allocation",
     "load_results": "bench_harness.results.store",
 }
 

@@ -9,7 +9,7 @@ from torch import nn
 from bench_harness.contract import masking
 from bench_harness.contract.artifacts import ArtifactStore, MemoryArtifactStore
 from bench_harness.contract.plugins import get_registry
-from bench_harness.contract.pruner import Pruner, PruneResult, iter_batches
+from bench_harness.contract.pruner import Pruner, PruneResult, Regime, iter_batches
 from bench_harness.contract.pruning import call_pruner, make_context
 
 
@@ -30,6 +30,8 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
       fine-tuning): a DataLoader (or iterable of ``(inputs, labels)``) and a dict of recipe fields (``epochs``,
       ``lr``, ``optimizer``, ``schedule``, ... as in a suite's ``recipe:``), from which the training service is
       built.
+    - a during-training pruner (regime ``during_training``: GMP, SET, RigL) needs ``train_data`` + ``recipe``: the
+      model is trained with it and the masks returned are the ones training ends with.
     - ``return_result``: return the :class:`~bench_harness.contract.pruner.PruneResult` (masks, info, achieved sparsity,
       the training the pruner asks for afterwards) instead of the masks.
     - ``artifacts``: a folder for stage artifacts (default: kept in memory for this call).
@@ -69,7 +71,21 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
     ctx = make_context(model, seed=seed, device=device, batches=batches, input_shape=input_shape,
                        num_classes=num_classes, prunable=prunable, trainer=trainer, train_loader=train_data,
                        artifacts=store)
+    if cls.regime == Regime.DURING_TRAINING and trainer is None:
+        raise ValueError(f"pruner {cls.name!r} prunes while the model trains: pass train_data=<DataLoader> and "
+                         f"recipe={{'epochs': N, ...}} (the masks it returns are the ones training ends with)")
     result: PruneResult = call_pruner(cls, cls_params, model, sparsity, ctx)
+    if result.updater is not None:  # a during-training pruner: train with it, as a run does
+        from bench_harness.contract.pruning import check_final_masks
+        from bench_harness.running.mask_updates import updater_generator
+
+        fit = trainer.fit(model, masks=result.masks, updater=result.updater,
+                          updater_generator=updater_generator(seed), key="during-training", phase="train")
+        check_final_masks(cls, fit.masks, ctx.prunable, sparsity)
+        result.masks = fit.masks
+        result.achieved_sparsity = 1.0 - masking.global_density(fit.masks)
+        result.info = {**result.info, **(result.updater.info() or {}), "mask_updates": fit.mask_updates}
+        result.train_epochs = 0  # trained already
     masking.apply_masks(model, result.masks)
     return result if return_result else result.masks
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bench_harness import hookimpl, masking
+from bench_harness import MaskUpdate, MaskUpdater, hookimpl, masking
 from bench_harness.contract.pruner import Pruner, PruneResult, Regime, Requirements, SparsityKind, Stage, param
 
 
@@ -169,7 +169,97 @@ class VersionTwoMagnitude(Pruner):
         return masking.topk_masks({n: p.detach().abs() for n, p in ctx.prunable.items()}, 1.0 - sparsity)
 
 
-PRUNERS = [PostTrainingMagnitude, LearnedThreshold, TeacherScores, ScorePopup, WritesNaN, VersionTwoMagnitude]
+class SwapUpdater(MaskUpdater):
+    """Every ``every`` steps, per layer: drop the ``swap`` kept weights of smallest magnitude and grow ``swap`` pruned
+    entries of largest dense gradient, ties and the order of equal gradients broken by a random draw (so that
+    resuming must restore the generator). Records what it saw, for the tests."""
+
+    needs_dense_grad = True
+
+    def __init__(self, every: int, swap: int) -> None:
+        self.every, self.swap, self.updates = every, swap, 0
+        self.seen: list[dict] = []
+
+    def is_update_step(self, step, total_steps, steps_per_epoch):
+        return step % self.every == 0
+
+    def update(self, u: MaskUpdate):
+        self.updates += 1
+        new = {}
+        pruned_nonzero = any(bool((u.prunable[n].detach()[~m] != 0).any()) for n, m in u.masks.items())
+        dense_grad = any(bool((u.grads[n][~m] != 0).any()) for n, m in u.masks.items())
+        self.seen.append({"step": u.step, "pruned_nonzero": pruned_nonzero, "dense_grad": dense_grad})
+        for n, mask in u.masks.items():
+            w, g = u.prunable[n].detach().abs().flatten(), u.grads[n].abs().flatten()
+            flat = mask.flatten().clone()
+            noise = torch.rand(flat.shape, generator=u.generator)
+            drop = torch.where(flat, w + 1e-12 * noise, torch.full_like(w, float("inf"))).argsort()[: self.swap]
+            grow = torch.where(flat, torch.full_like(g, -1.0), g + 1e-12 * noise).argsort(descending=True)[: self.swap]
+            flat[drop] = False
+            flat[grow] = True
+            new[n] = flat.view_as(mask)
+        return new
+
+    def state_dict(self):
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.updates = int(state["updates"])
+
+    def info(self):
+        return {"updates": self.updates}
+
+
+@dataclass
+class SwapParams:
+    every: int = param(2, "steps between mask updates")
+    swap: int = param(2, "weights dropped and grown per layer at each update")
+
+
+class SwapDuringTraining(Pruner):
+    """During training: random initial masks at the target per layer, then :class:`SwapUpdater` (a tiny RigL)."""
+
+    name = "swap_during_training"
+    regime = Regime.DURING_TRAINING
+    Params = SwapParams
+    check_params = {"every": 1, "swap": 1}
+
+    def prune(self, model, sparsity, ctx):
+        scores = {n: torch.rand(p.shape, generator=ctx.generator) for n, p in ctx.prunable.items()}
+        masks = masking.topk_masks(scores, 1.0 - sparsity, "layerwise", "exact")
+        return PruneResult(masks, updater=SwapUpdater(self.params.every, self.params.swap))
+
+
+class ShrinkUpdater(MaskUpdater):
+    """Starts dense, reaches ``final`` density by magnitude at step ``at``."""
+
+    def __init__(self, final: float, at: int) -> None:
+        self.final, self.at = final, at
+
+    def is_update_step(self, step, total_steps, steps_per_epoch):
+        return step == self.at
+
+    def update(self, u):
+        return masking.topk_masks({n: p.detach().abs() for n, p in u.prunable.items()}, self.final, "global", "exact")
+
+
+class ShrinkDuringTraining(Pruner):
+    """During training, GMP-like: dense at first, the target at step 3 (or ``miss``: 0.1 short of it)."""
+
+    name = "shrink_during_training"
+    regime = Regime.DURING_TRAINING
+
+    @dataclass
+    class Params:
+        miss: bool = param(False, "end 0.1 below the target sparsity (an exact pruner that misses)")
+
+    def prune(self, model, sparsity, ctx):
+        final = 1.0 - sparsity + (0.1 if self.params.miss else 0.0)
+        return PruneResult(masking.full_masks(ctx.prunable), updater=ShrinkUpdater(final, 3))
+
+
+PRUNERS = [PostTrainingMagnitude, LearnedThreshold, TeacherScores, ScorePopup, WritesNaN, VersionTwoMagnitude,
+           SwapDuringTraining, ShrinkDuringTraining]
 
 
 @hookimpl

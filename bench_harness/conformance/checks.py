@@ -16,12 +16,16 @@ A case checks that:
   the stage artifacts already stored: they must be reused, not produced again);
 - a pruner that trains through ``ctx.trainer`` (stage artifacts stored, as in a run after its stage jobs) and is
   interrupted in the middle of its training computes the same masks when run again with the same checkpoints
-  (as a preempted SLURM job does).
+  (as a preempted SLURM job does);
+- a during-training pruner (``Regime.DURING_TRAINING``) is trained with its mask updater for the kit's recipe
+  after ``prune()``, as a run trains it; the checks above apply to the masks its training ends with (the weights
+  are compared before that training), and the resume check interrupts that training half-way.
 
 A check that does not apply, or cannot run because an earlier one failed, is recorded as not run with the reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,7 @@ from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.contract.pruner import Pruner, PruneResult, SparsityKind
 from bench_harness.contract.pruning import as_result, make_context, nonfinite_parameters
 from bench_harness.interrupts import escape_from_plugin
+from bench_harness.running.mask_updates import updater_generator
 from bench_harness.running.trainer import Trainer
 
 
@@ -167,9 +172,20 @@ def prune_once(setting: Setting, model_name: str, sparsity: float, workdir: Path
                        run_dir=run_dir, pretrained=setting.pretraining is not None)
     try:
         out = cls(setting.params).prune(model, sparsity, ctx)
+        if isinstance(out, PruneResult) and out.updater is not None:
+            out = _train_with_updater(model, out, ctx, trainer, seed)
     finally:
         ctx.epochs_seen = epochs_seen["n"]
     return model, before, ctx, out
+
+
+def _train_with_updater(model, result: PruneResult, ctx, trainer: Trainer, seed: int) -> PruneResult:
+    """A during-training pruner's training, as a run does it: the masks it ends with replace the initial ones (the
+    weights after pruning are kept in ``ctx.weights_after_prune`` for the weights-left-alone check)."""
+    ctx.weights_after_prune = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit = trainer.fit(model, masks=result.masks, updater=result.updater, updater_generator=updater_generator(seed),
+                      key="during-training", phase="train")
+    return dataclasses.replace(result, masks=fit.masks, info={**result.info, "mask_updates": fit.mask_updates})
 
 
 def failure_text(exc: BaseException) -> str:
@@ -202,7 +218,7 @@ def check_case(setting: Setting, model_name: str, sparsity: float, workdir: Path
         case.add(FINITE, not bad, f"NaN/inf in {bad}")
     else:
         case.skip_rest([sparsity_check(cls), KEEPS, FINITE], "the masks are malformed")
-    _check_weights_left_alone(cls, result, model, before, case)
+    _check_weights_left_alone(cls, result, model, before, case, ctx)
     case.step("prune again (same seed, global RNG elsewhere, stage artifacts stored)")
     ctx2 = _check_determinism(setting, model_name, sparsity, workdir, masks, ctx, case)
     if ctx2 is None:
@@ -247,14 +263,16 @@ def _check_masks(cls: type[Pruner], ctx, masks: dict, sparsity: float, case: Cas
     return True
 
 
-def _check_weights_left_alone(cls: type[Pruner], result: PruneResult, model, before: dict, case: Case) -> None:
+def _check_weights_left_alone(cls: type[Pruner], result: PruneResult, model, before: dict, case: Case,
+                              ctx=None) -> None:
     if cls.changes_weights:
         case.skip(LEFT_ALONE, "the pruner declares changes_weights")
     elif result.weights_changed:
         case.add(DECLARES, False, "returned weights_changed=True but the class does not set changes_weights = True")
         case.skip(LEFT_ALONE, "the pruner says it changed them (weights_changed=True)")
     else:
-        changed = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+        after = getattr(ctx, "weights_after_prune", None) or {n: p.detach() for n, p in model.named_parameters()}
+        changed = [n for n in after if not torch.equal(after[n], before[n])]
         case.add(LEFT_ALONE, not changed, f"changed without declaring it: {changed}")
 
 
@@ -286,7 +304,8 @@ def _check_resume(setting: Setting, model_name: str, sparsity: float, workdir: P
     """Interrupt the pruner's training half-way, run again on the same checkpoints: the same masks."""
     checkpoints = workdir / "checkpoints"
     try:
-        prune_once(setting, model_name, sparsity, workdir, checkpoints=checkpoints, interrupt_at=epochs_seen // 2 + 1)
+        prune_once(setting, model_name, sparsity, workdir, checkpoints=checkpoints,
+                   interrupt_at=max(1, epochs_seen // 2))
         case.add(RESUMES, False, "the interruption did not happen")
         return
     except _Interrupt:

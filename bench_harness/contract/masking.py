@@ -240,7 +240,9 @@ class MaskEnforcer:
 
     Pruned entries get a zero gradient (a hook on the parameter) and are zeroed again by :meth:`enforce`,
     which the training loop calls after every optimizer step (weight decay or a stateful optimizer could
-    otherwise move them).
+    otherwise move them). :meth:`set_masks` replaces the masks (a during-training pruner's update); with
+    ``capture`` set, the hooks keep a copy of each gradient before masking it (the dense gradient), which
+    :meth:`take_grads` hands over.
     """
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -248,9 +250,27 @@ class MaskEnforcer:
         missing = [n for n in masks if n not in params]
         if missing:
             raise KeyError(f"masks name parameters the model does not have: {missing}")
+        self._names = list(masks)
         self._pairs = [(params[n], masks[n].to(params[n].device)) for n in masks]
-        self._handles = [p.register_hook(lambda g, m=m: g * m) for p, m in self._pairs]
+        self.capture = False
+        self._grads: dict[str, torch.Tensor] = {}
+        self._handles = [p.register_hook(functools.partial(self._hook, i)) for i, (p, _) in enumerate(self._pairs)]
         self.enforce()
+
+    def _hook(self, i: int, grad: torch.Tensor) -> torch.Tensor:
+        if self.capture:
+            self._grads[self._names[i]] = grad.detach().clone()
+        return grad * self._pairs[i][1]
+
+    def set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Enforce ``masks`` (the same names as before) from now on; zeroes the weights they prune."""
+        self._pairs = [(p, masks[n].to(p.device)) for n, (p, _) in zip(self._names, self._pairs)]
+        self.enforce()
+
+    def take_grads(self) -> dict[str, torch.Tensor]:
+        """The gradients captured since the last call (and stops capturing)."""
+        grads, self._grads, self.capture = self._grads, {}, False
+        return grads
 
     @torch.no_grad()
     def enforce(self) -> None:

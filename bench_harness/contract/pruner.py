@@ -11,7 +11,9 @@ What a pruner declares (class attributes):
   on every subclass, never declared twice): ``NONE`` is the dense reference (``ignores_sparsity``: one run, no
   sparsity axis), ``POST_TRAINING`` requires a pretrained model (``requires.pretrained``) and, by default, no
   training after pruning, ``MASK_LEARNING`` freezes the weights (``PruneResult.weights_frozen``: no training
-  after pruning). A class that still declares ``ignores_sparsity`` is accepted when it agrees with its regime and
+  after pruning), ``DURING_TRAINING`` changes the masks while the run trains (``prune()`` returns the initial masks
+  and a :class:`MaskUpdater` in ``PruneResult.updater``; the target sparsity is checked on the masks training ends
+  with). A class that still declares ``ignores_sparsity`` is accepted when it agrees with its regime and
   refused (TypeError naming the fix) when it contradicts it.
 - ``requires``: :class:`Requirements`: scoring/calibration data, true labels, a pretrained model (any regime may
   ask for one; ``POST_TRAINING`` always has it). Pretraining is per pruner: a run gets pretrained weights only
@@ -66,6 +68,8 @@ class Regime(str, enum.Enum):
     POST_TRAINING = "post_training"  # prune a pretrained network (possibly reconstruct), little or no training
     MASK_LEARNING = "mask_learning"  # learn a mask over frozen random weights
     ITERATIVE = "iterative"  # train-prune cycles (uses ctx.train)
+    # the masks change while the run trains: prune() returns the initial masks and a MaskUpdater (GMP, SET, RigL)
+    DURING_TRAINING = "during_training"
 
 
 class SparsityKind(str, enum.Enum):
@@ -98,6 +102,60 @@ class NoParams:
 
 
 @dataclass
+class MaskUpdate:
+    """What the core passes to :meth:`MaskUpdater.update` after an optimizer step at which the updater updates."""
+
+    step: int  # optimizer steps taken so far in the run's training (1-based; this step's optimizer step is done)
+    total_steps: int  # optimizer steps of the whole training after pruning (epochs x steps_per_epoch)
+    steps_per_epoch: int
+    model: nn.Module  # its prunable weights are masked by ``masks``
+    masks: dict[str, torch.Tensor]  # the current masks (bool, True = kept), keyed like ``prunable``: do not modify
+    prunable: dict[str, nn.Parameter]
+    # ``needs_dense_grad``: d loss / d weight of this step's batch for every entry, pruned ones included (the
+    # "dense gradient" of RigL, taken before the masks zero it); otherwise None
+    grads: dict[str, torch.Tensor] | None
+    optimizer: torch.optim.Optimizer
+    # seeded from the run's seed and checkpointed with the training: draw every random number of an update from it
+    generator: torch.Generator
+
+
+class MaskUpdater:
+    """Changes the masks while a run trains; what a ``Regime.DURING_TRAINING`` pruner returns in
+    :attr:`PruneResult.updater` besides the initial masks.
+
+    After every optimizer step the core keeps pruned weights at zero; after each step for which
+    :meth:`is_update_step` is true it calls :meth:`update`. New masks are checked (names, shapes, dtype); the core
+    then zeroes the weights of entries pruned now and resets the optimizer state (momentum, Adam moments: every
+    per-parameter state tensor shaped like the weight) of every entry whose mask changed, as the RigL reference does
+    for grown connections (a regrown weight starts from the value ``update`` left in it: zero unless it wrote one).
+    Each update is logged in the row's ``pruner_info`` (``mask_updates``). The masks, :meth:`state_dict` and
+    ``MaskUpdate.generator`` are checkpointed at every epoch end: a preempted run calls ``prune()`` again (it must
+    be deterministic given ``ctx.generator``) and resumes its training with the masks and updater state it had.
+    """
+
+    needs_dense_grad: ClassVar[bool] = False  # update() needs MaskUpdate.grads (costs a copy at update steps only)
+
+    def is_update_step(self, step: int, total_steps: int, steps_per_epoch: int) -> bool:
+        """Whether :meth:`update` is called after optimizer step ``step`` (1-based)."""
+        raise NotImplementedError
+
+    def update(self, u: MaskUpdate) -> dict[str, torch.Tensor] | None:
+        """The new masks (None: unchanged); may write the weights of grown entries (e.g. an initial value)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the updater must keep across a preemption (numbers, strings, tensors, lists and dicts of them)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (called before training resumes)."""
+
+    def info(self) -> dict[str, Any]:
+        """Extra JSON for the row's ``pruner_info`` once training ends."""
+        return {}
+
+
+@dataclass
 class PruneResult:
     """What ``Pruner.prune`` may return instead of a plain mask dict."""
 
@@ -121,6 +179,9 @@ class PruneResult:
     # 1-bit mask over the prunable weights).
     storage_bits: int | None = None
     achieved_sparsity: float | None = None  # filled by the core (over the prunable set)
+    # Regime.DURING_TRAINING: changes ``masks`` (the initial ones) while the run trains; the target sparsity is
+    # checked on the masks training ends with
+    updater: MaskUpdater | None = None
 
 
 def training_plan(result: PruneResult, regime: Regime, recipe_epochs: int) -> tuple[int, int]:

@@ -34,6 +34,7 @@ def call_pruner(pruner_cls: type[Pruner], params: Any, model: nn.Module, sparsit
     result.achieved_sparsity = 1.0 - masking.global_density(result.masks)
     result.weights_frozen = pruner_cls.regime == Regime.MASK_LEARNING
     if (pruner_cls.sparsity_kind == SparsityKind.TARGET and not pruner_cls.ignores_sparsity
+            and result.updater is None
             and not masking.sparsity_on_target(result.masks, sparsity, pruner_cls.sparsity_tolerance)):
         warnings.warn(SparsityOffTargetWarning(
             f"pruner {pruner_cls.name!r} reached sparsity {result.achieved_sparsity:.4f} for the target {sparsity:.4f} "
@@ -78,10 +79,17 @@ def validate_result(pruner_cls: type[Pruner], result: PruneResult, model: nn.Mod
     if result.weights_frozen is not None and bool(result.weights_frozen) != frozen:
         return [f"weights_frozen={result.weights_frozen!r} contradicts regime {pruner_cls.regime.value!r}: the regime "
                 f"decides (weights are frozen exactly for Regime.MASK_LEARNING); drop weights_frozen"]
-    on_prunable = exact and result.sparsity_of == "prunable"
+    during = pruner_cls.regime == Regime.DURING_TRAINING
+    if during != (result.updater is not None):
+        return [f"a {pruner_cls.regime.value!r} pruner returned updater={type(result.updater).__name__}: exactly the "
+                f"pruners of regime 'during_training' return a MaskUpdater (in PruneResult.updater)"]
+    if during and not callable(getattr(result.updater, "update", None)):
+        return [f"updater {result.updater!r} has no update() method: subclass bench_harness.MaskUpdater"]
+    # during training the target is checked on the masks training ends with (GMP starts dense)
+    on_prunable = exact and result.sparsity_of == "prunable" and not during
     problems = masking.validate_masks(result.masks, ctx.prunable, sparsity if on_prunable else None,
                                       pruner_cls.sparsity_tolerance)
-    if not problems and exact and result.sparsity_of == "all":
+    if not problems and exact and result.sparsity_of == "all" and not during:
         achieved = sparsity_over_all(model, result.masks)
         total = sum(p.numel() for p in model.parameters() if p.requires_grad)
         slack = 0.5 * len(result.masks) / total if total else 0.0
@@ -157,3 +165,18 @@ def mask_summary(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
         "params_total": total,
         "params_nonzero": nonzero,
     }
+
+
+def check_final_masks(pruner_cls: type[Pruner], masks: Mapping[str, torch.Tensor],
+                      prunable: Mapping[str, torch.Tensor], sparsity: float) -> None:
+    """The masks a during-training pruner's training ended with, checked as ``call_pruner`` checks a one-shot
+    pruner's: InvalidMaskError for an ``exact`` pruner off its target, a SparsityOffTargetWarning for ``target``."""
+    exact = pruner_cls.sparsity_kind == SparsityKind.EXACT and not pruner_cls.ignores_sparsity
+    problems = masking.validate_masks(masks, prunable, sparsity if exact else None, pruner_cls.sparsity_tolerance)
+    if problems:
+        raise InvalidMaskError(f"pruner {pruner_cls.name!r} ended training with invalid masks: " + "; ".join(problems))
+    if (pruner_cls.sparsity_kind == SparsityKind.TARGET
+            and not masking.sparsity_on_target(masks, sparsity, pruner_cls.sparsity_tolerance)):
+        warnings.warn(SparsityOffTargetWarning(
+            f"pruner {pruner_cls.name!r} ended training at sparsity {1.0 - masking.global_density(masks):.4f} for the "
+            f"target {sparsity:.4f} (tolerance {pruner_cls.sparsity_tolerance})"), stacklevel=2)

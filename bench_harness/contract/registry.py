@@ -153,7 +153,8 @@ def _dataset_shape(spec: Any) -> list[int] | None:
 
 # -- static declarations: metadata a plugin declares without its code being imported ---------------------------
 STATIC_GROUP = "bench_harness.metadata"
-REGIMES = ("none", "at_init", "post_training", "mask_learning", "iterative")  # Regime's values (a test checks)
+# Regime's values (a test checks)
+REGIMES = ("none", "at_init", "post_training", "mask_learning", "iterative", "during_training")
 SPARSITY_KINDS = ("exact", "target", "learned")
 GRANULARITIES = ("unstructured", "n:m")
 _DECLARED = {"pruners": "pruner", "models": "model", "datasets": "dataset", "metrics": "metric"}

@@ -38,8 +38,9 @@ from bench_harness.running.training import classifier_prefix, lr_factor, make_op
 
 
 def packable_key(prepared) -> Any:
-    """Runs with equal keys can be trained together; None: train alone (nothing to train)."""
-    if prepared.end <= prepared.start:
+    """Runs with equal keys can be trained together; None: train alone (nothing to train, or masks that change
+    while training: a during-training pruner's updater acts on one model)."""
+    if prepared.end <= prepared.start or getattr(prepared, "updater", None) is not None:
         return None
     run = prepared.run
     return (run.model.name, config_hash(run.model.params), run.dataset.name, config_hash(run.dataset.params),

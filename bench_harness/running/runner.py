@@ -34,7 +34,14 @@ from bench_harness.contract.datasets import (
 from bench_harness.contract.models import build_model
 from bench_harness.contract.plugins import Registry, get_registry
 from bench_harness.contract.pruner import Regime, training_plan
-from bench_harness.contract.pruning import call_pruner, changed_weights, make_context, mask_summary, weights_fingerprint
+from bench_harness.contract.pruning import (
+    call_pruner,
+    changed_weights,
+    check_final_masks,
+    make_context,
+    mask_summary,
+    weights_fingerprint,
+)
 from bench_harness.contract.services import Services
 from bench_harness.contract.storage import model_storage_bits
 from bench_harness.diskspace import disk_full_error, is_disk_full
@@ -43,6 +50,7 @@ from bench_harness.interrupts import escape_from_plugin, watch_sigint
 from bench_harness.results import store as results
 from bench_harness.running import checkpoint
 from bench_harness.running.device_data import device_loaders
+from bench_harness.running.mask_updates import updater_generator
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.running.plan import (
     PRETRAINED,
@@ -267,7 +275,8 @@ def produce_stages(run: RunSpec, registry: Registry | None = None) -> list[str]:
 
 def _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on_epoch, resume):
     """Starting weights (the model entry's, or pretraining when the pruner needs a trained model), prune,
-    ablation and masks, evaluation before training. Returns (masks, end epoch, start epoch)."""
+    ablation and masks, evaluation before training. Returns (masks, end epoch, start epoch, the pruner's mask
+    updater or None)."""
     row["pretrain_seconds"] = 0.0
     if run.starts_pretrained:
         _load_pretrained(run, model, data, device, store, row, on_epoch, registry)
@@ -293,7 +302,7 @@ def _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on
     end, start = training_plan(result, pruner_cls.regime, run.recipe.epochs)
     row["train_from_epoch"] = start
     row["storage_bits"] = result.storage_bits
-    return masks, end, start
+    return masks, end, start, result.updater
 
 
 def check_weights_untouched(pruner_cls, model: torch.nn.Module, before: dict[str, str] | None) -> None:
@@ -539,6 +548,7 @@ class PreparedRun:
     start: int
     row: dict[str, Any]
     resume: bool
+    updater: Any = None  # a during-training pruner's MaskUpdater: it changes the masks while the run trains
 
 
 def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, resume: bool) -> PreparedRun:
@@ -564,9 +574,11 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
             checkpoint.discard(pruned_path, problem)
             resumed = None
     if resumed is None:
-        masks, end, start = _prune(run, registry, pruner_cls, model, data, dspec, device, store, row, on_epoch,
-                                   resume)
-        if resume and end > start:
+        masks, end, start, updater = _prune(run, registry, pruner_cls, model, data, dspec, device, store, row,
+                                            on_epoch, resume)
+        # a during-training run keeps no pruned.pt: a resumed attempt prunes again (its initial masks are cheap and
+        # deterministic) to rebuild its updater, then its training resumes from the epoch checkpoint
+        if resume and end > start and updater is None:
             checkpoint.save(pruned_path, {
                 "run_id": run.run_id, "end": end, "start": start,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -582,7 +594,8 @@ def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, re
         end, start = resumed["end"], resumed["start"]
         checkpoint.restore_rng(resumed["rng"], data.train.generator)
         row["resumed_from_epoch"] = start
-    return PreparedRun(run, registry, pruner_cls, device, data, model, masks, end, start, row, resume)
+        updater = None
+    return PreparedRun(run, registry, pruner_cls, device, data, model, masks, end, start, row, resume, updater)
 
 
 def resume_problem(resumed: dict[str, Any], model: torch.nn.Module) -> str | None:
@@ -624,12 +637,28 @@ def _train(p: PreparedRun, on_epoch) -> None:
                           checkpoint_dir=checkpoint.work_dir(p.run.results_root, p.run.suite, p.run.run_id)
                           if p.resume else None, on_epoch=on_epoch,
                           checkpoint_owner=checkpoint.run_owner(p.run.suite, p.run.run_id))
-        fit = trainer.fit(p.model, masks=p.masks, epochs=p.end, start_epoch=p.start, key="train", phase="train")
+        fit = trainer.fit(p.model, masks=p.masks, epochs=p.end, start_epoch=p.start, key="train", phase="train",
+                          updater=p.updater, updater_generator=None if p.updater is None else
+                          updater_generator(p.run.seed))
         if fit.resumed_from_epoch is not None:
             row["resumed_from_epoch"] = fit.resumed_from_epoch
         row["train_seconds"] = fit.seconds
+        if p.updater is not None:
+            _end_mask_updates(p, fit)
     else:
         row["train_seconds"] = 0.0
+
+
+def _end_mask_updates(p: PreparedRun, fit) -> None:
+    """A during-training run's masks are the ones its training ended with: checked against the target as a
+    one-shot pruner's are, and its update log goes into the row's pruner_info."""
+    p.masks = fit.masks
+    params = dict(p.model.named_parameters())
+    check_final_masks(p.pruner_cls, p.masks, {n: params[n] for n in p.masks}, p.run.sparsity)
+    info = json.loads(p.row["pruner_info"]) if p.row.get("pruner_info") else {}
+    info.update(p.updater.info() or {})
+    info["mask_updates"] = fit.mask_updates
+    p.row["pruner_info"] = results.to_json(info)
 
 
 def _finish(p: PreparedRun) -> None:

@@ -12,6 +12,9 @@ schedule, epochs, AMP, augmentation through the training loader), the run's devi
   schedule at epoch k instead of restarting it);
 - ``recipe``: a dict of recipe fields to override for this call (e.g. ``{"lr": 0.1, "weight_decay": 5e-4}``);
 - ``after_step(step)``: called after every optimizer step (e.g. recompute a threshold);
+- ``updater``: a :class:`bench_harness.contract.pruner.MaskUpdater` that changes ``masks`` while training (a
+  during-training pruner's; see :mod:`bench_harness.running.mask_updates`), its random draws from
+  ``updater_generator``; the result's ``masks`` are the masks training ended with and ``mask_updates`` the log;
 - ``loader``: another training loader (e.g. a predictor's feature data set).
 
 Progress is reported per epoch, a non-finite loss fails the run with a clear error, and when the run is
@@ -36,8 +39,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bench_harness.contract.pruner import MaskUpdater
 from bench_harness.errors import RunFailure
 from bench_harness.running import checkpoint
+from bench_harness.running.mask_updates import MaskSchedule
 from bench_harness.running.training import evaluate, train
 
 
@@ -52,6 +57,8 @@ class FitResult:
     restored: bool = False  # finished in an earlier attempt; restored from its checkpoint
     resumed_from_epoch: int | None = None  # interrupted in an earlier attempt; resumed at this epoch
     seconds: float = 0.0  # wall seconds of training, earlier attempts included
+    masks: dict[str, torch.Tensor] | None = None  # with an updater: the masks training ended with
+    mask_updates: list[dict[str, Any]] = field(default_factory=list)  # with an updater: one entry per update
 
 
 def _digest_tensor(digest, t: torch.Tensor) -> None:
@@ -106,7 +113,8 @@ class Trainer:
             loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
             epochs: int | None = None, start_epoch: int = 0, recipe: Mapping[str, Any] | None = None,
             after_step: Callable[[int], None] | None = None, loader: DataLoader | Iterable | None = None,
-            key: str | None = None, phase: str | None = None) -> FitResult:
+            key: str | None = None, phase: str | None = None, updater: MaskUpdater | None = None,
+            updater_generator: torch.Generator | None = None) -> FitResult:
         """Train ``model`` in place; see the module docstring. ``key`` names the checkpoint of this call
         (default: its position among the run's calls); ``phase`` names it in progress reports."""
         run_recipe = dataclasses.replace(self.recipe, **dict(recipe)) if recipe else self.recipe
@@ -122,6 +130,9 @@ class Trainer:
         self.calls += 1
         key = key or f"fit-{index:03d}"
         phase = phase or key
+        if updater is not None and not masks:
+            raise ValueError("an updater changes masks: pass the initial masks (masks=...) with it")
+        schedule = MaskSchedule(updater, masks, updater_generator) if updater is not None else None
         param_list = _tensors_of(params)
         model_ids = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
         extra = [t for t in param_list if id(t) not in model_ids]
@@ -132,18 +143,25 @@ class Trainer:
         saved = checkpoint.load(path, self.checkpoint_owner) if path is not None else None
         stamp = None
         if path is not None:
-            settings = {"epochs": epochs, "start_epoch": start_epoch, "recipe": repr(run_recipe), "key": key}
+            settings = {"epochs": epochs, "start_epoch": start_epoch, "recipe": repr(run_recipe), "key": key,
+                        **({"updater": type(updater).__qualname__} if updater is not None else {})}
             stamp = fingerprint(model, extra, masks, settings)
             if saved is not None and saved.get("fingerprint") != stamp:
                 saved = None  # another computation: start over
+        if saved is not None and schedule is not None and not isinstance(saved.get("during"), dict):
+            saved = None  # written without the masks' state: start over
         if saved is not None:
             _restore_tensors(model, extra, saved)
+            if schedule is not None:
+                schedule.restore(saved["during"])
             checkpoint.restore_rng(saved["rng"], generator)
             result.losses = list(saved["losses"])
             result.seconds = saved.get("seconds", 0.0)
             if saved["done"]:
                 result.restored = True
                 result.steps = saved.get("steps", 0)
+                if schedule is not None:
+                    result.masks, result.mask_updates = schedule.masks, list(schedule.log)
                 self.history.append(result)
                 return result
             start_epoch = saved["epoch"]
@@ -156,7 +174,7 @@ class Trainer:
         def after_epoch(epoch, opt):
             result.seconds = earlier_seconds + time.perf_counter() - t0
             if path is not None:
-                self._save(path, stamp, model, extra, opt, epoch, result, generator, done=False)
+                self._save(path, stamp, model, extra, opt, epoch, result, generator, done=False, schedule=schedule)
 
         def report(epoch, mean_loss):
             result.losses.append(mean_loss)
@@ -178,7 +196,7 @@ class Trainer:
             frozen = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in optimized}
         optimizer = train(model, loader, run_recipe, self.device, masks, epochs, on_epoch=report,
                           start_epoch=start_epoch, optimizer=optimizer, after_epoch=after_epoch, params=params,
-                          loss_fn=loss, after_step=step_hook)
+                          loss_fn=loss, after_step=step_hook, schedule=schedule)
         result.steps = counter["steps"]
         result.seconds = earlier_seconds + time.perf_counter() - t0
         if frozen:
@@ -187,8 +205,10 @@ class Trainer:
             if moved:
                 raise RunFailure(f"mask learning changed weights it must leave frozen: {moved[:8]} (optimize only the "
                                  f"scores: pass params= to ctx.trainer.fit and set requires_grad=False on the weights)")
+        if schedule is not None:
+            result.masks, result.mask_updates = schedule.masks, list(schedule.log)
         if path is not None:
-            self._save(path, stamp, model, extra, optimizer, epochs, result, generator, done=True)
+            self._save(path, stamp, model, extra, optimizer, epochs, result, generator, done=True, schedule=schedule)
         self.history.append(result)
         return result
 
@@ -198,13 +218,15 @@ class Trainer:
             return None
         return evaluate(model, self.test_loader, self.device)
 
-    def _save(self, path, stamp, model, extra, optimizer, epoch, result, generator, done):
+    def _save(self, path, stamp, model, extra, optimizer, epoch, result, generator, done, schedule=None):
         payload = {"fingerprint": stamp, "done": done, "epoch": epoch, "losses": list(result.losses),
                    "steps": result.steps, "seconds": result.seconds,
                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                    "extra": [t.detach().cpu() for t in extra], "rng": checkpoint.rng_state(generator)}
         if not done:
             payload["optimizer"] = optimizer.state_dict()
+        if schedule is not None:
+            payload["during"] = schedule.state()
         checkpoint.save(path, payload, self.checkpoint_owner)
 
     def clear_checkpoints(self) -> None:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from bench_harness.contract.masking import MaskEnforcer
 from bench_harness.errors import RunFailure
+from bench_harness.running.mask_updates import MaskSchedule
 from bench_harness.running.step_options import prepare_input, prepare_model, step_options
 
 
@@ -143,16 +144,20 @@ def train(
     params=None,
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     after_step: Callable[[int], None] | None = None,
+    schedule: MaskSchedule | None = None,
 ) -> torch.optim.Optimizer:
     """Train in place from schedule epoch ``start_epoch`` up to ``epochs`` (default: the recipe's); pruned
     weights stay exactly zero.
 
     ``params``: what to optimize (see :func:`param_groups`; default every parameter with ``requires_grad``);
     ``loss_fn(model, x, y)``: replaces cross-entropy (it must return a scalar); ``after_step(step)`` is called
-    after every optimizer step (global step count, from 1). Raises RunFailure on a non-finite loss.
+    after every optimizer step (global step count, from 1); ``schedule``: masks that change while training
+    (:mod:`bench_harness.running.mask_updates`; it replaces ``masks``). Raises RunFailure on a non-finite loss.
     """
     epochs = recipe.epochs if epochs is None else epochs
     model.to(device)
+    if schedule is not None:
+        masks = schedule.masks
     enforcer = MaskEnforcer(model, masks) if masks else None
     optimizer = optimizer or make_optimizer(model, recipe, params)
     step = start_epoch * max(len(loader), 1)
@@ -160,6 +165,7 @@ def train(
     forward = prepare_model(model, options, custom_loss=loss_fn is not None)
     scaler = torch.amp.GradScaler("cuda", enabled=options.scaled)
     steps = max(len(loader), 1)
+    total_steps = epochs * steps
     # the loss is accumulated on the device and checked every `check_every` steps: on a GPU a per-step
     # check (or .item()) would synchronise every step; on the CPU it is free, and the failing step is exact
     check_every = 1 if device.type == "cpu" else 25
@@ -183,12 +189,17 @@ def train(
                     raise _nonfinite(epoch, checked + 1, i + 1)
                 checked = i + 1 if (i + 1) % check_every == 0 else checked
                 optimizer.zero_grad(set_to_none=True)
+                if schedule is not None:
+                    enforcer.capture = schedule.wants_grads(step + 1, total_steps, steps)
                 scaler.scale(loss).backward()
+                grad_scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
                 scaler.step(optimizer)
                 scaler.update()
                 if enforcer is not None:
                     enforcer.enforce()
                 step += 1
+                if schedule is not None and schedule.is_update_step(step, total_steps, steps):
+                    schedule.step(step, total_steps, steps, model, optimizer, enforcer, grad_scale)
                 if after_step is not None:
                     after_step(step)
             mean_loss = float(running) / max(seen, 1)

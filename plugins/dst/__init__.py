@@ -1,1 +1,2 @@
-"""During-training pruners: gradual magnitude pruning, dynamic sparse training (SET, RigL), the static control."""
+"""During-training pruners: gradual magnitude pruning, dynamic sparse training (SET, RigL), the static-sparse
+control."""
