@@ -14,19 +14,6 @@ from bench_harness import MaskUpdate
 from bench_harness_plugins.dst import pruners, schedules, sparse_ops
 from bench_harness_plugins.dst.sparse_ops import drop_grow_layer, magnitude_masks
 
-
-@pytest.fixture(autouse=True)
-def _allocation(monkeypatch):
-    """The plugins call ``bench_harness.allocation``; until the top-level export lands, the contract module."""
-    try:
-        bench_harness.allocation
-    except AttributeError:
-        import importlib
-
-        monkeypatch.setattr(bench_harness, "allocation", importlib.import_module("bench_harness.contract.allocation"),
-                            raising=False)
-
-
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "dst" / "jaxpruner.json").read_text())
 
 

@@ -6,7 +6,6 @@ import json
 import pytest
 import yaml
 
-import bench_harness
 from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.contract.plugins import Registry
 from bench_harness.running.runner import execute_run
@@ -15,18 +14,6 @@ from bench_harness.running.runner import execute_run
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 28, in_channels: 1, train_size: 256, test_size: 64}}"
 TOTAL = 24
 SPARSITY = 0.9
-
-
-@pytest.fixture(autouse=True)
-def _allocation(monkeypatch):
-    """The plugins call ``bench_harness.allocation``; until the top-level export lands, the contract module."""
-    try:
-        bench_harness.allocation
-    except AttributeError:
-        import importlib
-
-        monkeypatch.setattr(bench_harness, "allocation", importlib.import_module("bench_harness.contract.allocation"),
-                            raising=False)
 
 
 @pytest.fixture(scope="module")
