@@ -304,3 +304,10 @@ def test_gmp_global_rejects_an_allocation():
     gmp = pruners.GMP(pruners.GMP.make_params({"scope": "global", "allocation": "erk"}))
     with pytest.raises(ValueError, match="layerwise"):
         gmp.prune(model, 0.8, _context(prunable))
+
+
+def test_a_window_that_ends_before_it_begins_is_refused_at_prune():
+    model, prunable = _prunable()
+    for cls in (pruners.GMP, pruners.RigL):
+        with pytest.raises(ValueError, match="begin"):
+            cls(cls.make_params({"begin": 0.8, "end": 0.5})).prune(model, 0.8, _context(prunable))

@@ -53,6 +53,12 @@ def initial_random_masks(prunable: dict[str, nn.Parameter], sparsity: float, all
     return {n: m.to(prunable[n].device) for n, m in masks.items()}
 
 
+def _check_window(name: str, params: Any) -> None:
+    if params.begin > params.end:
+        raise ValueError(f"{name}: begin ({params.begin}) lies after end ({params.end}); both are fractions of the "
+                         f"training's optimizer steps")
+
+
 # --------------------------------------------------------------------------------------------------- static
 
 
@@ -182,6 +188,7 @@ class SET(Pruner):
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         p = self.params
+        _check_window(self.name, p)
         masks = initial_random_masks(ctx.prunable, sparsity, p.allocation, p.erk_power_scale, ctx.generator)
         info = {"allocation": p.allocation, "initial_layer_density": masking.layer_densities(masks)}
         return PruneResult(masks=masks, updater=self.updater_class(p), info=info)
@@ -286,6 +293,7 @@ class GMP(Pruner):
 
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> PruneResult:
         p = self.params
+        _check_window(self.name, p)
         if p.scope == "global" and p.allocation != "uniform":
             raise ValueError(f"gmp: allocation {p.allocation!r} applies to scope 'layerwise' only (a global threshold "
                              f"decides the layer densities itself); use scope: layerwise or allocation: uniform")
