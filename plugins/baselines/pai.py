@@ -5,6 +5,13 @@ Conventions of the reference kept here: the model is scored in eval() mode (``pr
 ``model.eval()``); pruned weights are zero while a later round scores the network; scores are "higher is
 kept". Differences, on purpose: the top-k tie rule of the core (exact counts), and scores are not divided by
 their sum (a positive constant does not change the ranking).
+
+GraSP differentiates twice (H g by double backprop), so it scores inside :func:`double_backprop_scoring`: the math
+attention kernel (the fused CPU/CUDA kernels have no double backward: Vision Transformers), and ``nn.Hardsigmoid``
+(no double backward in ATen: MobileNetV3's SqueezeExcitation) and ``nn.Hardswish`` modules swapped, while scoring
+only, for the same functions written in twice-differentiable ops (``min(max(x + 3, 0), 6) / 6``, ATen's own
+forward formula); the model gets its modules back afterwards. Any other op without a second derivative is a
+:class:`DoubleBackpropError` naming the op and the module that calls it.
 """
 from __future__ import annotations
 
