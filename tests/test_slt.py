@@ -351,3 +351,24 @@ def test_a_frozen_excess_beyond_the_tolerance_is_still_an_error(monkeypatch):
         _prune(pruning_ratio=0.5, sparsity=0.5, epochs=1, model=nn.Sequential(
             nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)))
+
+
+def test_the_suite_row_of_epl_at_p_equal_to_s_on_conv6_records_the_achieved_sparsity(tmp_path):
+    stored = json.loads(FIXTURE.read_text())
+    (run,) = [c for c in stored["runs"] if c["model"] == "conv6" and c["p"] == 0.5 and c["r"] == 0.2]
+    suite = _suite("""
+name: slt_epl_p_equal_s
+grid:
+  models: [conv6]
+  datasets: [{name: synthetic, params: {num_classes: 10, image_size: 32, train_size: 8, test_size: 8}}]
+  sparsities: [0.5]
+  pruners: [{name: slt_frozen, params: {pruning_ratio: 0.5, locking_ratio: 0.2, allocation: epl}}]
+recipe: {epochs: 1, batch_size: 8, lr: 0.1}
+""", tmp_path)
+    row = execute_run(suite.runs[0])
+    assert row["status"] == "ok", row.get("error")
+    total = sum(run["numel"])
+    assert row["params_prunable"] == total
+    assert row["achieved_sparsity"] == pytest.approx(sum(run["mask_pruned"]) / total, abs=1e-12)  # 0.5000004
+    info = json.loads(row["pruner_info"])
+    assert info["pruned"] == int(total * 0.5) + 1 and info["target_pruned"] == int(total * 0.5)
