@@ -102,8 +102,9 @@ def ntk_perturbation_grads(net: nn.Module, masks: Mapping[str, torch.Tensor], we
     return {n: (g if g is not None else torch.zeros_like(m[n])).detach() for n, g in zip(names, grads)}
 
 
-def ntksap_scores(net: nn.Module, masks: Mapping[str, torch.Tensor], input_batches: Iterable[Callable[[], torch.Tensor]],
-                  generator: torch.Generator, epsilon: float, samples: int) -> dict[str, torch.Tensor]:
+def ntksap_scores(net: nn.Module, masks: Mapping[str, torch.Tensor],
+                  input_batches: Iterable[Callable[[], torch.Tensor]], generator: torch.Generator,
+                  epsilon: float, samples: int) -> dict[str, torch.Tensor]:
     """The official ``NTKSAP.score``: ``samples`` passes over the input batches, each batch a fresh draw of the
     weights, the input (``input_batches``: callables, so that the draw happens after the weights') and the
     perturbation; score = |Σ ∂/∂m| ⊙ 1[m ≠ 0]."""
@@ -112,7 +113,8 @@ def ntksap_scores(net: nn.Module, masks: Mapping[str, torch.Tensor], input_batch
     dtype = next(iter(params.values())).dtype
     device = next(iter(params.values())).device
     drawn = reinit_names(net, masks)
-    bn_affine = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    bn_affine = [m for m in net.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
+                 and m.affine]
     total = {n: torch.zeros(masks[n].shape, dtype=dtype, device=device) for n in masks}
     for _ in range(samples):
         for make_input in batches:
@@ -152,7 +154,7 @@ class NTKSAP(ScorePruner):
                    "on re-drawn weights and Gaussian inputs, 20 exponential rounds (official code e23682b)")
     requires = Requirements(data=False)
     Params = NTKSAPParams
-    check_params = {"rounds": 3, "examples": 8}
+    check_params = {"rounds": 5, "samples": 2, "check_numerics": True}  # every code path, a few seconds
 
     def prune(self, model, sparsity, ctx):
         self._nets: dict[int, nn.Module] = {}
@@ -201,6 +203,35 @@ def _dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
+@dataclass
+class NTKSAPDataParams(ScoreParams):
+    rounds: int = param(20, "rounds T of the exponential schedule (paper and official script: 20)")
+    samples: int = param(1, "R, passes over the scoring batches per round, each batch with re-drawn weights")
+    epsilon: float = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
+    batches: int = param(0, "scoring batches to use; 0 = all the scoring data")
+
+
+class NTKSAPData(NTKSAP):
+    """NTK-SAP on the real scoring images instead of Gaussian noise (ours; the official code has noise only)."""
+
+    name = "ntksap_data"
+    description = ("NTK-SAP with the scoring images as inputs instead of Gaussian noise (our option; weights still "
+                   "re-drawn every batch)")
+    requires = Requirements(data=True, labels=False)
+    Params = NTKSAPDataParams
+    check_params = {"rounds": 5, "samples": 2}
+
+    def input_batches(self, model, ctx):
+        out = []
+        for i, (x, _) in enumerate(ctx.data()):
+            if self.params.batches and i >= self.params.batches:
+                break
+            out.append(lambda x=x: x)
+        if not out:
+            raise ValueError(f"{self.name} got no scoring images")
+        return out
+
+
 @hookimpl
 def bench_register_pruners():
-    return [NTKSAP]
+    return [NTKSAP, NTKSAPData]
