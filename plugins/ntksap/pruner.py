@@ -140,8 +140,8 @@ class NTKSAPParams(ScoreParams):
     samples: int = param(1, "R, re-samplings of weights and inputs per round (official default 1; 5 in its "
                             "CIFAR-10 script)")
     epsilon: float = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
-    examples: int = param(0, "random inputs per sampling; 0 = 10 x number of classes (official "
-                             "prune_dataset_ratio = 10)")
+    examples: int = param(0, "random inputs per sampling; 0 = 10 x the number of classes (official "
+                             "prune_dataset_ratio = 10; the model's output width when the classes are not known)")
     batch_size: int = param(256, "inputs per iteration (official prune batch size 256); every batch re-draws the "
                                  "weights")
 
@@ -177,11 +177,8 @@ class NTKSAP(ScorePruner):
         if shape is None:
             raise ValueError(f"{self.name} needs the input shape: pass data or input_shape to the context")
         examples = self.params.examples
-        if examples <= 0:
-            if not ctx.num_classes:
-                raise ValueError(f"{self.name}: examples = 0 means 10 x the number of classes, which the context "
-                                 f"does not give: set examples")
-            examples = 10 * ctx.num_classes
+        if examples <= 0:  # 10 x classes; without them in the context (Python API), the model's output width
+            examples = 10 * (ctx.num_classes or _output_width(self._net(model), shape))
         g = ctx.generator
         return [(lambda b=b: torch.randn((b, *shape), generator=g, dtype=torch.float32, device=g.device))
                 for b in batch_sizes(examples, self.params.batch_size)]
@@ -191,12 +188,30 @@ class NTKSAP(ScorePruner):
             raise ValueError(f"{self.name}: epsilon must be a positive number, got {self.params.epsilon}")
         if self.params.samples < 1:
             raise ValueError(f"{self.name}: samples must be >= 1, got {self.params.samples}")
+        self._generator_state = ctx.generator.get_state()  # before this round's draws: see check_scores
         net = self._net(model)
         try:
             return ntksap_scores(net, {n: self.masks[n] for n in ctx.prunable}, self.input_batches(model, ctx),
                                  ctx.generator, self.params.epsilon, self.params.samples)
         finally:
             self._nets = {k: v for k, v in self._nets.items() if k == id(model) or _dtype(v) != torch.float64}
+
+    def check_scores(self, model, ctx, scores, density):
+        """The float64 pass draws from a copy of the generator as it was BEFORE this round's draws (the base class
+        copies it after them: the check would compare other samples and always warn)."""
+        after = ctx.generator.get_state()
+        ctx.generator.set_state(self._generator_state)
+        try:
+            return super().check_scores(model, ctx, scores, density)
+        finally:
+            ctx.generator.set_state(after)
+
+
+def _output_width(net: nn.Module, shape: tuple[int, ...]) -> int:
+    p = next(net.parameters())
+    net.eval()
+    with torch.no_grad():
+        return int(net(torch.zeros((2, *shape), dtype=p.dtype, device=p.device)).shape[-1])
 
 
 def _dtype(model: nn.Module) -> torch.dtype:
