@@ -248,3 +248,21 @@ def test_bad_parameters():
             NTKSAP(NTKSAP.make_params(params)).prune(model, 0.5, make_context(model, input_shape=(3, 5, 5)))
     with pytest.raises(ValueError, match="input shape"):
         NTKSAP().prune(model, 0.5, make_context(model))
+
+
+def test_dropout_in_the_statistics_pass_is_seeded_by_the_context():
+    """The train-mode statistics pass runs a dropout on the global generator: forked and seeded, so that the masks
+    depend on the context's seed alone and the global state is untouched."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    masks = []
+    for global_seed in (1, 2):
+        model = net()
+        torch.manual_seed(global_seed)
+        before = torch.random.get_rng_state()
+        masks.append(NTKSAP(NTKSAP.make_params({"rounds": 2, "examples": 8})).prune(
+            model, 0.7, make_context(model, seed=3, input_shape=(6,), num_classes=3)))
+        assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])

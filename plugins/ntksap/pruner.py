@@ -57,9 +57,11 @@ def batch_sizes(examples: int, batch_size: int) -> list[int]:
     return [batch_size] * full + ([rest] if rest else [])
 
 
-def set_batch_statistics(net: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> None:
+def set_batch_statistics(net: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                         seed: int = 0) -> None:
     """BatchNorm running statistics := the statistics of this batch (official: ``reset_BN``, momentum 1.0, one
-    train-mode forward without gradient); the network is left in eval mode."""
+    train-mode forward without gradient); the network is left in eval mode. A dropout in that train-mode pass
+    draws from the global generator, forked and seeded with ``seed`` (the global state is left as it was)."""
     bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if bns:
         saved = [m.momentum for m in bns]
@@ -67,8 +69,10 @@ def set_batch_statistics(net: nn.Module, params: Mapping[str, torch.Tensor], x: 
             m.reset_running_stats()
             m.momentum = 1.0
         net.train()
+        devices = [x.device] if x.device.type == "cuda" else []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
                 functional_call(net, dict(params), (x,))
         finally:
             for m, momentum in zip(bns, saved):
@@ -77,7 +81,8 @@ def set_batch_statistics(net: nn.Module, params: Mapping[str, torch.Tensor], x: 
 
 
 def ntk_perturbation_grads(net: nn.Module, masks: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor],
-                           perturbed: Mapping[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+                           perturbed: Mapping[str, torch.Tensor], x: torch.Tensor,
+                           seed: int = 0) -> dict[str, torch.Tensor]:
     """∂/∂m of Σ_batch ‖f(x; θ ⊙ m) − f(x; θ' ⊙ m)‖² at the given mask, one iteration of the official score.
 
     ``weights``: θ for the re-drawn weights (prunable ones among them are multiplied by the mask); ``perturbed``:
@@ -91,7 +96,7 @@ def ntk_perturbation_grads(net: nn.Module, masks: Mapping[str, torch.Tensor], we
     for n in names:
         orig[n] = weights[n] * m[n]
     with torch.no_grad():
-        set_batch_statistics(net, {k: v.detach() for k, v in orig.items()}, x)
+        set_batch_statistics(net, {k: v.detach() for k, v in orig.items()}, x, seed)
     mod = dict(weights)
     for n in names:
         mod[n] = perturbed[n] * m[n]
@@ -116,8 +121,10 @@ def ntksap_scores(net: nn.Module, masks: Mapping[str, torch.Tensor],
     bn_affine = [m for m in net.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
                  and m.affine]
     total = {n: torch.zeros(masks[n].shape, dtype=dtype, device=device) for n in masks}
+    iteration = 0
     for _ in range(samples):
         for make_input in batches:
+            iteration += 1
             with torch.no_grad():
                 weights = {n: kaiming_draw(params[n].shape, generator).to(device=device, dtype=dtype) for n in drawn}
                 for bn in bn_affine:
@@ -128,7 +135,9 @@ def ntksap_scores(net: nn.Module, masks: Mapping[str, torch.Tensor],
                 perturbed = {n: weights[n] + epsilon * torch.randn(
                     masks[n].shape, generator=generator, dtype=torch.float32, device=generator.device).to(
                     device=device, dtype=dtype) for n in masks}
-            grads = ntk_perturbation_grads(net, masks, weights, perturbed, x)
+            # the statistics pass's dropout (if any) seeded without drawing from the generator: the official order
+            grads = ntk_perturbation_grads(net, masks, weights, perturbed, x,
+                                           (generator.initial_seed() + 1_000_003 * iteration) % 2**63)
             for n in masks:
                 total[n] += grads[n]
     return {n: (total[n] * (masks[n] != 0)).abs() for n in masks}
