@@ -145,7 +145,7 @@ def ntksap_scores(net: nn.Module, masks: Mapping[str, torch.Tensor],
 
 @dataclass
 class NTKSAPParams(ScoreParams):
-    rounds: int = param(20, "rounds T of the exponential schedule (paper and official script: 20)")
+    rounds: int = param(20, "rounds T of the exponential schedule (official script scripts/run.sh: 20)")
     samples: int = param(1, "R, re-samplings of weights and inputs per round (official default 1; 5 in its "
                             "CIFAR-10 script)")
     epsilon: float = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
@@ -229,7 +229,7 @@ def _dtype(model: nn.Module) -> torch.dtype:
 
 @dataclass
 class NTKSAPDataParams(ScoreParams):
-    rounds: int = param(20, "rounds T of the exponential schedule (paper and official script: 20)")
+    rounds: int = param(20, "rounds T of the exponential schedule (official script scripts/run.sh: 20)")
     samples: int = param(1, "R, passes over the scoring batches per round, each batch with re-drawn weights")
     epsilon: float = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
     batches: int = param(0, "scoring batches to use; 0 = all the scoring data")
