@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 import bench_harness
+from bench_harness.contract import double_backprop as dbp
 from bench_harness.contract import masking
 from bench_harness.contract.pruning import make_context
 from bench_harness_plugins.baselines import pai
@@ -39,7 +40,7 @@ def test_vit_scores_by_double_backprop_match_the_math_kernels_hessian_gradient_p
     model = _vit().double().eval()
     prunable = masking.prunable_parameters(model)
     data = _data(dtype=torch.float64)
-    with pai.double_backprop_scoring(model) as swapped:
+    with dbp.double_backprop_scoring(model) as swapped:
         ours = pai.grasp_scores(model, prunable, data, 200.0)
     assert swapped == []
     # H g by finite differences of the first-order gradient along g (float64), on the attention projection
@@ -99,21 +100,21 @@ def test_mobilenet_v3_scores_equal_a_twice_differentiable_implementation_and_the
         scale = float(expected[n].abs().max())
         torch.testing.assert_close(ours[n], expected[n], rtol=1e-3, atol=1e-4 * scale, msg=n)
     assert {n: m for n, m in model.named_modules() if isinstance(m, (nn.Hardsigmoid, nn.Hardswish))} == originals
-    assert not any(isinstance(m, (pai.TwiceDifferentiableHardsigmoid, pai.TwiceDifferentiableHardswish))
+    assert not any(isinstance(m, (dbp.TwiceDifferentiableHardsigmoid, dbp.TwiceDifferentiableHardswish))
                    for m in model.modules())
 
 
 def test_the_twice_differentiable_activations_compute_atens_function():
     x = torch.cat([torch.linspace(-5, 5, 1001), torch.tensor([-3.0, 3.0, 0.0])])
-    assert torch.equal(pai.TwiceDifferentiableHardsigmoid()(x), F.hardsigmoid(x))
-    assert torch.equal(pai.TwiceDifferentiableHardswish()(x), F.hardswish(x))
+    assert torch.equal(dbp.TwiceDifferentiableHardsigmoid()(x), F.hardsigmoid(x))
+    assert torch.equal(dbp.TwiceDifferentiableHardswish()(x), F.hardswish(x))
     inside = torch.linspace(-2.9, 2.9, 59, dtype=torch.float64, requires_grad=True)
-    for ours, theirs in ((pai.TwiceDifferentiableHardsigmoid(), F.hardsigmoid),
-                         (pai.TwiceDifferentiableHardswish(), F.hardswish)):
+    for ours, theirs in ((dbp.TwiceDifferentiableHardsigmoid(), F.hardsigmoid),
+                         (dbp.TwiceDifferentiableHardswish(), F.hardswish)):
         (g1,) = torch.autograd.grad(ours(inside).sum(), inside, create_graph=True)
         (g2,) = torch.autograd.grad(theirs(inside).sum(), inside)
         torch.testing.assert_close(g1, g2)
-    (g1,) = torch.autograd.grad(pai.TwiceDifferentiableHardswish()(inside).sum(), inside, create_graph=True)
+    (g1,) = torch.autograd.grad(dbp.TwiceDifferentiableHardswish()(inside).sum(), inside, create_graph=True)
     (g2,) = torch.autograd.grad(g1.sum(), inside)  # the second derivative of hardswish: 1/3 inside (-3, 3)
     torch.testing.assert_close(g2, torch.full_like(g2, 1 / 3))
 
@@ -131,7 +132,7 @@ def test_an_op_without_a_second_derivative_is_a_clear_error_naming_the_module():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardswish(), _CustomSE(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(8, 10))
     hardswish = model[1]
-    with pytest.raises(pai.DoubleBackpropError, match=r"aten::hardsigmoid_backward.*2 \(_CustomSE\) call it.*"
+    with pytest.raises(dbp.DoubleBackpropError, match=r"aten::hardsigmoid_backward.*2 \(_CustomSE\) call it.*"
                                                        r"\(x \+ 3\)\.clamp\(0, 6\) / 6.*snip"):
         bench_harness.prune(model, "grasp", 0.5, data=_data())
     assert model[1] is hardswish
