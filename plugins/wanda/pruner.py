@@ -87,14 +87,14 @@ def input_square_sums(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return (x.reshape(-1, x.shape[-1]) ** 2).sum(0)
     xp, (kh, kw), (sh, sw), (dh, dw) = _conv2d_view(module, x)
-    sq = xp ** 2
-    hout = (sq.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    wout = (sq.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    out = torch.empty(sq.shape[1], kh, kw, dtype=torch.float64, device=sq.device)
+    sq = (xp ** 2).sum(0)  # (C, H, W): summed over the examples first
+    hout = (sq.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    wout = (sq.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    out = torch.empty(sq.shape[0], kh, kw, dtype=torch.float64, device=sq.device)
     for i in range(kh):
         for j in range(kw):
-            window = sq[:, :, i * dh: i * dh + sh * (hout - 1) + 1: sh, j * dw: j * dw + sw * (wout - 1) + 1: sw]
-            out[:, i, j] = window.sum(dim=(0, 2, 3))
+            window = sq[:, i * dh: i * dh + sh * (hout - 1) + 1: sh, j * dw: j * dw + sw * (wout - 1) + 1: sw]
+            out[:, i, j] = window.sum(dim=(1, 2))
     if isinstance(module, nn.Conv1d):
         out = out[:, 0, :]
     return out
@@ -302,7 +302,7 @@ class Wanda(Pruner):
         masks: dict[str, torch.Tensor] = {}
         scores: dict[str, torch.Tensor] = {}
         try:
-            order = call_order(model, batches[0], modules)
+            order = call_order(model, batches[0][:2], modules)  # the calls of a forward, in order
             if p.calibration == "dense":
                 steps = [[n for n in names if n in modules]]
             else:
