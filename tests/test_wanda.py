@@ -344,6 +344,39 @@ def test_check_plugin_conformance():
     assert not failed, failed
 
 
+def test_a_suite_prunes_a_harness_pretrained_resnet(tmp_path):
+    import yaml
+
+    from bench_harness.config.suite import parse_suite, validate_suite
+    from bench_harness.contract.plugins import get_registry
+    from bench_harness.running.runner import execute_run
+
+    text = """
+name: wanda_small
+grid:
+  models: [{name: resnet20, params: {width: 4}}]
+  datasets: [{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 64, test_size: 32}}]
+  sparsities: [0.5]
+  pruners:
+    - wanda
+    - {name: wanda, params: {nm: "2:4"}}
+    - {name: wanda, params: {scope: global, calibration: dense}}
+prunable: {exclude_first: true}  # 3 input channels: no whole group of 4
+recipe: {epochs: 0, batch_size: 32}
+pretrain: {epochs: 1, batch_size: 32, lr: 0.05}
+scoring: {examples: 32}
+"""
+    registry = get_registry()
+    suite = validate_suite(parse_suite(yaml.safe_load(text), "wanda.yaml"), registry)
+    suite = suite.with_settings(results_root=str(tmp_path))
+    rows = [execute_run(run, registry) for run in suite.runs]
+    for row in rows:
+        assert row["status"] == "ok", row.get("error")
+        assert row["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3) and row["epochs_trained"] == 0
+        assert row["pretrained_source"] == "pretrain"
+    assert sorted(row["granularity"] for row in rows) == ["n:m", "unstructured", "unstructured"]
+
+
 # -- the official code (fixtures of scripts/wanda_official_fixtures.py) ---------------------------------------------
 
 LM_PARAMS = {"unstructured_0.5": {}, "unstructured_0.3": {"row_rounding": "floor"}, "nm_2_4": {"nm": "2:4"},
