@@ -8,7 +8,8 @@ locuslab/wanda OUTSIDE the project; nothing of it is copied into the project. Th
 and runs its own pruning functions unchanged:
 
 - ``lib/prune.py`` ``prune_wanda`` (with ``lib/layerwrapper.py`` ``WrappedGPT``: the ``scaler_row`` of
-  ``add_batch``, the stable sort per output row, the ``prune_n``/``prune_m`` loop; the block-by-block walk that
+  ``add_batch``, the stable sort per output row, the ``prune_n``/``prune_m`` loop, the ``use_variant`` search
+  (``return_given_alpha``); the block-by-block walk that
   feeds each decoder layer the output of the pruned previous one) on :class:`StandInLM` (tests/test_wanda.py), a
   stand-in for the Hugging Face LLaMA it expects (``model.model.layers``, ``config``, ``seqlen``,
   ``hf_device_map``). Its calibration loader ``get_loaders("c4", ...)`` is replaced by our stored hidden states
@@ -36,11 +37,13 @@ sys.path.insert(0, str(ROOT))
 
 from tests.test_wanda import StandInLM, StandInViT, block_weights  # noqa: E402
 
-LM_CASES = {  # name -> (sparsity_ratio, prune_n, prune_m), as main.py passes them
-    "unstructured_0.5": (0.5, 0, 0),
-    "unstructured_0.3": (0.3, 0, 0),  # int(cols * 0.3) is not an integer count: the official floor per row
-    "nm_2_4": (0.5, 2, 4),
-    "nm_4_8": (0.5, 4, 8),
+LM_CASES = {  # name -> (sparsity_ratio, prune_n, prune_m, use_variant), as main.py passes them
+    "unstructured_0.5": (0.5, 0, 0, False),
+    "unstructured_0.3": (0.3, 0, 0, False),  # int(cols * 0.3) is not an integer count: the official floor per row
+    "nm_2_4": (0.5, 2, 4, False),
+    "nm_4_8": (0.5, 4, 8, False),
+    "variant_0.5": (0.5, 0, 0, True),  # the appendix's variant (--use_variant)
+    "variant_0.7": (0.7, 0, 0, True),
 }
 VIT_CASES = {"row_0.5": 0.5, "row_0.7": 0.7}
 
@@ -72,15 +75,16 @@ def lm_cases(official: Path) -> dict:
     inputs = _inputs(16, reference.seqlen, reference.config.hidden_size, seed=1)
     names = block_weights(reference, "model.layers")
     cases = {}
-    for case, (ratio, prune_n, prune_m) in LM_CASES.items():
+    for case, (ratio, prune_n, prune_m, use_variant) in LM_CASES.items():
         model = StandInLM()
         model.load_state_dict(state)
         assert all(bool((p != 0).all()) for p in model.parameters())
         loader = [(inputs[i:i + 1], None) for i in range(len(inputs))]
         official_prune.get_loaders = lambda *a, loader=loader, **k: (loader, None)
-        args = types.SimpleNamespace(nsamples=len(inputs), seed=0, sparsity_ratio=ratio, use_variant=False)
+        args = types.SimpleNamespace(nsamples=len(inputs), seed=0, sparsity_ratio=ratio, use_variant=use_variant)
         official_prune.prune_wanda(args, model, None, device=torch.device("cpu"), prune_n=prune_n, prune_m=prune_m)
-        cases[case] = {"sparsity": ratio, "prune_n": prune_n, "prune_m": prune_m, "masks": _kept(model, names)}
+        cases[case] = {"sparsity": ratio, "prune_n": prune_n, "prune_m": prune_m, "use_variant": use_variant,
+                       "masks": _kept(model, names)}
     return {"state_dict": state, "inputs": inputs, "names": names, "cases": cases}
 
 

@@ -182,6 +182,18 @@ def test_row_keep_spreads_the_remainder_and_gives_back_an_overshoot():
     assert int((~wanda.row_keep(scores, 0.29)).sum()) == 3
 
 
+def test_the_variant_by_hand():
+    """Row [1, 2, 3, 4] (sum 10): alpha 0.4 admits the cumulative sums 1, 3 (<= 4): scores <= 2 pruned, sparsity
+    0.5. For the target 0.25 the bisection halves alpha to 0.2: cumulative sums <= 2: only the score 1 pruned."""
+    row = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    keep, alpha = wanda.variant_keep(row, 0.5)
+    assert keep.tolist() == [[False, False, True, True]] and alpha == 0.4
+    keep, alpha = wanda.variant_keep(row, 0.25)
+    assert keep.tolist() == [[False, True, True, True]] and alpha == 0.2
+    with pytest.raises(ValueError, match="per-row"):
+        _prune(nn.Sequential(nn.Linear(8, 4)), 0.5, torch.randn(4, 8), variant=True, scope="layer")
+
+
 # -- N:M ------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("nm", ["2:4", "4:8", "1:4"])
@@ -380,7 +392,7 @@ scoring: {examples: 32}
 # -- the official code (fixtures of scripts/wanda_official_fixtures.py) ---------------------------------------------
 
 LM_PARAMS = {"unstructured_0.5": {}, "unstructured_0.3": {"row_rounding": "floor"}, "nm_2_4": {"nm": "2:4"},
-             "nm_4_8": {"nm": "4:8"}}
+             "nm_4_8": {"nm": "4:8"}, "variant_0.5": {"variant": True}, "variant_0.7": {"variant": True}}
 
 
 def _fixture_model(part, dtype):

@@ -40,6 +40,10 @@ class Params:
         "sequential", "which network computes each layer's inputs: 'sequential' (the official prune_wanda: block by "
                       "block, earlier blocks pruned), 'sequential_layers' (layer by layer, ours), 'dense' (the dense "
                       "network, as the official image_classifiers code)")
+    variant: bool = param(
+        False, "the appendix's Wanda variant (official --use_variant): each row prunes its lowest scores whose "
+               "cumulative sum stays within alpha times the row's sum, alpha bisected (from 0.4 in [0, 0.8]) until "
+               "the layer is within 0.001 of the target; scope 'output', no nm")
     row_rounding: Literal["spread", "floor"] = param(
         "spread", "scope output/input: 'floor' prunes int(cols * sparsity) of every row (the official code, short "
                   "of the target when that is not an integer); 'spread' prunes the rest of the layer's "
@@ -143,6 +147,35 @@ def row_keep(scores: torch.Tensor, sparsity: float, rounding: str = "spread") ->
     return torch.empty_like(pruned_sorted).scatter_(1, order, ~pruned_sorted)
 
 
+def variant_keep(scores: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, float]:
+    """(bool (rows, cols) mask, alpha) of the official variant (``prune_wanda`` with ``use_variant``,
+    ``return_given_alpha``): with the row's scores sorted ascending, the threshold of a row is its last sorted score
+    whose cumulative sum is <= alpha · the row's sum, and every score <= that threshold is pruned; alpha starts at
+    0.4 and is bisected in [0, 0.8] while the layer's sparsity (float32, as the official tensor arithmetic) is more
+    than 0.001 from the target and the bracket is at least 0.001 wide. A row whose lowest score already exceeds
+    alpha · its sum prunes nothing (the official gather fails on it)."""
+    values = torch.sort(scores, dim=1, stable=True).values
+    cumulative = torch.cumsum(values, dim=1)
+    row_sums = scores.sum(dim=1)
+
+    def given(alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        index = (cumulative <= (row_sums * alpha)[:, None]).sum(dim=1, keepdim=True) - 1
+        threshold = torch.gather(values, 1, index.clamp(min=0))
+        threshold = torch.where(index < 0, torch.full_like(threshold, float("-inf")), threshold)
+        pruned = scores <= threshold
+        return pruned, pruned.sum() / pruned.numel()  # a float32 tensor, as the official cur_sparsity
+
+    alpha, low, high = 0.4, 0.0, 0.8
+    pruned, current = given(alpha)
+    while bool(torch.abs(current - sparsity) > 0.001) and high - low >= 0.001:
+        if bool(current > sparsity):
+            alpha, high = (alpha + low) / 2.0, alpha
+        else:
+            alpha, low = (alpha + high) / 2.0, alpha
+        pruned, current = given(alpha)
+    return ~pruned, alpha
+
+
 def parse_nm(nm: str | None) -> tuple[int, int] | None:
     """``"2:4"`` -> (2, 4) (N kept of every M); None or "" -> None."""
     if not nm:
@@ -176,11 +209,13 @@ def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def layer_keep(scores: torch.Tensor, sparsity: float, scope: str, rounding: str,
-               nm: tuple[int, int] | None) -> torch.Tensor:
+               nm: tuple[int, int] | None, variant: bool = False) -> torch.Tensor:
     """The mask of one layer (bool, shaped as the weight) for the scopes decided layer by layer."""
     if nm is not None:
         return nm_keep(scores, *nm)
     flat = scores.reshape(scores.shape[0], -1)
+    if variant:
+        return variant_keep(flat, sparsity)[0].reshape(scores.shape)
     if scope == "output":
         return row_keep(flat, sparsity, rounding).reshape(scores.shape)
     if scope == "input":
@@ -280,6 +315,8 @@ class Wanda(Pruner):
         nm = parse_nm(p.nm)
         if nm is not None and p.scope != "output":
             raise ValueError(f"nm masks are decided per row: leave scope at 'output' (got {p.scope!r})")
+        if p.variant and (nm is not None or p.scope != "output"):
+            raise ValueError("the variant is a per-row unstructured rule: use it with scope 'output' and no nm")
         if p.scope == "global" and p.calibration != "dense":
             raise ValueError("scope 'global' compares every layer at once, so no layer can be pruned before the "
                              "others are scored: use calibration 'dense' with it")
@@ -329,7 +366,7 @@ class Wanda(Pruner):
                     scores[n] = wanda_scores(ctx.prunable[n], norms)
                 if p.scope != "global":
                     for n in step:
-                        masks[n] = layer_keep(scores.pop(n), sparsity, p.scope, p.row_rounding, nm)
+                        masks[n] = layer_keep(scores.pop(n), sparsity, p.scope, p.row_rounding, nm, p.variant)
                         if p.calibration != "dense":
                             with torch.no_grad():
                                 ctx.prunable[n].mul_(masks[n].to(ctx.prunable[n].dtype))
@@ -338,7 +375,7 @@ class Wanda(Pruner):
                     scores[n] = ctx.prunable[n].detach().double().abs()
                     magnitude_only.append(n)
                     if p.scope != "global":
-                        masks[n] = layer_keep(scores.pop(n), sparsity, p.scope, p.row_rounding, nm)
+                        masks[n] = layer_keep(scores.pop(n), sparsity, p.scope, p.row_rounding, nm, p.variant)
             if p.scope == "global":
                 masks = masking.global_topk_masks({n: scores[n] for n in names}, 1.0 - sparsity)
         finally:
