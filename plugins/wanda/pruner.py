@@ -335,7 +335,7 @@ class Wanda(Pruner):
 
         was_training = model.training
         model.eval()  # BatchNorm running statistics, no dropout
-        originals = {n: w.detach().clone() for n, w in ctx.prunable.items()} if p.calibration != "dense" else {}
+        originals: dict[str, torch.Tensor] = {}  # weights zeroed for the later steps of a sequential walk
         masks: dict[str, torch.Tensor] = {}
         scores: dict[str, torch.Tensor] = {}
         try:
@@ -368,6 +368,7 @@ class Wanda(Pruner):
                     for n in step:
                         masks[n] = layer_keep(scores.pop(n), sparsity, p.scope, p.row_rounding, nm, p.variant)
                         if p.calibration != "dense":
+                            originals[n] = ctx.prunable[n].detach().clone()
                             with torch.no_grad():
                                 ctx.prunable[n].mul_(masks[n].to(ctx.prunable[n].dtype))
             for n in names:  # not weights of a supported layer, or never called: |W| alone
@@ -396,8 +397,8 @@ class Wanda(Pruner):
 
     @staticmethod
     def _steps(model: nn.Module, order: list[str], calibration: str) -> list[list[str]]:
-        """Groups of prunable layers handled together, in forward order (by the first call of any of them): blocks
-        for 'sequential', single layers for 'sequential_layers'; never-called layers come last, each alone."""
+        """Groups of the called prunable layers handled together, in forward order (by the first call of any of
+        them): blocks for 'sequential', single layers for 'sequential_layers'."""
         groups: dict[str, list[str]] = {}
         for n in dict.fromkeys(order):
             key = n if calibration == "sequential_layers" else block_of(model, n.rsplit(".", 1)[0] if "." in n
