@@ -29,6 +29,8 @@ _PUBLIC = {
     "Services": "bench_harness.contract.services",
     "prepare_once": "bench_harness.contract.datasets", "first_per_class": "bench_harness.contract.datasets",
     "BenchError": "bench_harness.errors",
+    "double_backprop_scoring": "bench_harness.contract.double_backprop",
+    "DoubleBackpropError": "bench_harness.contract.double_backprop",
     "masking": "bench_harness.contract.masking", "allocation": "bench_harness.contract.allocation",
     "load_results": "bench_harness.results.store",
 }

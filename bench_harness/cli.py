@@ -317,11 +317,11 @@ def cmd_verify(args) -> int:
 
 def _resolve_suites(names: list[str], results_root: str | None, args=None) -> tuple[list[str], str]:
     """Suite files or names -> (names, results root)."""
-    from bench_harness.config.suite import load_suite
-
     out, root = [], results_root
     for name in names:
         if Path(name).is_file():
+            from bench_harness.config.suite import load_suite  # only for a file: a name needs no suite schema
+
             suite = load_suite(name, _light_registry(args))
             out.append(suite.name)
             root = root or suite.results_root

@@ -309,3 +309,66 @@ def test_cifar_resnet18_matches_the_official_layer_sizes():
     official = json.loads(FIXTURE.read_text())["cases"]
     assert sizes == next(c["numel"] for c in official if c["model"] == "cifar_resnet18")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+# -- EPL at p = s: the truncated frozen counts reach past int(N·s) (issue 27) -----------------------------------
+
+def test_pruned_count_is_int_n_s_within_the_frozen_bounds():
+    assert pruners_slt.pruned_count(1000, 0.5, 300, 200) == 500
+    assert pruners_slt.pruned_count(1000, 0.5, 501, 0) == 501  # frozen pruned reach past k: all of them, no more
+    assert pruners_slt.pruned_count(1000, 0.5, 0, 501) == 499  # frozen kept reach past N - k
+    assert pruners_slt.pruned_count(2261184, 0.5, 1130593, 452236) == 1130593
+
+
+def test_slt_frozen_with_epl_at_p_equal_to_s_prunes_what_the_official_code_prunes():
+    """Conv-6, EPL, p = 0.5, r = 0.2, s = 0.5: the official code (fixture "runs", its set_kthvalue + GetSupermask at
+    s) freezes 1130593 weights as pruned, one more than int(N·s) = 1130592; its threshold is -inf and its mask
+    prunes exactly the frozen-pruned weights. So does slt_frozen, and the row's achieved sparsity says so."""
+    stored = json.loads(FIXTURE.read_text())
+    (run,) = [c for c in stored["runs"] if c["model"] == "conv6" and c["allocation"] == "epl" and c["p"] == 0.5
+              and c["r"] == 0.2 and c["sparsity"] == 0.5]
+    total = sum(run["numel"])
+    assert sum(run["pruned"]) == int(total * 0.5) + 1 and run["threshold"] == -float("inf")
+    assert run["mask_pruned"] == run["pruned"]
+    from bench_harness.contract.models import build_model
+
+    model = build_model(get_registry().get("model", "conv6"), "conv6", 10, 3, 32)
+    data = [(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)))]
+    result = bench_harness.prune(model, "slt_frozen", 0.5, data=data, train_data=data, return_result=True,
+                                 recipe={"epochs": 1, "lr": 0.1, "batch_size": 2}, pruning_ratio=0.5,
+                                 locking_ratio=0.2, allocation="epl", locking_rule="sparsity_distribution")
+    frozen = list(result.info["frozen"].values())
+    assert [f["pruned"] for f in frozen] == run["pruned"] and [f["kept"] for f in frozen] == run["kept"]
+    assert [int((~m).sum()) for m in result.masks.values()] == run["mask_pruned"]
+    assert result.info["pruned"] == sum(run["mask_pruned"]) and result.info["target_pruned"] == int(total * 0.5)
+    assert result.achieved_sparsity == pytest.approx(sum(run["mask_pruned"]) / total, abs=1e-12)
+    assert result.info["threshold"] == -float("inf")
+
+
+def test_a_frozen_excess_beyond_the_tolerance_is_still_an_error(monkeypatch):
+    monkeypatch.setattr(slt_allocation, "frozen_counts", lambda *a, **k: [(n, 0) for n in (432, 4608, 768, 96)])
+    with pytest.raises(ValueError, match="tolerance"):  # everything frozen pruned: far from s = 0.5
+        _prune(pruning_ratio=0.5, sparsity=0.5, epochs=1, model=nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)))
+
+
+def test_the_suite_row_of_epl_at_p_equal_to_s_on_conv6_records_the_achieved_sparsity(tmp_path):
+    stored = json.loads(FIXTURE.read_text())
+    (run,) = [c for c in stored["runs"] if c["model"] == "conv6" and c["p"] == 0.5 and c["r"] == 0.2]
+    suite = _suite("""
+name: slt_epl_p_equal_s
+grid:
+  models: [conv6]
+  datasets: [{name: synthetic, params: {num_classes: 10, image_size: 32, train_size: 8, test_size: 8}}]
+  sparsities: [0.5]
+  pruners: [{name: slt_frozen, params: {pruning_ratio: 0.5, locking_ratio: 0.2, allocation: epl}}]
+recipe: {epochs: 1, batch_size: 8, lr: 0.1}
+""", tmp_path)
+    row = execute_run(suite.runs[0])
+    assert row["status"] == "ok", row.get("error")
+    total = sum(run["numel"])
+    assert row["params_prunable"] == total
+    assert row["achieved_sparsity"] == pytest.approx(sum(run["mask_pruned"]) / total, abs=1e-12)  # 0.5000004
+    info = json.loads(row["pruner_info"])
+    assert info["pruned"] == int(total * 0.5) + 1 and info["target_pruned"] == int(total * 0.5)

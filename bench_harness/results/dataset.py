@@ -32,6 +32,11 @@ from bench_harness.atomic import atomic_write
 from bench_harness.files import open_regular
 from bench_harness.results.schema import SCHEMA
 
+try:  # the C++ reader behind pq.ParquetFile (pyarrow >= 14 has it; _parse falls back without it)
+    from pyarrow._parquet import ParquetReader as _ParquetReader
+except ImportError:  # pragma: no cover
+    _ParquetReader = None
+
 PART = re.compile(r"^part-(\d{8,})-[0-9a-f]{8}\.parquet$")  # 8 digits, more once past 99,999,999
 
 Signature = tuple[int, int, int]  # (mtime_ns, size, inode): a file replaced by a rename has a new inode
@@ -79,13 +84,23 @@ def _problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def _parse(data: bytes) -> pa.Table:
+    """The table of a Parquet file's bytes: the C++ reader opened directly (ParquetFile's Python wrapper costs
+    about as much again per one-row file), ParquetFile where that private class is missing."""
+    if _ParquetReader is not None:
+        reader = _ParquetReader()
+        reader.open(pa.BufferReader(data))
+        return reader.read_all(use_threads=False)
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+
+
 def read_file(path: str) -> tuple[pa.Table, Signature]:
     """A file's table and the signature of the very file read (fstat of the open handle: a file replaced between
     listing and reading is read whole, with its own signature). Not a regular file: NotARegularFile."""
     with open_regular(path) as fh:
         sig = signature(os.fstat(fh.fileno()))
         data = fh.read()  # whole, into memory: no reader thread calls back into a Python file object
-    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False), sig
+    return _parse(data), sig
 
 
 def check_rows(table: pa.Table) -> None:
@@ -112,41 +127,85 @@ def foreign_suite(table: pa.Table, suite: str | None) -> str | None:
     return sorted(others)[0] if others else None
 
 
+def _file_problem(table: pa.Table, f: str, suite: str | None) -> str | None:
+    """Why a run file's table is damaged (None: it is not): one row with run_id and status, harness columns only,
+    the run its name says, this suite's row."""
+    try:
+        if table.num_rows != 1 or "run_id" not in table.column_names or "status" not in table.column_names:
+            raise ValueError(f"{table.num_rows} rows, columns {table.column_names[:3]}…")
+        check_rows(table)
+        run_id = table.column("run_id")[0].as_py()
+        if f"{run_id}.parquet" != os.path.basename(f):
+            raise ValueError(f"holds run {run_id!r}, not the run its name says")
+        other = foreign_suite(table, suite)
+        if other is not None:
+            raise ValueError(f"holds a row of suite {other!r}, not of {suite!r}")
+    except Exception as exc:
+        return _problem(exc)
+    return None
+
+
+def _group_is_sound(table: pa.Table, names: list[str], suite: str | None) -> bool:
+    """The checks of :func:`_file_problem` over the concatenated one-row tables of files of one schema, at once:
+    True when every file passes (False: check them one by one to find which do not)."""
+    try:
+        if "run_id" not in table.column_names or "status" not in table.column_names:
+            return False
+        check_rows(table)
+        if table.column("run_id").to_pylist() != [n[:-len(".parquet")] for n in names]:
+            return False
+        return foreign_suite(table, suite) is None
+    except Exception:
+        return False
+
+
 def _read_chunk(files: list[str], suite: str | None = None) -> tuple[pa.Table | None, list[tuple[str, str]]]:
     """(table of the readable run files with _shard/_mtime_ns/_size/_ino, [(file, problem)] for damaged ones).
     Run files are written atomically, so an unreadable one is damaged (a full disk, a crashed copy, a planted
     file), never half-written; a file that holds another run than its name says, or another suite's row, is
-    damaged too."""
-    by_schema: dict = {}  # concatenating equal schemas is cheap; unify only across distinct schemas
+    damaged too. Files are grouped by schema (equal schemas concatenate for free) and each group is checked at
+    once; a group that fails is checked file by file."""
+    groups: list[tuple[pa.Schema, list]] = []
     bad: list[tuple[str, str]] = []
     for f in files:
         try:
             table, sig = read_file(f)
-            if table.num_rows != 1 or "run_id" not in table.column_names or "status" not in table.column_names:
-                raise ValueError(f"{table.num_rows} rows, columns {table.column_names[:3]}…")
-            check_rows(table)
-            run_id = table.column("run_id")[0].as_py()
-            if f"{run_id}.parquet" != os.path.basename(f):
-                raise ValueError(f"holds run {run_id!r}, not the run its name says")
-            other = foreign_suite(table, suite)
-            if other is not None:
-                raise ValueError(f"holds a row of suite {other!r}, not of {suite!r}")
         except FileNotFoundError:  # replaced or removed while we listed the folder
             continue
         except Exception as exc:
             bad.append((f, _problem(exc)))
             continue
-        # keyed by the schema's text: pyarrow < 15 cannot hash a schema that carries metadata
-        key = table.schema.to_string(show_field_metadata=False, show_schema_metadata=False)
-        by_schema.setdefault(key, []).append((table, os.path.basename(f), sig))
-    if not by_schema:
-        return None, bad
+        if table.num_rows != 1:
+            bad.append((f, _problem(ValueError(f"{table.num_rows} rows, columns {table.column_names[:3]}…"))))
+            continue
+        schema = table.schema
+        for known, items in groups:  # few distinct schemas: one comparison per file in the common case
+            if known.equals(schema, check_metadata=False):
+                items.append((table, f, sig))
+                break
+        else:
+            groups.append((schema, [(table, f, sig)]))
     parts, names, sigs = [], [], []
-    for items in by_schema.values():
-        parts.append(pa.concat_tables([t for t, *_ in items]).combine_chunks())  # one chunk, not one per shard
-        for _, name, sig in items:
-            names.append(name)
+    for _, items in groups:
+        table = pa.concat_tables([t for t, *_ in items]).combine_chunks()  # one chunk, not one per file
+        if not _group_is_sound(table, [os.path.basename(f) for _, f, _ in items], suite):
+            kept = []
+            for t, f, sig in items:
+                problem = _file_problem(t, f, suite)
+                if problem is None:
+                    kept.append((t, f, sig))
+                else:
+                    bad.append((f, problem))
+            if not kept:
+                continue
+            items = kept
+            table = pa.concat_tables([t for t, *_ in items]).combine_chunks()
+        parts.append(table)
+        for _, f, sig in items:
+            names.append(os.path.basename(f))
             sigs.append(sig)
+    if not parts:
+        return None, bad
     table = concat(parts)
     return (table.append_column("_shard", pa.array(names, pa.string()))
             .append_column("_mtime_ns", pa.array([s[0] for s in sigs], pa.int64()))

@@ -5,6 +5,14 @@ Conventions of the reference kept here: the model is scored in eval() mode (``pr
 ``model.eval()``); pruned weights are zero while a later round scores the network; scores are "higher is
 kept". Differences, on purpose: the top-k tie rule of the core (exact counts), and scores are not divided by
 their sum (a positive constant does not change the ranking).
+
+GraSP differentiates twice (H g by double backprop), so it scores inside ``bench_harness.double_backprop_scoring``
+(:mod:`bench_harness.contract.double_backprop`): the math
+attention kernel (the fused CPU/CUDA kernels have no double backward: Vision Transformers), and ``nn.Hardsigmoid``
+(no double backward in ATen: MobileNetV3's SqueezeExcitation) and ``nn.Hardswish`` modules swapped, while scoring
+only, for the same functions written in twice-differentiable ops (``min(max(x + 3, 0), 6) / 6``, ATen's own
+forward formula); the model gets its modules back afterwards. Any other op without a second derivative is a
+:class:`DoubleBackpropError` naming the op and the module that calls it.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_harness import Requirements, ScoreParams, ScorePruner, hookimpl, param
+from bench_harness import Requirements, ScoreParams, ScorePruner, double_backprop_scoring, hookimpl, param
 
 
 def _batches(ctx, limit: int):
@@ -101,7 +109,8 @@ class Grasp(ScorePruner):
     def score(self, model, ctx):
         model.train(self.params.train_mode)
         batches = list(_batches(ctx, self.params.batches))
-        return grasp_scores(model, ctx.prunable, batches, self.params.temperature, self.masks)
+        with double_backprop_scoring(model, probe=batches[0][0][:2] if batches else None):
+            return grasp_scores(model, ctx.prunable, batches, self.params.temperature, self.masks)
 
 
 @dataclass

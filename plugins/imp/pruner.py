@@ -11,6 +11,8 @@ more by the run (the ticket).
 Rewinding to epoch k (open_lth's ``rewinding_steps``): the network is trained k epochs from initialization and
 that state is the rewind point; every level, and the final training of the ticket, then trains schedule epochs
 ``[k, E)``: the learning-rate schedule resumes at epoch k, it does not restart (``PruneResult.train_from_epoch``).
+k = 0 (rewind to the initialization) is defined for any E, 0 included (nothing trains: every level prunes the
+initial weights); k > 0 needs k < E.
 
 Schedules (``schedule``):
 
@@ -86,6 +88,17 @@ def linear_count_levels(final_density: float, levels: int) -> list[float]:
     return out
 
 
+def check_rewind_epoch(rewind_epoch: int, end: int) -> None:
+    """``rewind_epoch`` 0 (rewind to the initialization) is defined for any number of epochs per level, 0
+    included; a later rewind point must come before the end of a level's training."""
+    if rewind_epoch < 0:
+        raise ValueError(f"rewind_epoch must be >= 0 (0: rewind to the initialization), got {rewind_epoch}")
+    if rewind_epoch and rewind_epoch >= end:
+        raise ValueError(f"rewind_epoch {rewind_epoch} must be below the {end} training epochs of a level (the "
+                         f"imp parameter epochs, or the recipe's epochs when it is 0): raise the epochs above "
+                         f"{rewind_epoch}, or set rewind_epoch: 0 to rewind to the initialization")
+
+
 @dataclass
 class RewindPruning:
     """What :func:`rewind_pruning` computed."""
@@ -132,8 +145,7 @@ def rewind_pruning(model, trainer, prunable, final_density: float, *, schedule: 
     """
     fit_kwargs = dict(fit_kwargs or {})
     end = end or trainer.epochs
-    if not 0 <= rewind_epoch < end:
-        raise ValueError(f"rewind_epoch {rewind_epoch} must lie in [0, {end}) (the epochs of a level)")
+    check_rewind_epoch(rewind_epoch, end)
     if schedule == "geometric":
         targets = geometric_levels(final_density, levels) if levels else imp_levels(final_density, rate)
     elif schedule == "linear_count":

@@ -31,7 +31,9 @@ How the search runs (as the official code computes it):
 
 The final mask is that of the final scores: exactly ``int(N·s)`` weights pruned (ties at τ, which the
 threshold would leave unresolved, keep the earlier entry: the harness's tie rule), every -1 entry pruned, every +1
-entry kept.
+entry kept. Where the per-layer truncated frozen counts reach past ``int(N·s)`` (EPL at p = s can freeze a weight
+more), the official threshold is ∓inf and its mask prunes exactly the frozen-pruned (keeps exactly the frozen-kept)
+weights; so does this one (``info["pruned"]`` against ``info["target_pruned"]``; the row's achieved sparsity).
 
 Storage format (``storage_bits``, the row's ``model_bits``): the weights, biases, BatchNorm constants and frozen
 states regenerate from the run's seed (one 64-bit seed: every draw comes, in a fixed order, from a generator
@@ -150,9 +152,10 @@ class _Search:
         self._versions = versions
 
     def final_masks(self) -> list[torch.Tensor]:
-        """Exactly int(N·s) pruned (per layer for the layer-wise scope): the lowest ranked values; among equal
-        values the earlier one (model order, then row-major) is kept, the harness's tie rule. Equals the threshold
-        mask whenever no two scores tie at the threshold."""
+        """Exactly int(N·s) pruned (per layer for the layer-wise scope), within the frozen bounds (see
+        :func:`pruned_count`): the lowest ranked values; among equal values the earlier one (model order, then
+        row-major) is kept, the harness's tie rule. Equals the threshold mask whenever no two scores tie at the
+        threshold."""
         if self.scope == "global":
             groups = [list(range(len(self.scores)))]
         else:
@@ -160,7 +163,8 @@ class _Search:
         masks: list[torch.Tensor | None] = [None] * len(self.scores)
         for group in groups:
             values = torch.cat([self.ranked(i).double().cpu() for i in group])
-            k = int(values.numel() * self.sparsity)
+            k = pruned_count(values.numel(), self.sparsity, int((values == -math.inf).sum()),
+                             int((values == math.inf).sum()))
             keep = torch.zeros(values.numel(), dtype=torch.bool)
             keep[torch.sort(values, descending=True, stable=True).indices[:values.numel() - k]] = True
             start = 0
@@ -169,6 +173,16 @@ class _Search:
                 masks[i] = keep[start:start + n].view_as(self.scores[i]).to(self.scores[i].device)
                 start += n
         return masks  # type: ignore[return-value]
+
+
+def pruned_count(total: int, sparsity: float, frozen_pruned: int, frozen_kept: int) -> int:
+    """How many weights the global search prunes: int(N·s), but never fewer than the frozen-pruned weights nor
+    more than N minus the frozen-kept ones. The official code does the same: its threshold is the k-th smallest
+    ranked score, and when the frozen entries (at ∓inf) reach past k it is ∓inf, so the mask prunes exactly the
+    frozen-pruned (or keeps exactly the frozen-kept) weights. Happens with per-layer truncated counts, e.g. EPL
+    at p = s (Conv-6, p = 0.5: 1130593 frozen pruned, int(N·s) = 1130592)."""
+    k = int(total * sparsity)
+    return min(max(k, frozen_pruned), total - frozen_kept)
 
 
 def _scale(mask: torch.Tensor) -> float:
@@ -251,10 +265,12 @@ class SltFrozen(Pruner):
         counts = self.adjust_counts(counts, k)
         n_pruned = sum(c[0] for c in counts)
         n_kept = sum(c[1] for c in counts)
-        if self.scope == "global" and not n_pruned <= k <= total - n_kept:
+        pruned = pruned_count(total, sparsity, n_pruned, n_kept) if self.scope == "global" else k
+        if abs(pruned - k) > self.sparsity_tolerance * total:
             raise ValueError(f"{self.name}: the {allocation} allocation freezes {n_pruned} weights as pruned and "
                              f"{n_kept} as kept of {total} (per-layer counts truncated as the official code does), "
-                             f"while sparsity {sparsity} prunes int(N·s) = {k}: no mask satisfies both; lower "
+                             f"so the mask prunes {pruned} weights while sparsity {sparsity} asks for int(N·s) = "
+                             f"{k}: further from the target than the tolerance {self.sparsity_tolerance}; lower "
                              f"pruning_ratio or locking_ratio slightly")
         gen = ctx.generator
         # draws in a fixed order: weights, scores, frozen states (the seed regenerates all of them)
@@ -294,6 +310,7 @@ class SltFrozen(Pruner):
         storage = self.storage(free, ctx)
         info = {"frozen": frozen, "pruning_ratio": p, "locking_ratio": r, "allocation": allocation,
                 "free_weights": free, "frozen_pruned": n_pruned, "frozen_kept": n_kept,
+                "pruned": int(sum(int((~m).sum()) for m in masks_list)), "target_pruned": k,
                 "score_steps": fit_steps, "storage_format": self.storage_format()}
         if self.scope == "global":
             search.refresh()

@@ -33,9 +33,17 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench_harness import Granularity, Pruner, PruneResult, Regime, Requirements, hookimpl, param
+from bench_harness import (
+    Granularity,
+    Pruner,
+    PruneResult,
+    Regime,
+    Requirements,
+    double_backprop_scoring,
+    hookimpl,
+    param,
+)
 from bench_harness_plugins.snows import network as net
 from bench_harness_plugins.snows import solver
 from bench_harness_plugins.snows.layerwise import Layer, Walk, mask_weights, set_weight
@@ -263,8 +271,9 @@ class Snows(LayerwiseReconstruction):
             w0 = weight.detach().clone()
         set_weight(weight, w0 * mask)
         k = p.k_step if p.k_step >= 0 else default_k(walk.kind, walk.model, lay)
-        # exact HVPs need double backward: the math attention kernel has it, the fused ones do not
-        with sdpa_kernel(SDPBackend.MATH):
+        # exact HVPs need double backward: the math attention kernel (the fused ones have none) and
+        # twice-differentiable hardsigmoid/hardswish while it runs (bench_harness.double_backprop_scoring)
+        with double_backprop_scoring(walk.model):
             return self.newton(walk, lay, weight, mask, xp, k, list(net.watched_modules(walk.model)),
                                xd if p.target_input == "dense" else xp)
 
