@@ -179,3 +179,110 @@ def test_the_fixture_has_saturating_cases():
     assert {c["model"] for c in cases} >= {"lenet5", "resnet20", "vgg11", "saturating"}
     assert any(any(s == 0.0 for s in c["sparsities"].values()) for c in cases)
     assert {c["allocation"] for c in cases} == {"erk", "er"}
+
+
+# -- the allocation option of the score pruners ------------------------------------------------------------------
+def _convnet():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _shapes(model):
+    from bench_harness.contract import masking
+
+    return {n: tuple(p.shape) for n, p in masking.prunable_parameters(model).items()}
+
+
+@pytest.mark.parametrize("allocation", ALLOCATIONS)
+@pytest.mark.parametrize("tie_rule", ["reference", "exact"])
+def test_magnitude_with_an_allocation_keeps_the_largest_per_layer(allocation, tie_rule):
+    import torch
+
+    import bench_harness
+
+    model = _convnet()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    counts = layer_counts(_shapes(model), 0.1, allocation)
+    masks = bench_harness.prune(model, "magnitude", 0.9, allocation=allocation, tie_rule=tie_rule)
+    for n, m in masks.items():
+        assert int(m.sum()) == counts[n]
+        kept, pruned = weights[n].abs()[m], weights[n].abs()[~m]
+        assert pruned.numel() == 0 or float(kept.min()) >= float(pruned.max())
+        assert torch.equal(dict(model.named_parameters())[n].detach() != 0, m)  # applied
+    assert sum(counts.values()) == round(0.1 * sum(math.prod(s) for s in _shapes(model).values()))
+
+
+def test_random_with_erk_is_seeded_and_keeps_the_erk_counts():
+    import bench_harness
+
+    counts = layer_counts(_shapes(_convnet()), 0.05, "erk")
+    a = bench_harness.prune(_convnet(), "random", 0.95, allocation="erk", seed=3)
+    b = bench_harness.prune(_convnet(), "random", 0.95, allocation="erk", seed=3)
+    c = bench_harness.prune(_convnet(), "random", 0.95, allocation="erk", seed=4)
+    assert {n: int(m.sum()) for n, m in a.items()} == counts
+    assert all((a[n] == b[n]).all() for n in a) and any((a[n] != c[n]).any() for n in a)
+    # ERK: r = 17/216 for the first conv, 320/16384 for the wide linear layer: about 4 times the density
+    assert counts["0.weight"] / 216 > 3.5 * counts["5.weight"] / 16384
+
+
+def test_an_allocation_over_rounds_ends_at_its_counts_and_never_revives():
+    import bench_harness
+
+    model = _convnet()
+    masks = bench_harness.prune(model, "magnitude", 0.98, allocation="erk", rounds=4, tie_rule="exact")
+    assert {n: int(m.sum()) for n, m in masks.items()} == layer_counts(_shapes(_convnet()), 0.02, "erk")
+
+
+def test_count_masks_reference_rule_with_ties_by_hand():
+    import torch
+
+    from bench_harness.contract.score_pruner import count_masks
+
+    s = {"w": torch.tensor([1.0, 2.0, 2.0, 2.0, 5.0])}
+    # keep 3 -> prune k = 2: the 2nd smallest is 2.0, every score <= 2.0 is pruned (4 of 5) unless final,
+    # where the last tied entries come back until exactly 2 are pruned
+    assert count_masks(s, {"w": 3}, "reference", final=False)["w"].tolist() == [False, False, False, False, True]
+    assert count_masks(s, {"w": 3}, "reference", final=True)["w"].tolist() == [False, False, True, True, True]
+    # exact: ties kept in index order
+    assert count_masks(s, {"w": 3}, "exact")["w"].tolist() == [False, True, True, False, True]
+    assert count_masks(s, {"w": 5}, "reference")["w"].all()
+    assert count_masks({"w": torch.tensor([float("nan"), 1.0])}, {"w": 1}, "exact")["w"].tolist() == [False, True]
+
+
+def test_the_default_is_todays_behaviour_and_keeps_run_ids():
+    from bench_harness.contract.plugins import get_registry
+    from bench_harness.identity import non_default_fields
+
+    for name in ("random", "magnitude", "snip", "synflow"):
+        cls = get_registry().get("pruner", name)
+        params = cls.make_params({})
+        assert params.allocation is None and params.erk_power_scale == 1.0
+        assert "allocation" not in non_default_fields(params) and "erk_power_scale" not in non_default_fields(params)
+    params = get_registry().get("pruner", "random").make_params({"allocation": "erk"})
+    assert non_default_fields(params) == {"allocation": "erk"}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"allocation": "erk", "scope": "layerwise"}, "drop scope"),
+    ({"erk_power_scale": 0.5}, "add allocation: erk"),
+    ({"allocation": "uniform", "erk_power_scale": 0.5}, "applies to allocation 'erk' only"),
+    ({"allocation": "ERK"}, "erk"),
+])
+def test_contradictory_allocation_settings_name_the_fix(values, message):
+    from bench_harness.contract.plugins import get_registry
+
+    with pytest.raises(ValueError, match=message):
+        get_registry().get("pruner", "magnitude").make_params(values)
+
+
+def test_the_allocation_is_in_the_params_schema():
+    from bench_harness.contract.plugins import get_registry
+    from bench_harness.contract.pruner import params_json_schema
+
+    schema = params_json_schema(get_registry().get("pruner", "random").Params)
+    text = json.dumps(schema)
+    assert "allocation" in schema["properties"] and all(a in text for a in ALLOCATIONS)
