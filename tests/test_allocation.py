@@ -286,3 +286,14 @@ def test_the_allocation_is_in_the_params_schema():
     schema = params_json_schema(get_registry().get("pruner", "random").Params)
     text = json.dumps(schema)
     assert "allocation" in schema["properties"] and all(a in text for a in ALLOCATIONS)
+
+
+def test_check_numerics_compares_at_the_allocation_counts():
+    import warnings
+
+    import bench_harness
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # magnitude is exact in float32: no DegenerateScoresWarning
+        masks = bench_harness.prune(_convnet(), "magnitude", 0.9, allocation="er", check_numerics=True)
+    assert {n: int(m.sum()) for n, m in masks.items()} == layer_counts(_shapes(_convnet()), 0.1, "er")
