@@ -297,3 +297,11 @@ def test_check_numerics_compares_at_the_allocation_counts():
         warnings.simplefilter("error")  # magnitude is exact in float32: no DegenerateScoresWarning
         masks = bench_harness.prune(_convnet(), "magnitude", 0.9, allocation="er", check_numerics=True)
     assert {n: int(m.sum()) for n, m in masks.items()} == layer_counts(_shapes(_convnet()), 0.1, "er")
+
+
+def test_numpy_numbers_are_densities_too():
+    import numpy as np
+
+    assert layer_counts(MLP, np.float32(0.5), "er") == layer_counts(MLP, 0.5, "er")
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        layer_densities(MLP, "0.5", "er")

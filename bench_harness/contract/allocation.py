@@ -25,6 +25,7 @@ meets the target over ALL layers, the dense ones included (their weights are pai
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Collection, Mapping, Sequence
 
 ALLOCATIONS = ("uniform", "uniform_dense_first", "erk", "er")
@@ -38,7 +39,7 @@ def _check(shapes: Mapping[str, Sequence[int]], density: float, allocation: str,
            erk_power_scale: float) -> set[str]:
     if allocation not in ALLOCATIONS:
         raise ValueError(f"unknown allocation {allocation!r}: use one of {', '.join(ALLOCATIONS)}")
-    if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0.0 < density <= 1.0:
+    if not isinstance(density, numbers.Real) or isinstance(density, bool) or not 0.0 < float(density) <= 1.0:
         raise ValueError(f"density must lie in (0, 1] (density = 1 - sparsity), got {density!r}")
     if not shapes:
         raise ValueError("no layers to allocate a density to (shapes is empty)")
@@ -48,7 +49,7 @@ def _check(shapes: Mapping[str, Sequence[int]], density: float, allocation: str,
     unknown = sorted(set(dense) - set(shapes))
     if unknown:
         raise ValueError(f"dense names {unknown} are not among the layers {list(shapes)}")
-    if not (isinstance(erk_power_scale, (int, float)) and math.isfinite(erk_power_scale)):
+    if not (isinstance(erk_power_scale, numbers.Real) and math.isfinite(erk_power_scale)):
         raise ValueError(f"erk_power_scale must be a finite number, got {erk_power_scale!r}")
     if erk_power_scale != 1.0 and allocation != "erk":
         raise ValueError(f"erk_power_scale={erk_power_scale} applies to allocation 'erk' only (the reference "
@@ -90,6 +91,7 @@ def layer_densities(shapes: Mapping[str, Sequence[int]], density: float, allocat
     with an allocation other than ``erk``, and a target that the dense layers alone exceed.
     """
     forced = _check(shapes, density, allocation, dense, erk_power_scale)
+    density = float(density)
     if density == 1.0:
         return {n: 1.0 for n in shapes}
     numel = {n: _numel(s) for n, s in shapes.items()}
@@ -141,7 +143,7 @@ def layer_counts(shapes: Mapping[str, Sequence[int]], density: float, allocation
     """
     densities = layer_densities(shapes, density, allocation, dense=dense, erk_power_scale=erk_power_scale)
     numel = {n: _numel(s) for n, s in shapes.items()}
-    target = int(round(density * sum(numel.values())))
+    target = int(round(float(density) * sum(numel.values())))
     ideal = {n: min(max(densities[n], 0.0), 1.0) * numel[n] for n in shapes}
     fixed = {n for n in shapes if densities[n] >= 1.0}
     counts = {n: numel[n] if n in fixed else min(max(math.floor(ideal[n]), 1), numel[n]) for n in shapes}

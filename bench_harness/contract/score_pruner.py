@@ -7,11 +7,16 @@ differ (IoU < 0.9) or a score is not finite, a :class:`bench_harness.DegenerateS
 the layers whose scores are rounding residue (criteria in :mod:`bench_harness.contract.numerics`). The float64 pass runs
 on copies with the random number generators forked, so the pruner's masks are the same with the check on or off.
 Later rounds are checked for non-finite scores only (free).
+
+``allocation`` (every score pruner; default null: the ``scope`` rule): each layer keeps the count that
+:func:`bench_harness.contract.allocation.layer_counts` gives it (uniform, uniform with a dense first layer, ERK, ER),
+by its own scores (:func:`count_masks`, the pruner's tie rule), in every round of the schedule (docs/allocation.md).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,7 +150,7 @@ class ScorePruner(Pruner):
         if getattr(self.params, "allocation", None) is None:
             return density
         counts = self._layer_counts(shapes, density)
-        return {n: counts[n] / max(1, _numel(shapes[n])) for n in shapes}
+        return {n: counts[n] / max(1, math.prod(shapes[n])) for n in shapes}
 
     def _tie_rule(self) -> str:
         """The parameters' ``tie_rule``; for a ``Params`` without one, the built-ins' rule (``DEFAULT_TIE_RULE``)."""
@@ -174,13 +179,6 @@ class ScorePruner(Pruner):
                 return self.score(model64, ctx64)
         finally:
             self.masks = masks
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
 
 
 def count_masks(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int], tie_rule: str = "exact",
