@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Collection, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 ALLOCATIONS = ("uniform", "uniform_dense_first", "erk", "er")
 
@@ -164,3 +164,21 @@ def layer_counts(shapes: Mapping[str, Sequence[int]], density: float, allocation
             counts[n] -= 1
             missing += 1
     return counts
+
+
+def check_params(pruner: str, params: Any) -> None:
+    """A score pruner's allocation parameters (``allocation``, ``erk_power_scale``; absent fields are their
+    defaults) that contradict each other or ``scope``: a ``ValueError`` naming the fix. Here, not in the pruner
+    class, so that ``bench validate`` checks them from the registry cache without importing torch."""
+    alloc = getattr(params, "allocation", None)
+    power = getattr(params, "erk_power_scale", 1.0)
+    if alloc is not None and alloc not in ALLOCATIONS:
+        raise ValueError(f"pruner {pruner!r}: unknown allocation {alloc!r}: use one of "
+                         f"{', '.join(ALLOCATIONS)} (or leave it out for the scope's rule)")
+    if alloc is not None and getattr(params, "scope", "global") != "global":
+        raise ValueError(f"pruner {pruner!r}: allocation {alloc!r} sets every layer's density itself, so scope "
+                         f"{params.scope!r} contradicts it: drop scope (allocation: uniform is the layer-wise rule "
+                         f"with exact per-layer counts), or drop allocation")
+    if power != 1.0 and alloc != "erk":
+        raise ValueError(f"pruner {pruner!r}: erk_power_scale={power} applies to allocation 'erk' only: add "
+                         f"allocation: erk, or drop erk_power_scale")

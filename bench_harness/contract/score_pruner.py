@@ -55,20 +55,7 @@ class ScoreParams:
                                         "(RigL's erk_power_scale; < 1 is closer to uniform)")
 
 
-def check_allocation_params(pruner: str, params: Any) -> None:
-    """A contradictory allocation setting is a ``ValueError`` naming the fix."""
-    alloc = getattr(params, "allocation", None)
-    power = getattr(params, "erk_power_scale", 1.0)
-    if alloc is not None and alloc not in layer_allocation.ALLOCATIONS:
-        raise ValueError(f"pruner {pruner!r}: unknown allocation {alloc!r}: use one of "
-                         f"{', '.join(layer_allocation.ALLOCATIONS)} (or leave it out for the scope's rule)")
-    if alloc is not None and getattr(params, "scope", "global") != "global":
-        raise ValueError(f"pruner {pruner!r}: allocation {alloc!r} sets every layer's density itself, so scope "
-                         f"{params.scope!r} contradicts it: drop scope (allocation: uniform is the layer-wise rule "
-                         f"with exact per-layer counts), or drop allocation")
-    if power != 1.0 and alloc != "erk":
-        raise ValueError(f"pruner {pruner!r}: erk_power_scale={power} applies to allocation 'erk' only: add "
-                         f"allocation: erk, or drop erk_power_scale")
+check_allocation_params = layer_allocation.check_params  # its home is the allocation module (no torch)
 
 
 @contextmanager
@@ -116,9 +103,10 @@ class ScorePruner(Pruner):
                     for n, p in ctx.prunable.items():
                         p.copy_(original[n] * masks[n])
                 self.masks = masks
+                before = ctx.generator.get_state() if check and r == 1 and _has_state(ctx.generator) else None
                 scores = self.score(model, ctx)
                 if check and r == 1:
-                    report = self.check_scores(model, ctx, scores, self._target_densities(shapes, density))
+                    report = self._check_from(before, model, ctx, scores, self._target_densities(shapes, density))
                     if report.degenerate:
                         warned_nonfinite = bool(report.nonfinite)
                         warnings.warn(report.warning(self.name), stacklevel=2)
@@ -155,6 +143,19 @@ class ScorePruner(Pruner):
     def _tie_rule(self) -> str:
         """The parameters' ``tie_rule``; for a ``Params`` without one, the built-ins' rule (``DEFAULT_TIE_RULE``)."""
         return getattr(self.params, "tie_rule", DEFAULT_TIE_RULE)
+
+    def _check_from(self, before, model, ctx, scores, density) -> numerics.HealthReport:
+        """:meth:`check_scores` with the generator as it was before this round's draws (``before``), so that a
+        pruner that samples (random scores, re-drawn weights) draws the same numbers in float64; the generator
+        is put back where the round left it."""
+        if before is None:
+            return self.check_scores(model, ctx, scores, density)
+        after = ctx.generator.get_state()
+        ctx.generator.set_state(before)
+        try:
+            return self.check_scores(model, ctx, scores, density)
+        finally:
+            ctx.generator.set_state(after)
 
     def check_scores(self, model: nn.Module, ctx: PruneContext, scores: Mapping[str, torch.Tensor],
                      density: float | Mapping[str, float]) -> numerics.HealthReport:
@@ -215,6 +216,10 @@ def count_masks(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int], t
                 keep[tied[-excess:]] = True
         out[n] = keep.view_as(s)
     return out
+
+
+def _has_state(generator) -> bool:
+    return callable(getattr(generator, "get_state", None)) and callable(getattr(generator, "set_state", None))
 
 
 def _as_float64(batch):
