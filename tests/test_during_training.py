@@ -271,3 +271,26 @@ def test_the_conformance_kit_catches_an_updater_that_does_not_resume(registry):
 
     failed = {c.name for c in check_pruner(Forgetful, sparsities=(0.5,), models=("mlp",)) if not c.passed}
     assert "resumes after an interruption with the same masks" in failed
+
+
+def test_an_updater_that_skips_the_step_replaces_the_optimizer_step_at_updates(monkeypatch):
+    """skips_step (the RigL reference's cond(update, mask_update, apply_gradients)): at an update step the
+    optimizer does not step; the update still sees that step's dense gradients."""
+    class Skipping(contract_plugins.SwapUpdater):
+        skips_step = True
+
+    calls = []
+    original = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    model = _mlp()
+    updater = Skipping(every=3, swap=2)
+    trainer = Trainer(_batches(4), make_recipe({"epochs": 3, "lr": 0.05, "batch_size": 16}), torch.device("cpu"))
+    fit = trainer.fit(model, masks=_initial(model), updater=updater)
+    assert [e["step"] for e in fit.mask_updates] == [3, 6, 9, 12] and fit.steps == 12
+    assert len(calls) == 8  # 12 steps, 4 of them mask updates instead
+    assert all(s["dense_grad"] for s in updater.seen)

@@ -44,3 +44,24 @@ def test_unknown_torchvision_arch_is_a_clear_error():
         _build("torchvision:resnet9000")
     with pytest.raises(ValueError, match="write 'torchvision:<arch>'"):
         _build("torchvision")
+
+
+def test_the_wide_resnet_is_the_rigl_reference_layout():
+    """WRN-22-2 as RigL's WideResNetModel builds it: a 16-filter stem, 3 groups of 3 pre-activation blocks of
+    32/64/128 filters, a 1x1 shortcut where the filters change (the first block of each group), 22 - 4 + 3 = 21
+    convolutions and the classifier; 32x32 -> 8x8 before pooling."""
+    model = build_model(get_registry().get("model", "wide_resnet"), "wide_resnet", 10, 3, 32, {})
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 9 * 2 + 3 and [n for n in convs if "shortcut" in n] == [
+        "blocks.0.shortcut", "blocks.3.shortcut", "blocks.6.shortcut"]
+    assert [model.blocks[i].conv2.out_channels for i in (0, 3, 6)] == [32, 64, 128]
+    assert model.blocks[3].conv1.stride == (2, 2) and model.blocks[6].conv1.stride == (2, 2)
+    # 3x3 convs: 16*3*9 + group 1: 16*32*9 + 32*32*9*5 + 16*32 ... counted by torch, checked against the formula
+    expected = 3 * 16 * 9 + sum(f_in * f_out * 9 + f_out * f_out * 9 + (f_in * f_out if f_in != f_out else 0)
+                                for f_in, f_out in [(16, 32), (32, 32), (32, 32), (32, 64), (64, 64), (64, 64),
+                                                    (64, 128), (128, 128), (128, 128)]) + 128 * 10
+    assert sum(p.numel() for p in prunable_parameters(model).values()) == expected
+    model.eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n\\+4"):
+        build_model(get_registry().get("model", "wide_resnet"), "wide_resnet", 10, 3, 32, {"depth": 20})

@@ -93,3 +93,22 @@ def test_random_scores_come_from_the_seeded_generator():
     scores = get_registry().get("pruner", "random")().score(model, ctx)
     g = torch.Generator().manual_seed(7)
     assert torch.equal(scores["0.weight"], torch.randn((2, 2), generator=g))
+
+
+def test_the_float64_check_of_a_sampling_pruner_draws_the_same_numbers():
+    """check_numerics scores again in float64 from the generator as it was before the round's draws: random scores
+    are then the same draws, the kept sets agree and nothing is flagged (copying the generator after the draws
+    compared other samples and always warned)."""
+    import warnings as _warnings
+
+    from bench_harness.contract.numerics import DegenerateScoresWarning
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error", DegenerateScoresWarning)
+        checked = bench_harness.prune(model, "random", 0.9, check_numerics=True, seed=3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    plain = bench_harness.prune(model, "random", 0.9, seed=3)
+    assert all(torch.equal(checked[n], plain[n]) for n in plain)  # the check changes no draw of the pruner

@@ -105,7 +105,7 @@ class NoParams:
 class MaskUpdate:
     """What the core passes to :meth:`MaskUpdater.update` after an optimizer step at which the updater updates."""
 
-    step: int  # optimizer steps taken so far in the run's training (1-based; this step's optimizer step is done)
+    step: int  # training steps so far (1-based; this step's optimizer step is done, or skipped: ``skips_step``)
     total_steps: int  # optimizer steps of the whole training after pruning (epochs x steps_per_epoch)
     steps_per_epoch: int
     model: nn.Module  # its prunable weights are masked by ``masks``
@@ -134,6 +134,10 @@ class MaskUpdater:
     """
 
     needs_dense_grad: ClassVar[bool] = False  # update() needs MaskUpdate.grads (costs a copy at update steps only)
+    # True: at an update step the optimizer step is skipped and the masks are updated instead, from that step's
+    # gradients, as the RigL reference and JaxPruner do (``cond(update, mask_update, apply_gradients)``); False:
+    # the optimizer steps, then the masks are updated
+    skips_step: ClassVar[bool] = False
 
     def is_update_step(self, step: int, total_steps: int, steps_per_epoch: int) -> bool:
         """Whether :meth:`update` is called after optimizer step ``step`` (1-based)."""

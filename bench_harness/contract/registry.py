@@ -530,7 +530,12 @@ class PrunerMeta:
     def make_params(self, values: Mapping[str, Any] | None) -> Any:
         if self._params is None:  # a declaration the cache cannot hold: the pruner itself validates
             return self._importer().get("pruner", self.name).make_params(values)
-        return validate_params(self.name, self.Params, values)
+        params = validate_params(self.name, self.Params, values)
+        if self.has_scores:  # what ScorePruner.make_params adds: its allocation fields checked together
+            from bench_harness.contract.allocation import check_params
+
+            check_params(self.name, params)
+        return params
 
     def param_help(self) -> dict[str, tuple[str, str]]:
         """name -> (default as repr text, help text)."""

@@ -7,19 +7,25 @@ differ (IoU < 0.9) or a score is not finite, a :class:`bench_harness.DegenerateS
 the layers whose scores are rounding residue (criteria in :mod:`bench_harness.contract.numerics`). The float64 pass runs
 on copies with the random number generators forked, so the pruner's masks are the same with the check on or off.
 Later rounds are checked for non-finite scores only (free).
+
+``allocation`` (every score pruner; default null: the ``scope`` rule): each layer keeps the count that
+:func:`bench_harness.contract.allocation.layer_counts` gives it (uniform, uniform with a dense first layer, ERK, ER),
+by its own scores (:func:`count_masks`, the pruner's tie rule), in every round of the schedule (docs/allocation.md).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping, Optional
 
 import torch
 from torch import nn
 
+from bench_harness.contract import allocation as layer_allocation
 from bench_harness.contract import masking, numerics
 from bench_harness.contract.pruner import PruneContext, Pruner, param
 
@@ -41,6 +47,15 @@ class ScoreParams:
     check_numerics: bool = param(False, "round 1: score again in float64 on a copy and warn "
                                         "(DegenerateScoresWarning) when the kept sets at the target density differ "
                                         "(IoU < 0.9) or a score is not finite; costs about one extra round")
+    allocation: Optional[Literal["uniform", "uniform_dense_first", "erk", "er"]] = param(
+        None, "per-layer densities from a layer allocation (docs/allocation.md): each layer keeps its count of "
+              "highest scores (uniform; uniform_dense_first: first layer dense, the total still on target; erk: "
+              "Erdős–Rényi-Kernel; er: Erdős–Rényi, as RigL/JaxPruner); null: the scope decides")
+    erk_power_scale: float = param(1.0, "allocation erk: the ratio (sum(shape)/prod(shape)) ** erk_power_scale "
+                                        "(RigL's erk_power_scale; < 1 is closer to uniform)")
+
+
+check_allocation_params = layer_allocation.check_params  # its home is the allocation module (no torch)
 
 
 @contextmanager
@@ -67,9 +82,18 @@ class ScorePruner(Pruner):
         """Scores keyed by the names of ``ctx.prunable``; the model's prunable weights are already masked."""
         raise NotImplementedError
 
+    @classmethod
+    def make_params(cls, values: Mapping[str, Any] | None) -> Any:
+        params = super().make_params(values)
+        check_allocation_params(cls.name, params)
+        return params
+
     def prune(self, model: nn.Module, sparsity: float, ctx: PruneContext) -> dict[str, torch.Tensor]:
         density = 1.0 - sparsity
         masks = masking.full_masks(ctx.prunable)
+        check_allocation_params(self.name, self.params)
+        alloc = getattr(self.params, "allocation", None)
+        shapes = {n: tuple(p.shape) for n, p in ctx.prunable.items()}
         check = bool(getattr(self.params, "check_numerics", False))
         warned_nonfinite = False
         with masked_weights(ctx.prunable) as original:
@@ -79,9 +103,10 @@ class ScorePruner(Pruner):
                     for n, p in ctx.prunable.items():
                         p.copy_(original[n] * masks[n])
                 self.masks = masks
+                before = ctx.generator.get_state() if check and r == 1 and _has_state(ctx.generator) else None
                 scores = self.score(model, ctx)
                 if check and r == 1:
-                    report = self.check_scores(model, ctx, scores, density)
+                    report = self._check_from(before, model, ctx, scores, self._target_densities(shapes, density))
                     if report.degenerate:
                         warned_nonfinite = bool(report.nonfinite)
                         warnings.warn(report.warning(self.name), stacklevel=2)
@@ -94,19 +119,51 @@ class ScorePruner(Pruner):
                             stacklevel=2)
                 if self.invert_scores:
                     scores = {n: -s for n, s in scores.items()}
-                masks = masking.topk_masks(masking.restrict_scores(scores, masks), round_density, self.params.scope,
-                                           self._tie_rule(), final=r == len(schedule))
+                restricted = masking.restrict_scores(scores, masks)
+                if alloc is None:
+                    masks = masking.topk_masks(restricted, round_density, self.params.scope, self._tie_rule(),
+                                               final=r == len(schedule))
+                else:  # never more than a layer still has: a round never revives a pruned weight
+                    counts = self._layer_counts(shapes, round_density)
+                    counts = {n: min(c, int(masks[n].sum())) for n, c in counts.items()}
+                    masks = count_masks(restricted, counts, self._tie_rule(), final=r == len(schedule))
         return masks
+
+    def _layer_counts(self, shapes: Mapping[str, tuple[int, ...]], density: float) -> dict[str, int]:
+        return layer_allocation.layer_counts(shapes, density, self.params.allocation,
+                                             erk_power_scale=getattr(self.params, "erk_power_scale", 1.0))
+
+    def _target_densities(self, shapes: Mapping[str, tuple[int, ...]], density: float) -> float | dict[str, float]:
+        """The density the numerics check keeps at: the global one, or each layer's under an allocation."""
+        if getattr(self.params, "allocation", None) is None:
+            return density
+        counts = self._layer_counts(shapes, density)
+        return {n: counts[n] / max(1, math.prod(shapes[n])) for n in shapes}
 
     def _tie_rule(self) -> str:
         """The parameters' ``tie_rule``; for a ``Params`` without one, the built-ins' rule (``DEFAULT_TIE_RULE``)."""
         return getattr(self.params, "tie_rule", DEFAULT_TIE_RULE)
 
+    def _check_from(self, before, model, ctx, scores, density) -> numerics.HealthReport:
+        """:meth:`check_scores` with the generator as it was before this round's draws (``before``), so that a
+        pruner that samples (random scores, re-drawn weights) draws the same numbers in float64; the generator
+        is put back where the round left it."""
+        if before is None:
+            return self.check_scores(model, ctx, scores, density)
+        after = ctx.generator.get_state()
+        ctx.generator.set_state(before)
+        try:
+            return self.check_scores(model, ctx, scores, density)
+        finally:
+            ctx.generator.set_state(after)
+
     def check_scores(self, model: nn.Module, ctx: PruneContext, scores: Mapping[str, torch.Tensor],
-                     density: float) -> numerics.HealthReport:
-        """Compare ``scores`` (this round's) with the same scores computed in float64 (see the module doc)."""
+                     density: float | Mapping[str, float]) -> numerics.HealthReport:
+        """Compare ``scores`` (this round's) with the same scores computed in float64 (see the module doc);
+        ``density``: per layer (a mapping) under an allocation."""
         scores64 = self.score_float64(model, ctx)
-        return numerics.compare_precisions(scores, scores64, density, self.params.scope)
+        scope = "layerwise" if isinstance(density, Mapping) else self.params.scope
+        return numerics.compare_precisions(scores, scores64, density, scope)  # type: ignore[arg-type]
 
     def score_float64(self, model: nn.Module, ctx: PruneContext) -> dict[str, torch.Tensor]:
         """:meth:`score` on a float64 copy of the model, with float64 data and forked random generators.
@@ -123,6 +180,46 @@ class ScorePruner(Pruner):
                 return self.score(model64, ctx64)
         finally:
             self.masks = masks
+
+
+def count_masks(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int], tie_rule: str = "exact",
+                final: bool = True) -> dict[str, torch.Tensor]:
+    """Each layer keeps its ``counts[name]`` highest scores (NaN lowest).
+
+    ``exact``: exactly that many, ties kept in index order (:func:`masking.layerwise_topk_masks`). ``reference``:
+    within the layer, Synaptic-Flow's rule with ``k = n - count`` to prune: every score ``<=`` the k-th smallest
+    is pruned (ties pruned); on the ``final`` round, ties beyond k come back, the last ones first, so that the
+    layer keeps exactly its count (as :func:`masking.reference_threshold_masks` with ``honour_target``)."""
+    if tie_rule == "exact":
+        out = {}
+        for n, s in scores.items():
+            keep = masking.layerwise_topk_masks({n: s}, {n: counts[n] / max(1, s.numel())})[n]
+            if int(keep.sum()) != counts[n]:  # cannot happen: round(c / n * n) == c for every c <= n
+                raise AssertionError(f"{n}: kept {int(keep.sum())}, asked {counts[n]}")
+            out[n] = keep
+        return out
+    if tie_rule != "reference":
+        raise ValueError(f"unknown tie_rule {tie_rule!r}: use 'exact' or 'reference'")
+    out = {}
+    for n, s in scores.items():
+        flat = torch.nan_to_num(s.detach(), nan=float("-inf")).flatten()
+        k = flat.numel() - int(counts[n])
+        if k < 1:
+            out[n] = torch.ones_like(s, dtype=torch.bool)
+            continue
+        threshold = torch.kthvalue(flat.cpu(), k).values.to(flat.device)
+        keep = flat > threshold
+        if final:
+            excess = int((~keep).sum()) - k
+            if excess > 0:
+                tied = ((flat == threshold) & ~keep).nonzero().flatten()
+                keep[tied[-excess:]] = True
+        out[n] = keep.view_as(s)
+    return out
+
+
+def _has_state(generator) -> bool:
+    return callable(getattr(generator, "get_state", None)) and callable(getattr(generator, "set_state", None))
 
 
 def _as_float64(batch):

@@ -248,42 +248,75 @@ def read_shards(files: list[str], workers: int | None = None, warn: bool = True,
 _PARTS: dict[str, tuple[Signature, pa.Table]] = {}  # parts never change under one name: cache them per process
 
 
-def read_part(path: Path, sig: Signature, suite: str | None = None) -> pa.Table:
+def read_part(path: Path, sig: Signature, suite: str | None = None, columns: tuple[str, ...] | None = None) -> pa.Table:
     """A compacted part's rows (raises when it is damaged, or holds another suite's rows); cached per process by
-    file signature."""
-    key = str(path)
+    file signature. ``columns``: only these (run_id and status always), for a reader that needs no more (the
+    done-set of ``bench run``): a part whose every column already has the result schema's type (what compaction
+    writes) is checked as a whole read checks it; any other is read whole and checked first."""
+    key = str(path) if columns is None else f"{path}\0{','.join(columns)}"
     cached = _PARTS.get(key)
     if cached is not None and cached[0] == sig:
         return cached[1]
-    table, real = read_file(key)
+    if columns is not None:
+        with open_regular(str(path)) as fh:
+            real = signature(os.fstat(fh.fileno()))
+            data = fh.read()
+        table = _projected(data, ("run_id", "status", *columns))
+        if table is None:  # not in the schema's types (or private columns): read and check it whole
+            whole = _checked_part(_parse(data), suite)
+            table = whole.select([c for c in dict.fromkeys(("run_id", "status", *columns)) if c in whole.column_names])
+        else:
+            _checked_part(table, suite)
+        table = table.combine_chunks()
+    else:
+        table, real = read_file(key)
+        table = _checked_part(table, suite)
+        table = table.drop_columns([c for c in table.column_names if c.startswith("_")]).combine_chunks()
+    _PARTS[key] = (real, table)
+    return table
+
+
+def _checked_part(table: pa.Table, suite: str | None) -> pa.Table:
     if "run_id" not in table.column_names or "status" not in table.column_names:
         raise ValueError(f"a compacted part without run_id/status columns: {table.column_names[:4]}")
     check_rows(table)
     other = foreign_suite(table, suite)
     if other is not None:
         raise ValueError(f"holds rows of suite {other!r}, not of {suite!r}")
-    table = table.drop_columns([c for c in table.column_names if c.startswith("_")]).combine_chunks()
-    _PARTS[key] = (real, table)
     return table
+
+
+def _projected(data: bytes, wanted: tuple[str, ...]) -> pa.Table | None:
+    """The columns ``wanted`` (those the file has, plus ``suite`` for the foreign-suite check) of a Parquet file's
+    bytes, or None when some column of the file is private (``_...``) or not of the result schema's type: then
+    only a whole read can check it."""
+    schema = pq.read_schema(pa.BufferReader(data))
+    known = _known_types()
+    if any(f.name.startswith("_") or known.get(f.name, f.type) != f.type for f in schema):
+        return None
+    names = [c for c in dict.fromkeys((*wanted, "suite")) if c in schema.names]
+    return pq.ParquetFile(pa.BufferReader(data)).read(columns=names, use_threads=False)
 
 
 def forget_parts(runs: Path, keep: set[str] = frozenset()) -> None:
     """Drop cached parts of ``runs`` that are not in ``keep`` (they were removed)."""
     prefix = str(runs) + os.sep
-    for key in [k for k in _PARTS if k.startswith(prefix) and os.path.basename(k) not in keep]:
+    for key in [k for k in _PARTS if k.startswith(prefix) and os.path.basename(k.split("\0")[0]) not in keep]:
         del _PARTS[key]
 
 
 def read_parts(runs: Path, parts: dict[str, Signature], warn: bool = True,
-               damaged: list[tuple[str, str]] | None = None) -> dict[str, pa.Table]:
-    """name -> rows of every readable part; damaged ones (another suite's rows included: the suite is the name of
-    the folder above ``runs``) are left out with a CorruptShardWarning (and added to ``damaged`` when given)."""
+               damaged: list[tuple[str, str]] | None = None, columns: tuple[str, ...] | None = None
+               ) -> dict[str, pa.Table]:
+    """name -> rows of every readable part (``columns``: only those, see :func:`read_part`); damaged ones (another
+    suite's rows included: the suite is the name of the folder above ``runs``) are left out with a
+    CorruptShardWarning (and added to ``damaged`` when given)."""
     suite = runs.parent.name
     out, bad = {}, []
     forget_parts(runs, set(parts))
     for name in sorted(parts):
         try:
-            out[name] = read_part(runs / name, parts[name], suite)
+            out[name] = read_part(runs / name, parts[name], suite, columns)
         except FileNotFoundError:
             continue
         except Exception as exc:

@@ -24,9 +24,11 @@ from bench_harness.results.compaction import COMPACT_AT, compact, maybe_compact,
 from bench_harness.results.dataset import CorruptShardWarning, read_shards  # noqa: F401
 
 
-def update_index(results_root: str | Path, suite: str, rebuild: bool = False) -> tuple[pa.Table | None, dict]:
+def update_index(results_root: str | Path, suite: str, rebuild: bool = False,
+                 part_columns: tuple[str, ...] | None = None) -> tuple[pa.Table | None, dict]:
     """Every row of the suite (one per run id), the index brought up to date by appending a part with the run
-    files that are new or changed; returns (table, stats). ``rebuild`` reads every file again."""
+    files that are new or changed; returns (table, stats). ``rebuild`` reads every file again. ``part_columns``:
+    the rows of compacted parts carry only these columns (and run_id, status), for a caller that needs no more."""
     runs = paths.runs_dir(results_root, suite)
     if not runs.is_dir():
         return None, {"shards": 0, "read": 0, "dropped": 0, "compacted_rows": 0, "parts": 0}
@@ -49,7 +51,7 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False) ->
         new = dataset.read_shards([str(runs / n) for n in fresh], suite=suite)
         tables = [t for t in (cached, new) if t is not None and t.num_rows]
         run_rows = dataset.concat(tables) if tables else None
-        parts = dataset.read_parts(runs, listing.parts)
+        parts = dataset.read_parts(runs, listing.parts, columns=part_columns)
         try:
             if rebuild:
                 if run_rows is not None:
@@ -110,7 +112,7 @@ def compacted_status(results_root: str | Path, suite: str) -> dict[str, str]:
     if not runs.is_dir():
         return {}
     with reading(results_root, suite):
-        parts = dataset.read_parts(runs, dataset.list_store(runs).parts, warn=False)
+        parts = dataset.read_parts(runs, dataset.list_store(runs).parts, warn=False, columns=())
     status: dict[str, str] = {}
     for _, table in reversed(dataset.newest_parts_first(parts)):  # oldest first: newer parts overwrite
         status.update(zip(table.column("run_id").to_pylist(), table.column("status").to_pylist()))

@@ -76,7 +76,7 @@ def finished_run_ids(results_root: str | Path, suite: str) -> set[str]:
         return set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # damaged shards: reported by the readers and `bench verify`
-        table, _ = update_index(results_root, suite)
+        table, _ = update_index(results_root, suite, part_columns=())  # parts: run_id and status only
     if table is None:
         return set()
     ids = table.column("run_id").to_pylist()

@@ -49,10 +49,6 @@ class MaskSchedule:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.log: list[dict[str, Any]] = []
 
-    def wants_grads(self, step: int, total_steps: int, steps_per_epoch: int) -> bool:
-        """Whether optimizer step ``step`` is an update step of an updater that needs the dense gradients."""
-        return bool(self.updater.needs_dense_grad) and self.is_update_step(step, total_steps, steps_per_epoch)
-
     def is_update_step(self, step: int, total_steps: int, steps_per_epoch: int) -> bool:
         return bool(self.updater.is_update_step(step, total_steps, steps_per_epoch))
 

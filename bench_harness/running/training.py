@@ -189,16 +189,18 @@ def train(
                     raise _nonfinite(epoch, checked + 1, i + 1)
                 checked = i + 1 if (i + 1) % check_every == 0 else checked
                 optimizer.zero_grad(set_to_none=True)
-                if schedule is not None:
-                    enforcer.capture = schedule.wants_grads(step + 1, total_steps, steps)
+                updating = schedule is not None and schedule.is_update_step(step + 1, total_steps, steps)
+                if updating:
+                    enforcer.capture = bool(schedule.updater.needs_dense_grad)
                 scaler.scale(loss).backward()
                 grad_scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
-                scaler.step(optimizer)
-                scaler.update()
+                if not (updating and schedule.updater.skips_step):  # the reference's update steps take no step
+                    scaler.step(optimizer)
+                    scaler.update()
                 if enforcer is not None:
                     enforcer.enforce()
                 step += 1
-                if schedule is not None and schedule.is_update_step(step, total_steps, steps):
+                if updating:
                     schedule.step(step, total_steps, steps, model, optimizer, enforcer, grad_scale)
                 if after_step is not None:
                     after_step(step)

@@ -18,10 +18,11 @@ class Dense(Pruner):
 
 
 class RandomPruner(ScorePruner):
-    """Gaussian scores drawn from the run's seeded generator (Synaptic-Flow's `Rand`)."""
+    """Gaussian scores drawn from the run's seeded generator (Synaptic-Flow's `Rand`). With ``allocation: erk``
+    each layer keeps a uniformly random subset of its ERK count: the random-ERK baseline of Liu et al. 2022."""
 
     name = "random"
-    description = "random scores (N(0,1)); global or layer-wise"
+    description = "random scores (N(0,1)); global, layer-wise or a layer allocation (uniform, ERK, ER)"
 
     def score(self, model, ctx):
         return {n: torch.randn(p.shape, generator=ctx.generator).to(p.device) for n, p in ctx.prunable.items()}
@@ -31,7 +32,8 @@ class Magnitude(ScorePruner):
     """Score = |θ|."""
 
     name = "magnitude"
-    description = "weight magnitude |w|; global or layer-wise, one shot or iterative"
+    description = ("weight magnitude |w|; global, layer-wise or a layer allocation (uniform, ERK, ER), one shot or "
+                   "iterative")
 
     def score(self, model, ctx):
         return {n: p.detach().abs() for n, p in ctx.prunable.items()}

@@ -197,23 +197,12 @@ class NTKSAP(ScorePruner):
             raise ValueError(f"{self.name}: epsilon must be a positive number, got {self.params.epsilon}")
         if self.params.samples < 1:
             raise ValueError(f"{self.name}: samples must be >= 1, got {self.params.samples}")
-        self._generator_state = ctx.generator.get_state()  # before this round's draws: see check_scores
         net = self._net(model)
         try:
             return ntksap_scores(net, {n: self.masks[n] for n in ctx.prunable}, self.input_batches(model, ctx),
                                  ctx.generator, self.params.epsilon, self.params.samples)
         finally:
             self._nets = {k: v for k, v in self._nets.items() if k == id(model) or _dtype(v) != torch.float64}
-
-    def check_scores(self, model, ctx, scores, density):
-        """The float64 pass draws from a copy of the generator as it was BEFORE this round's draws (the base class
-        copies it after them: the check would compare other samples and always warn)."""
-        after = ctx.generator.get_state()
-        ctx.generator.set_state(self._generator_state)
-        try:
-            return super().check_scores(model, ctx, scores, density)
-        finally:
-            ctx.generator.set_state(after)
 
 
 def _output_width(net: nn.Module, shape: tuple[int, ...]) -> int:

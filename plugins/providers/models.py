@@ -8,10 +8,15 @@ from torch import nn
 from bench_harness import ModelSpec, hookimpl
 from bench_harness_plugins.providers.archs.cifar_resnet import CifarResNet
 from bench_harness_plugins.providers.archs.small import MLP, VGG, ConvN, LeNet5
+from bench_harness_plugins.providers.archs.wide_resnet import WideResNet
 
 
 def _resnet(depth, num_classes, in_channels, image_size, width: int = 16):
     return CifarResNet(depth, num_classes, in_channels, width)
+
+
+def _wide_resnet(num_classes, in_channels, image_size, depth: int = 22, width: int = 2, dropout: float = 0.3):
+    return WideResNet(depth, width, num_classes, in_channels, dropout)
 
 
 def _vgg(depth, num_classes, in_channels, image_size):
@@ -106,6 +111,8 @@ def bench_register_models():
               for d in (2, 4, 6)]
     specs += [
         ModelSpec("lenet5", _lenet5, "LeNet-5", display_name="LeNet-5"),
+        ModelSpec("wide_resnet", _wide_resnet, "CIFAR Wide ResNet of the RigL reference (pre-activation; depth 6n+4, "
+                  "width, dropout 0.3); default WRN-22-2", display_name="WRN"),
         ModelSpec("mlp", _mlp, "fully connected network, hidden=(300, 100) by default", display_name="MLP"),
         ModelSpec("torchvision", _torchvision, "any torchvision model: torchvision:<arch>", prefix=True),
         ModelSpec("timm", _timm, "any timm model: timm:<arch>", prefix=True),
