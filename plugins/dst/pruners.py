@@ -115,6 +115,9 @@ class DropGrowUpdater(MaskUpdater):
     start at zero."""
 
     grow: str = "random"
+    # the update replaces the optimizer step of its batch, as RigL's optimizer (``cond(update, mask_update_op,
+    # apply_gradient_op)``) and JaxPruner's SET/RigL (``skip_gradients=True``) do
+    skips_step = True
 
     def __init__(self, params: DSTParams) -> None:
         self.params = params
@@ -225,7 +228,8 @@ class GMPParams:
 
 
 class GMPUpdater(MaskUpdater):
-    """Prunes the smallest-magnitude active weights to the cubic schedule's sparsity at each update step."""
+    """Prunes the smallest-magnitude active weights to the cubic schedule's sparsity at each update step (after the
+    step's optimizer update: TF model_pruning and JaxPruner's magnitude pruners do not skip it)."""
 
     def __init__(self, params: GMPParams, final_sparsity: float, final_counts: dict[str, int] | None) -> None:
         self.params = params
