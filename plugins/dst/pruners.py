@@ -64,8 +64,8 @@ def _check_window(name: str, params: Any) -> None:
 
 @dataclass
 class StaticParams:
-    allocation: Allocation = param("erk", "layer allocation of the random masks: erk (RigL's default), uniform, "
-                                          "uniform_dense_first or er")
+    allocation: Allocation = param("erk", "layer allocation of the random masks: erk (the RigL paper's choice), "
+                                          "uniform, uniform_dense_first or er")
     erk_power_scale: float = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
 
 
@@ -93,7 +93,7 @@ class StaticSparse(Pruner):
 @dataclass
 class DSTParams:
     allocation: Allocation = param("erk", "layer allocation of the initial random masks (kept through training: "
-                                          "each layer's count is constant): erk (RigL's default), uniform, "
+                                          "each layer's count is constant): erk (the RigL paper's choice), uniform, "
                                           "uniform_dense_first or er")
     erk_power_scale: float = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
     begin: Fraction = param(0.0, "first mask update, as a fraction of the training's optimizer steps (RigL: "
