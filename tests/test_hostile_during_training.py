@@ -383,3 +383,47 @@ def test_weights_made_non_finite_by_training_are_not_blamed_on_the_updater():
     with pytest.raises(RunFailure, match="NaNWriter left non-finite weights"):
         step_with(nan_writer, broken=False)
     assert len(step_with(nan_writer, broken=True).log) == 1  # broken before it: not its fault
+
+
+# -- the new pruners' parameters, refused by `bench validate` (from the registry cache) ------------------------------
+
+BAD_PARAMS = [
+    # before: each was accepted by validation and failed (or misbehaved) only in the run
+    ("rigl", "{erk_power_scale: .nan}", "erk_power_scale"),
+    ("rigl", "{erk_power_scale: 1.0e300}", "erk_power_scale"),  # a ZeroDivisionError in the allocation
+    ("static_sparse", "{erk_power_scale: .inf}", "erk_power_scale"),
+    ("gmp", "{allocation: erk, erk_power_scale: -1.0e9}", "erk_power_scale"),
+    ("snip", "{allocation: erk, erk_power_scale: .nan}", "erk_power_scale"),
+    ("lamp", "{allocation: erk, erk_power_scale: 1.0e300}", "erk_power_scale"),
+    ("ntksap", "{rounds: 0}", "rounds"),
+    ("ntksap", "{samples: 0}", "samples"),
+    ("ntksap", "{epsilon: -1.0}", "epsilon"),
+    ("ntksap", "{epsilon: .nan}", "epsilon"),
+    ("ntksap", "{epsilon: .inf}", "epsilon"),
+    ("ntksap", "{batch_size: -3}", "batch_size"),
+    ("ntksap_data", "{batches: -1}", "batches"),
+]
+
+
+@pytest.mark.parametrize("pruner,params,key", BAD_PARAMS)
+def test_bad_parameters_of_the_new_pruners_are_refused_at_validation(tmp_path, pruner, params, key):
+    from bench_harness.contract.plugins import get_registry
+    from bench_harness.errors import SuiteError
+
+    text = f"""
+name: v
+grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.5], pruners: [{{name: {pruner}, params: {params}}}]}}
+recipe: {{epochs: 1, batch_size: 32}}
+pretrain: {{epochs: 1}}
+"""
+    with pytest.raises(SuiteError, match=f"{pruner}.*{key}"):
+        validate_suite(parse_suite(yaml.safe_load(text), "v.yaml"), get_registry())
+
+
+def test_the_allocation_refuses_a_power_that_under_or_overflows():
+    from bench_harness.contract.allocation import layer_densities
+
+    shapes = {"a": (10, 10), "b": (100, 100), "c": (1,)}
+    with pytest.raises(ValueError, match=r"erk_power_scale must be a finite number in \[-10, 10\]"):
+        layer_densities(shapes, 0.5, "erk", erk_power_scale=1e300)  # was ZeroDivisionError: float division by zero
+    assert sum(layer_densities(shapes, 0.5, "erk", erk_power_scale=10.0).values()) > 0
