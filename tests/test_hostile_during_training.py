@@ -427,3 +427,51 @@ def test_the_allocation_refuses_a_power_that_under_or_overflows():
     with pytest.raises(ValueError, match=r"erk_power_scale must be a finite number in \[-10, 10\]"):
         layer_densities(shapes, 0.5, "erk", erk_power_scale=1e300)  # was ZeroDivisionError: float division by zero
     assert sum(layer_densities(shapes, 0.5, "erk", erk_power_scale=10.0).values()) > 0
+
+
+# -- the results reader: planted files, `bench run`'s done set, `bench results` and `bench verify` agree -------------
+
+def test_planted_result_files_are_damaged_for_every_reader_and_for_verify(tmp_path):
+    """Before: `bench verify` (store.shard_health, read_part without the suite) counted as 'ok' a run file with a
+    private column, one with a column of the wrong type, one holding another suite's row, and the runs of a part of
+    another suite, all of which the readers leave out (and `bench run` runs again); a part row without a status
+    was counted as 'None (compacted)'."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench_harness import paths
+    from bench_harness.results import dataset, store
+
+    suite = "s"
+    runs = paths.runs_dir(tmp_path, suite)
+
+    def shard(run_id):
+        return pq.read_table(store.write_shard({"run_id": run_id, "suite": suite, "status": "ok", "top1": 0.5},
+                                               tmp_path, suite))
+
+    def replaced(table, column, values):
+        return table.set_column(table.column_names.index(column), column, values)
+
+    for run_id in ("a", "b"):
+        shard(run_id)
+    pq.write_table(shard("c").append_column("_x", pa.array([1])), runs / "c.parquet")
+    pq.write_table(replaced(shard("d"), "top1", pa.array(["abc"])), runs / "d.parquet")
+    pq.write_table(replaced(shard("e"), "suite", pa.array(["other"])), runs / "e.parquet")  # same schema as a, b
+    row = shard("k")
+    os.remove(runs / "k.parquet")
+    for run_id, table in [("n", replaced(row, "suite", pa.array(["other"]))),
+                          ("r", replaced(row, "status", pa.array([None], pa.string())))]:
+        name = dataset.new_part_name([n for n in os.listdir(runs) if dataset.is_part(n)])
+        pq.write_table(replaced(table, "run_id", pa.array([run_id])), runs / name)
+
+    with pytest.warns(Warning):
+        done = store.finished_run_ids(tmp_path, suite)
+        frame = store.load_results(tmp_path, [suite])
+    assert done == set(frame[frame.status == "ok"].run_id) == {"a", "b"}
+    report = store.verify_store(tmp_path, suite, list("abcdenr"))
+    assert report.counts == {"ok": 2, "damaged": 3, "missing": 2}, report.counts
+    problems = " ".join(p for _, p in report.damaged)
+    for why in ("never writes (_x)", "wrong type", "suite 'other'", "without a status"):
+        assert why in problems, problems
