@@ -311,3 +311,8 @@ def test_a_window_that_ends_before_it_begins_is_refused_at_prune():
     for cls in (pruners.GMP, pruners.RigL):
         with pytest.raises(ValueError, match="begin"):
             cls(cls.make_params({"begin": 0.8, "end": 0.5})).prune(model, 0.8, _context(prunable))
+
+
+def test_set_and_rigl_updates_replace_the_optimizer_step_gmp_does_not():
+    assert pruners.RigLUpdater.skips_step and pruners.DropGrowUpdater.skips_step
+    assert not pruners.GMPUpdater.skips_step

@@ -75,6 +75,11 @@ BUILTIN = {"magnitude": Style("#0072B2", "o", "-"), "snip": Style("#E69F00", "s"
            "mp_ls": Style("#44AA99", "p", "-."), "slt_frozen": Style("#AA4499", "h", _DDD),
            "px_head": Style("#DDCC77", "8", "-")}
 BUILTIN.update(mp=BUILTIN["magnitude"], px_cvpr2024=BUILTIN["px"])
+# the pruners added with the during-training regime (issue 27): hollow markers, each (colour, marker, line) new
+BUILTIN.update(gmp=Style("#0072B2", "s", "--", hollow=True), rigl=Style("#009E73", "o", "-", hollow=True),
+               set=Style("#E69F00", "D", "-.", hollow=True), static_sparse=Style("#8C8C8C", "o", "--", hollow=True),
+               lamp=Style("#332288", "s", "-", hollow=True), ntksap=Style("#CC79A7", "^", "--", hollow=True),
+               ntksap_data=Style("#CC79A7", "v", "-.", hollow=True), wanda=Style("#882255", "D", "-", hollow=True))
 FIXED = {"dense": Style("#000000", "*", ":"), "random": Style("#8C8C8C", "d", "-"), **BUILTIN}
 CHANCE_COLOUR = "0.45"
 AT_CHANCE_LABEL = "at chance"

@@ -65,8 +65,8 @@ def _check_window(name: str, params: Any) -> None:
 
 @dataclass
 class StaticParams:
-    allocation: Allocation = param("erk", "layer allocation of the random masks: erk (RigL's default), uniform, "
-                                          "uniform_dense_first or er")
+    allocation: Allocation = param("erk", "layer allocation of the random masks: erk (the RigL paper's choice), "
+                                          "uniform, uniform_dense_first or er")
     erk_power_scale: PowerScale = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
 
 
@@ -94,7 +94,7 @@ class StaticSparse(Pruner):
 @dataclass
 class DSTParams:
     allocation: Allocation = param("erk", "layer allocation of the initial random masks (kept through training: "
-                                          "each layer's count is constant): erk (RigL's default), uniform, "
+                                          "each layer's count is constant): erk (the RigL paper's choice), uniform, "
                                           "uniform_dense_first or er")
     erk_power_scale: PowerScale = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
     begin: Fraction = param(0.0, "first mask update, as a fraction of the training's optimizer steps (RigL: "
@@ -116,6 +116,9 @@ class DropGrowUpdater(MaskUpdater):
     start at zero."""
 
     grow: str = "random"
+    # the update replaces the optimizer step of its batch, as RigL's optimizer (``cond(update, mask_update_op,
+    # apply_gradient_op)``) and JaxPruner's SET/RigL (``skip_gradients=True``) do
+    skips_step = True
 
     def __init__(self, params: DSTParams) -> None:
         self.params = params
@@ -226,7 +229,8 @@ class GMPParams:
 
 
 class GMPUpdater(MaskUpdater):
-    """Prunes the smallest-magnitude active weights to the cubic schedule's sparsity at each update step."""
+    """Prunes the smallest-magnitude active weights to the cubic schedule's sparsity at each update step (after the
+    step's optimizer update: TF model_pruning and JaxPruner's magnitude pruners do not skip it)."""
 
     def __init__(self, params: GMPParams, final_sparsity: float, final_counts: dict[str, int] | None) -> None:
         self.params = params
