@@ -77,14 +77,14 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
     result: PruneResult = call_pruner(cls, cls_params, model, sparsity, ctx)
     if result.updater is not None:  # a during-training pruner: train with it, as a run does
         from bench_harness.contract.pruning import check_final_masks
-        from bench_harness.running.mask_updates import updater_generator
+        from bench_harness.running.mask_updates import updater_generator, updater_info
 
         fit = trainer.fit(model, masks=result.masks, updater=result.updater,
                           updater_generator=updater_generator(seed), key="during-training", phase="train")
         check_final_masks(cls, fit.masks, ctx.prunable, sparsity)
         result.masks = fit.masks
         result.achieved_sparsity = 1.0 - masking.global_density(fit.masks)
-        result.info = {**result.info, **(result.updater.info() or {}), "mask_updates": fit.mask_updates}
+        result.info = {**result.info, **updater_info(result.updater), "mask_updates": fit.mask_updates}
         result.train_epochs = 0  # trained already
     masking.apply_masks(model, result.masks)
     return result if return_result else result.masks

@@ -35,6 +35,18 @@ def _numel(shape: Sequence[int]) -> int:
     return int(math.prod(int(s) for s in shape))
 
 
+MAX_POWER = 10.0  # |erk_power_scale| beyond: ratio ** power under- or overflows for real layer shapes
+
+
+def power_problem(power: Any) -> str | None:
+    """Why ``power`` cannot be an ``erk_power_scale`` (None: it can): a finite number within +-MAX_POWER (a
+    larger one makes every layer's ratio ** power 0 or inf: a division by zero, or layers of no weight)."""
+    if not (isinstance(power, numbers.Real) and not isinstance(power, bool) and math.isfinite(power)
+            and abs(power) <= MAX_POWER):
+        return f"erk_power_scale must be a finite number in [-{MAX_POWER:g}, {MAX_POWER:g}], got {power!r}"
+    return None
+
+
 def _check(shapes: Mapping[str, Sequence[int]], density: float, allocation: str, dense: Collection[str],
            erk_power_scale: float) -> set[str]:
     if allocation not in ALLOCATIONS:
@@ -49,8 +61,9 @@ def _check(shapes: Mapping[str, Sequence[int]], density: float, allocation: str,
     unknown = sorted(set(dense) - set(shapes))
     if unknown:
         raise ValueError(f"dense names {unknown} are not among the layers {list(shapes)}")
-    if not (isinstance(erk_power_scale, numbers.Real) and math.isfinite(erk_power_scale)):
-        raise ValueError(f"erk_power_scale must be a finite number, got {erk_power_scale!r}")
+    problem = power_problem(erk_power_scale)
+    if problem:
+        raise ValueError(problem)
     if erk_power_scale != 1.0 and allocation != "erk":
         raise ValueError(f"erk_power_scale={erk_power_scale} applies to allocation 'erk' only (the reference "
                          f"ignores it for {allocation!r}); leave it at 1.0 or use allocation 'erk'")
@@ -179,6 +192,9 @@ def check_params(pruner: str, params: Any) -> None:
         raise ValueError(f"pruner {pruner!r}: allocation {alloc!r} sets every layer's density itself, so scope "
                          f"{params.scope!r} contradicts it: drop scope (allocation: uniform is the layer-wise rule "
                          f"with exact per-layer counts), or drop allocation")
+    problem = power_problem(power)
+    if problem:
+        raise ValueError(f"pruner {pruner!r}: {problem}")
     if power != 1.0 and alloc != "erk":
         raise ValueError(f"pruner {pruner!r}: erk_power_scale={power} applies to allocation 'erk' only: add "
                          f"allocation: erk, or drop erk_power_scale")

@@ -105,14 +105,16 @@ def read_file(path: str) -> tuple[pa.Table, Signature]:
 
 def check_rows(table: pa.Table) -> None:
     """Raise ValueError unless the table could have been written by the harness: no column of its own
-    bookkeeping (``_...``), a string run id on every row, and every column the result schema knows castable to
-    the schema's type (what readers and compaction need to combine it with the other files)."""
+    bookkeeping (``_...``), a string run id and a status on every row, and every column the result schema knows
+    castable to the schema's type (what readers and compaction need to combine it with the other files)."""
     own = [c for c in table.column_names if c.startswith("_")]
     if own:
         raise ValueError(f"has columns the harness never writes ({', '.join(own[:3])})")
     ids = table.column("run_id")
     if not pa.types.is_string(ids.type) or ids.null_count:
         raise ValueError(f"run ids of type {ids.type} or missing ({ids.null_count} null)")
+    if "status" in table.column_names and table.column("status").null_count:  # the harness writes one on every row
+        raise ValueError(f"rows without a status ({table.column('status').null_count} null)")
     try:
         conform(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:

@@ -84,8 +84,10 @@ def finished_run_ids(results_root: str | Path, suite: str) -> set[str]:
     return {i for i, s in zip(ids, status) if s == "ok"}
 
 
-def shard_health(path: str | Path, run_id: str | None = None) -> str:
-    """'ok' | 'failed' | 'missing' | 'damaged: <why>' for one run's shard."""
+def shard_health(path: str | Path, run_id: str | None = None, suite: str | None = None) -> str:
+    """'ok' | 'failed' | 'missing' | 'damaged: <why>' for one run's shard; damaged by the readers' own checks
+    (:func:`bench_harness.results.dataset._file_problem`: columns the harness never writes, a column of the wrong
+    type, another suite's row), so that `bench verify` never counts a file the readers leave out."""
     path = Path(path)
     if not path.exists():
         return "missing"
@@ -98,6 +100,11 @@ def shard_health(path: str | Path, run_id: str | None = None) -> str:
     row = table.to_pylist()[0]
     if run_id is not None and row["run_id"] != run_id:
         return f"damaged: holds run {row['run_id']!r}, not {run_id!r}"
+    from bench_harness.results.dataset import _file_problem
+
+    problem = _file_problem(table, str(path), suite)
+    if problem is not None:
+        return f"damaged: {problem}"
     return "ok" if row["status"] == "ok" else "failed"
 
 
@@ -121,7 +128,7 @@ def verify_store(results_root: str | Path, suite: str, run_ids: list[str]) -> St
         compacted: dict[str, str] = {}
         for name in sorted(listing.parts, key=dataset.part_sequence):  # newer parts overwrite older rows
             try:
-                table = dataset.read_part(runs / name, listing.parts[name])
+                table = dataset.read_part(runs / name, listing.parts[name], suite)
             except Exception as exc:
                 report.damaged.append((str(runs / name), f"{type(exc).__name__}: {exc}".splitlines()[0]))
                 continue
@@ -130,7 +137,7 @@ def verify_store(results_root: str | Path, suite: str, run_ids: list[str]) -> St
         for run_id in run_ids:
             name = f"{run_id}.parquet"
             if name in listing.runs:
-                health = shard_health(runs / name, run_id)
+                health = shard_health(runs / name, run_id, suite)
                 if health.startswith("damaged"):
                     report.damaged.append((str(runs / name), health[len("damaged: "):]))
                     health = "damaged"

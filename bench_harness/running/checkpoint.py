@@ -172,6 +172,32 @@ def restore_rng(state: dict[str, Any], loader_generator: torch.Generator | None)
         np.random.set_state(_numpy_state_from_plain(state["numpy"]))
 
 
+def rng_problem(state: Any, loader_generator: torch.Generator | None) -> str | None:
+    """Why :func:`restore_rng` cannot take ``state`` (None: it can), found by loading each part into a scratch
+    generator: nothing of this process's random state changes. ``state`` comes from an untrusted checkpoint."""
+    if not isinstance(state, dict) or "torch" not in state or "python" not in state:
+        return "damaged: no RNG state"
+    try:
+        torch.Generator().set_state(state["torch"])
+        random.Random().setstate(state["python"])
+        if state.get("loader") is not None and loader_generator is not None:
+            torch.Generator(device=loader_generator.device).set_state(state["loader"])
+        if "cuda" in state and torch.cuda.is_available():
+            current = torch.cuda.get_rng_state_all()
+            cuda = state["cuda"]
+            if not (isinstance(cuda, (list, tuple)) and len(cuda) == len(current) and all(
+                    isinstance(t, torch.Tensor) and t.dtype == c.dtype and t.shape == c.shape
+                    for t, c in zip(cuda, current))):
+                raise ValueError("CUDA states of another shape")
+        if "numpy" in state:
+            import numpy as np
+
+            np.random.RandomState().set_state(_numpy_state_from_plain(state["numpy"]))
+    except Exception as exc:  # a wrong type, size or content: the generators' own checks
+        return f"damaged: its RNG state does not load ({type(exc).__name__})"
+    return None
+
+
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
     """``np.random.get_state()`` (its key is a uint32 array) as a tensor and plain types."""
     name, keys, pos, has_gauss, cached_gaussian = state

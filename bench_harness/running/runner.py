@@ -50,7 +50,7 @@ from bench_harness.interrupts import escape_from_plugin, watch_sigint
 from bench_harness.results import store as results
 from bench_harness.running import checkpoint
 from bench_harness.running.device_data import device_loaders
-from bench_harness.running.mask_updates import updater_generator
+from bench_harness.running.mask_updates import updater_generator, updater_info
 from bench_harness.running.metrics import flops_per_example, peak_memory_bytes
 from bench_harness.running.plan import (
     PRETRAINED,
@@ -656,7 +656,7 @@ def _end_mask_updates(p: PreparedRun, fit) -> None:
     params = dict(p.model.named_parameters())
     check_final_masks(p.pruner_cls, p.masks, {n: params[n] for n in p.masks}, p.run.sparsity)
     info = json.loads(p.row["pruner_info"]) if p.row.get("pruner_info") else {}
-    info.update(p.updater.info() or {})
+    info.update(updater_info(p.updater))  # RunFailure naming the updater for a bad info()
     info["mask_updates"] = fit.mask_updates
     p.row["pruner_info"] = results.to_json(info)
 

@@ -148,12 +148,28 @@ class Trainer:
             stamp = fingerprint(model, extra, masks, settings)
             if saved is not None and saved.get("fingerprint") != stamp:
                 saved = None  # another computation: start over
-        if saved is not None and schedule is not None and not isinstance(saved.get("during"), dict):
-            saved = None  # written without the masks' state: start over
+        if saved is not None:
+            # an untrusted file: every part is checked before anything is restored; a bad one is discarded (with a
+            # CheckpointDiscarded warning) and the call trained from its start, never half-restored
+            steps_per_epoch = max(len(loader), 1)
+            problem = _checkpoint_problem(saved, model, extra, generator, start_epoch, epochs)
+            if problem is None and schedule is not None:
+                problem = schedule.state_problem(saved.get("during"), saved["epoch"] * steps_per_epoch)
+                if problem is None and not saved["during"]["log"] and any(
+                        not torch.equal(saved["during"]["masks"][n], m.cpu().bool()) for n, m in masks.items()):
+                    problem = "damaged: its masks differ from the initial ones without a logged update"
+            if problem is None and not saved["done"]:
+                from bench_harness.running.training import make_optimizer
+
+                optimizer = make_optimizer(model, run_recipe, params)
+                problem = _optimizer_problem(optimizer, saved.get("optimizer"))
+            if problem is None and schedule is not None:  # last: it asks the updater, given back its state on failure
+                problem = schedule.restore(saved["during"], saved["epoch"] * steps_per_epoch)
+            if problem is not None:
+                checkpoint.discard(path, problem)
+                saved, optimizer = None, None
         if saved is not None:
             _restore_tensors(model, extra, saved)
-            if schedule is not None:
-                schedule.restore(saved["during"])
             checkpoint.restore_rng(saved["rng"], generator)
             result.losses = list(saved["losses"])
             result.seconds = saved.get("seconds", 0.0)
@@ -166,18 +182,20 @@ class Trainer:
                 return result
             start_epoch = saved["epoch"]
             result.resumed_from_epoch = start_epoch
-            from bench_harness.running.training import make_optimizer
 
-            optimizer = make_optimizer(model, run_recipe, params)
-            optimizer.load_state_dict(saved["optimizer"])
+        last = {}
 
         def after_epoch(epoch, opt):
-            result.seconds = earlier_seconds + time.perf_counter() - t0
-            if path is not None:
-                self._save(path, stamp, model, extra, opt, epoch, result, generator, done=False, schedule=schedule)
+            last.update(epoch=epoch, optimizer=opt)
 
         def report(epoch, mean_loss):
+            # the checkpoint is written here, once the epoch's loss is known (it holds every epoch's loss), and
+            # before the progress callback, which may end the job
             result.losses.append(mean_loss)
+            result.seconds = earlier_seconds + time.perf_counter() - t0
+            if path is not None:
+                self._save(path, stamp, model, extra, last["optimizer"], epoch, result, generator, done=False,
+                           schedule=schedule)
             if self.on_epoch is not None:
                 self.on_epoch(phase, epoch, epochs, mean_loss)
 
@@ -207,6 +225,8 @@ class Trainer:
                                  f"scores: pass params= to ctx.trainer.fit and set requires_grad=False on the weights)")
         if schedule is not None:
             result.masks, result.mask_updates = schedule.masks, list(schedule.log)
+            if path is None:
+                schedule.state()  # its updater's state must be checkpointable on every run (RunFailure if not)
         if path is not None:
             self._save(path, stamp, model, extra, optimizer, epochs, result, generator, done=True, schedule=schedule)
         self.history.append(result)
@@ -233,6 +253,54 @@ class Trainer:
         """Remove the fit checkpoints (the run has saved its own state past them); never through a link."""
         if self.checkpoint_dir is not None:
             checkpoint.clear_files(self.checkpoint_dir, "fit-", ".pt")
+
+
+def _checkpoint_problem(saved: dict[str, Any], model: nn.Module, extra: list[torch.Tensor],
+                        generator: torch.Generator | None, start_epoch: int, epochs: int) -> str | None:
+    """Why a fit checkpoint of the right fingerprint cannot be restored (None: it can; the optimizer and the
+    mask-update state are checked apart): the types and ranges of its fields, the model's keys and shapes, the
+    extra tensors' shapes, RNG states that load. A well-formed forgery of wrong numbers passes (no signature)."""
+    done, epoch, losses = saved.get("done"), saved.get("epoch"), saved.get("losses")
+    if type(done) is not bool:
+        return "damaged: its done flag is not a bool"
+    if type(epoch) is not int or not start_epoch <= epoch <= epochs or (done and epoch != epochs):
+        return f"damaged: epoch {epoch!r} outside the call's epochs [{start_epoch}, {epochs}]"
+    if (type(losses) is not list or len(losses) != epoch - start_epoch
+            or not all(type(x) in (int, float) for x in losses)):
+        return "damaged: its losses are not one number per epoch trained"
+    if type(saved.get("steps", 0)) is not int or type(saved.get("seconds", 0.0)) not in (int, float):
+        return "damaged: steps or seconds of the wrong type"
+    state, shapes = saved.get("model"), {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if not (type(state) is dict and set(state) == set(shapes)
+            and all(isinstance(t, torch.Tensor) and tuple(t.shape) == shapes[k] for k, t in state.items())):
+        return "damaged: its model state does not fit the model"
+    tensors = saved.get("extra")
+    if not (type(tensors) is list and len(tensors) == len(extra) and all(
+            isinstance(t, torch.Tensor) and t.shape == e.shape for t, e in zip(tensors, extra))):
+        return "damaged: its extra tensors do not fit the ones the call optimizes"
+    return checkpoint.rng_problem(saved.get("rng"), generator)
+
+
+def _optimizer_problem(optimizer: torch.optim.Optimizer, state: Any) -> str | None:
+    """Load a checkpoint's optimizer state into ``optimizer`` (a fresh one); why it cannot be used, or None. Its
+    hyperparameters (momentum, weight decay, the base lr the schedule scales...) must be the recipe's, its
+    per-parameter state tensors scalars or shaped like their parameter."""
+    hyper = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]
+    if type(state) is not dict:
+        return "damaged: no optimizer state"
+    try:
+        optimizer.load_state_dict(state)
+    except Exception as exc:
+        return f"damaged: its optimizer state does not load ({type(exc).__name__})"
+    if hyper != [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in optimizer.param_groups]:
+        return "damaged: its optimizer hyperparameters are not the recipe's"
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for value in optimizer.state.get(p, {}).values():
+                if not (value is None or type(value) in (int, float) or (isinstance(value, torch.Tensor) and (
+                        value.dim() == 0 or value.shape == p.shape))):
+                    return "damaged: its optimizer state does not fit the parameters"
+    return None
 
 
 def _tensors_of(params) -> list[torch.Tensor]:

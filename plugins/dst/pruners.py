@@ -31,6 +31,7 @@ from bench_harness_plugins.dst import schedules, sparse_ops
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Every = Annotated[int, Field(ge=1)]
+PowerScale = Annotated[float, Field(ge=-10.0, le=10.0)]  # finite: NaN, inf and 1e300 are refused by bench validate
 Allocation = Literal["erk", "uniform", "uniform_dense_first", "er"]
 
 
@@ -66,7 +67,7 @@ def _check_window(name: str, params: Any) -> None:
 class StaticParams:
     allocation: Allocation = param("erk", "layer allocation of the random masks: erk (the RigL paper's choice), "
                                           "uniform, uniform_dense_first or er")
-    erk_power_scale: float = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
+    erk_power_scale: PowerScale = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
 
 
 class StaticSparse(Pruner):
@@ -95,7 +96,7 @@ class DSTParams:
     allocation: Allocation = param("erk", "layer allocation of the initial random masks (kept through training: "
                                           "each layer's count is constant): erk (the RigL paper's choice), uniform, "
                                           "uniform_dense_first or er")
-    erk_power_scale: float = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
+    erk_power_scale: PowerScale = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape)); < 1 is softer")
     begin: Fraction = param(0.0, "first mask update, as a fraction of the training's optimizer steps (RigL: "
                                  "maskupdate_begin_step 0)")
     end: Fraction = param(0.75, "last mask update, as a fraction of the training (RigL: stop at 75 %)")
@@ -217,7 +218,7 @@ class GMPParams:
                      "global: one magnitude threshold over all prunable weights")
     allocation: Allocation = param("uniform", "layerwise only: the final per-layer densities (uniform: every layer "
                                               "at the target, as Zhu & Gupta; erk, er, uniform_dense_first)")
-    erk_power_scale: float = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape))")
+    erk_power_scale: PowerScale = param(1.0, "ERK only: the power of the ratio (sum(shape)/prod(shape))")
     initial_sparsity: Fraction = param(0.0, "s_i, the sparsity at the begin step (0: start dense)")
     begin: Fraction = param(0.2, "t_0 as a fraction of the training's optimizer steps (RigL's CIFAR-10 GMP: "
                                  "20000 of 97656 steps)")

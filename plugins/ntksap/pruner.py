@@ -23,13 +23,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Annotated, Callable, Iterable, Mapping
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from bench_harness import Requirements, ScoreParams, ScorePruner, hookimpl, param
+
+Positive = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]  # 0: the parameter's default rule
+Epsilon = Annotated[float, Field(gt=0.0, le=1e6)]  # a finite perturbation scale (NaN and inf refused)
 
 
 def reinit_names(model: nn.Module, prunable: Iterable[str]) -> list[str]:
@@ -145,13 +150,13 @@ def ntksap_scores(net: nn.Module, masks: Mapping[str, torch.Tensor],
 
 @dataclass
 class NTKSAPParams(ScoreParams):
-    rounds: int = param(20, "rounds T of the exponential schedule (official script scripts/run.sh: 20)")
-    samples: int = param(1, "R, re-samplings of weights and inputs per round (official default 1; 5 in its "
+    rounds: Positive = param(20, "rounds T of the exponential schedule (official script scripts/run.sh: 20)")
+    samples: Positive = param(1, "R, re-samplings of weights and inputs per round (official default 1; 5 in its "
                             "CIFAR-10 script)")
-    epsilon: float = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
-    examples: int = param(0, "random inputs per sampling; 0 = 10 x the number of classes (official "
+    epsilon: Epsilon = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
+    examples: Count = param(0, "random inputs per sampling; 0 = 10 x the number of classes (official "
                              "prune_dataset_ratio = 10; the model's output width when the classes are not known)")
-    batch_size: int = param(256, "inputs per iteration (official prune batch size 256); every batch re-draws the "
+    batch_size: Positive = param(256, "inputs per iteration (official prune batch size 256); every batch re-draws the "
                                  "weights")
 
 
@@ -218,10 +223,10 @@ def _dtype(model: nn.Module) -> torch.dtype:
 
 @dataclass
 class NTKSAPDataParams(ScoreParams):
-    rounds: int = param(20, "rounds T of the exponential schedule (official script scripts/run.sh: 20)")
-    samples: int = param(1, "R, passes over the scoring batches per round, each batch with re-drawn weights")
-    epsilon: float = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
-    batches: int = param(0, "scoring batches to use; 0 = all the scoring data")
+    rounds: Positive = param(20, "rounds T of the exponential schedule (official script scripts/run.sh: 20)")
+    samples: Positive = param(1, "R, passes over the scoring batches per round, each batch with re-drawn weights")
+    epsilon: Epsilon = param(0.01, "perturbation scale ε of the finite-difference NTK estimate (official: 0.01)")
+    batches: Count = param(0, "scoring batches to use; 0 = all the scoring data")
 
 
 class NTKSAPData(NTKSAP):
