@@ -11,6 +11,7 @@ from bench_harness.contract.artifacts import ArtifactStore, MemoryArtifactStore
 from bench_harness.contract.plugins import get_registry
 from bench_harness.contract.pruner import Pruner, PruneResult, Regime, iter_batches
 from bench_harness.contract.pruning import call_pruner, make_context
+from bench_harness.errors import InvalidMaskError
 
 
 def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: Any = None, *,
@@ -86,6 +87,10 @@ def prune(model: nn.Module, pruner: str | type[Pruner], sparsity: float, data: A
         result.achieved_sparsity = 1.0 - masking.global_density(fit.masks)
         result.info = {**result.info, **updater_info(result.updater), "mask_updates": fit.mask_updates}
         result.train_epochs = 0  # trained already
+    if not cls.ignores_sparsity and result.masks and not any(bool(m.any()) for m in result.masks.values()):
+        raise InvalidMaskError(f"pruner {cls.name!r} removed every prunable weight at sparsity {sparsity} (all layers "
+                               f"collapsed: the network would compute a constant); lower the sparsity (a suite run "
+                               f"fails the same way); the masks were not applied.")
     masking.apply_masks(model, result.masks)
     return result if return_result else result.masks
 

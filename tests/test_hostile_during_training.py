@@ -424,8 +424,10 @@ def test_the_allocation_refuses_a_power_that_under_or_overflows():
     from bench_harness.contract.allocation import layer_densities
 
     shapes = {"a": (10, 10), "b": (100, 100), "c": (1,)}
-    with pytest.raises(ValueError, match=r"erk_power_scale must be a finite number in \[-10, 10\]"):
+    with pytest.raises(ValueError, match=r"erk_power_scale must be a number in \[0, 10\]"):
         layer_densities(shapes, 0.5, "erk", erk_power_scale=1e300)  # was ZeroDivisionError: float division by zero
+    with pytest.raises(ValueError, match=r"erk_power_scale must be a number in \[0, 10\]"):
+        layer_densities(shapes, 0.5, "erk", erk_power_scale=-50.0)  # the largest layers densest: layers of no weight
     assert sum(layer_densities(shapes, 0.5, "erk", erk_power_scale=10.0).values()) > 0
 
 

@@ -112,3 +112,14 @@ def test_the_float64_check_of_a_sampling_pruner_draws_the_same_numbers():
     model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
     plain = bench_harness.prune(model, "random", 0.9, seed=3)
     assert all(torch.equal(checked[n], plain[n]) for n in plain)  # the check changes no draw of the pruner
+
+
+def test_the_api_refuses_masks_that_remove_every_weight():
+    """A run fails when every prunable weight is removed (layer collapse); the Python API says so too instead of
+    returning masks of a network that computes a constant. LAMP keeps round(0.001 * 197) = 0 weights here."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 17), nn.ReLU(), nn.Linear(17, 1))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(Exception, match="removed every prunable weight"):
+        bench_harness.prune(model, "lamp", 0.999)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))

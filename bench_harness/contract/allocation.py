@@ -35,15 +35,16 @@ def _numel(shape: Sequence[int]) -> int:
     return int(math.prod(int(s) for s in shape))
 
 
-MAX_POWER = 10.0  # |erk_power_scale| beyond: ratio ** power under- or overflows for real layer shapes
+MAX_POWER = 10.0  # erk_power_scale beyond: ratio ** power under- or overflows for real layer shapes
 
 
 def power_problem(power: Any) -> str | None:
-    """Why ``power`` cannot be an ``erk_power_scale`` (None: it can): a finite number within +-MAX_POWER (a
-    larger one makes every layer's ratio ** power 0 or inf: a division by zero, or layers of no weight)."""
+    """Why ``power`` cannot be an ``erk_power_scale`` (None: it can): a number in [0, MAX_POWER] (0: every layer
+    the same ratio, uniform; 1: ERK; a larger one makes every layer's ratio ** power 0 or inf, a negative one gives
+    the largest layers the highest density: layers of no weight)."""
     if not (isinstance(power, numbers.Real) and not isinstance(power, bool) and math.isfinite(power)
-            and abs(power) <= MAX_POWER):
-        return f"erk_power_scale must be a finite number in [-{MAX_POWER:g}, {MAX_POWER:g}], got {power!r}"
+            and 0.0 <= power <= MAX_POWER):
+        return f"erk_power_scale must be a number in [0, {MAX_POWER:g}] (1: ERK), got {power!r}"
     return None
 
 
