@@ -283,6 +283,20 @@ class MaskEnforcer:
         self._handles = []
 
 
+def parse_nm(nm: str | None) -> tuple[int, int] | None:
+    """An N:M pattern (N kept of every M consecutive weights), ``"2:4"`` -> (2, 4); None or "" -> None (unstructured).
+    A ValueError names the form when the text is not ``"N:M"`` with 0 < N < M."""
+    if not nm:
+        return None
+    try:
+        n, m = (int(v) for v in str(nm).split(":"))
+    except ValueError:
+        raise ValueError(f"nm must look like '2:4' (N kept of every M), got {nm!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"nm {nm!r}: need 0 < N < M")
+    return n, m
+
+
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Zero the pruned weights once (no training afterwards)."""
     params = dict(model.named_parameters())

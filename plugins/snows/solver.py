@@ -16,6 +16,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from bench_harness import masking
+
 # -- masks --------------------------------------------------------------------------------------------------------
 
 def capped_magnitude_counts(weights: Mapping[str, torch.Tensor], remove: int, cap: float) -> dict[str, int]:
@@ -71,17 +73,7 @@ def magnitude_mask(weight: torch.Tensor, remove: int) -> torch.Tensor:
     return mask.view_as(weight)
 
 
-def parse_nm(nm: str | None) -> tuple[int, int] | None:
-    """``"2:4"`` -> (2, 4); None or "" -> None."""
-    if not nm:
-        return None
-    try:
-        n, m = (int(v) for v in str(nm).split(":"))
-    except ValueError:
-        raise ValueError(f"nm must look like '2:4' (N kept of every M), got {nm!r}") from None
-    if not 0 < n < m:
-        raise ValueError(f"nm {nm!r}: need 0 < N < M")
-    return n, m
+parse_nm = masking.parse_nm  # its home is the core's masking module (shared with snows/wanda)
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -176,17 +176,7 @@ def variant_keep(scores: torch.Tensor, sparsity: float) -> tuple[torch.Tensor, f
     return ~pruned, alpha
 
 
-def parse_nm(nm: str | None) -> tuple[int, int] | None:
-    """``"2:4"`` -> (2, 4) (N kept of every M); None or "" -> None."""
-    if not nm:
-        return None
-    try:
-        n, m = (int(v) for v in str(nm).split(":"))
-    except ValueError:
-        raise ValueError(f"nm must look like '2:4' (N kept of every M), got {nm!r}") from None
-    if not 0 < n < m:
-        raise ValueError(f"nm {nm!r}: need 0 < N < M")
-    return n, m
+parse_nm = masking.parse_nm  # its home is the core's masking module (shared with snows/wanda)
 
 
 def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
