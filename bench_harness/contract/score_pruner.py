@@ -12,7 +12,9 @@ Later rounds are checked for non-finite scores only (free).
 :func:`bench_harness.contract.allocation.layer_counts` gives it (uniform, uniform with a dense first layer, ERK, ER),
 by its own scores (:func:`count_masks`, the pruner's tie rule), in every round of the schedule (docs/allocation.md).
 """
-from __future__ import annotations
+# No `from __future__ import annotations` here: the fields of ScoreParams must be real types, not strings, because
+# pydantic 2.6 (the declared minimum) resolves an inherited dataclass field's string annotation in the SUBCLASS's
+# module (a plugin's Params(ScoreParams) without `Literal` or `Optional` imported failed to build a schema).
 
 import copy
 import dataclasses
