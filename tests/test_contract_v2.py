@@ -27,6 +27,8 @@ from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.weights import WeightsNotFound, load_pretrained
 from tests import contract_plugins
+from tests.tiny import batches as _batches
+from tests.tiny import mlp as _mlp
 
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 128, test_size: 64}}"
 
@@ -39,16 +41,6 @@ def registry():
 def _suite(text, root, registry):
     suite = validate_suite(parse_suite(yaml.safe_load(text), "contract.yaml"), registry)
     return suite.with_settings(results_root=str(root))
-
-
-def _batches(n=4, seed=0, classes=4):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, classes, (16,), generator=g)) for _ in range(n)]
-
-
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
 # -- the training service -----------------------------------------------------------------------------------

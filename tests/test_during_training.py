@@ -23,6 +23,8 @@ from bench_harness.running.mask_updates import MaskSchedule, reset_optimizer_sta
 from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
 from tests import contract_plugins
+from tests.tiny import batches as _batches
+from tests.tiny import mlp as _mlp
 
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 128, test_size: 64}}"
 
@@ -30,16 +32,6 @@ DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 12
 @pytest.fixture(scope="module")
 def registry():
     return Registry(extra_plugins=[("contract", contract_plugins)])
-
-
-def _batches(n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
-
-
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
 def _initial(model, sparsity=0.8, seed=0):

@@ -2,7 +2,6 @@
 import pytest
 import torch
 import yaml
-from torch import nn
 
 import bench_harness
 from bench_harness.config.suite import parse_suite, validate_suite
@@ -10,18 +9,10 @@ from bench_harness.contract import masking
 from bench_harness.contract.plugins import get_registry
 from bench_harness.running.runner import execute_run
 from bench_harness_plugins.imp.pruner import check_rewind_epoch
+from tests.tiny import batches as _batches
+from tests.tiny import mlp as _mlp
 
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 8, train_size: 64, test_size: 32}}"
-
-
-def _batches(n=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
-
-
-def _mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
 def test_rewind_epoch_bounds():
@@ -40,7 +31,7 @@ def test_zero_epochs_and_rewind_to_init_is_iterative_magnitude_pruning_of_the_in
     ticket is the global magnitude mask of the initialization at the target, and the weights are unchanged."""
     model = _mlp()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = bench_harness.prune(model, "imp", 0.5, data=_batches(1), train_data=_batches(),
+    result = bench_harness.prune(model, "imp", 0.5, data=_batches(1), train_data=_batches(2),
                                  recipe={"epochs": 0, "lr": 0.1, "batch_size": 16}, return_result=True,
                                  rewind_epoch=0)
     assert result.info["levels"] == 4 and result.info["rewind_epoch"] == 0  # 0.8, 0.64, 0.512, 0.5
@@ -56,7 +47,7 @@ def test_zero_epochs_and_rewind_to_init_is_iterative_magnitude_pruning_of_the_in
 
 def test_a_rewind_point_past_the_epochs_is_a_clear_error():
     with pytest.raises(ValueError, match="rewind_epoch 2 must be below the 2 training epochs.*rewind_epoch: 0"):
-        bench_harness.prune(_mlp(), "imp", 0.5, data=_batches(1), train_data=_batches(),
+        bench_harness.prune(_mlp(), "imp", 0.5, data=_batches(1), train_data=_batches(2),
                             recipe={"epochs": 2, "lr": 0.1, "batch_size": 16}, rewind_epoch=2)
 
 
