@@ -126,7 +126,9 @@ def _compact_after_run(suite) -> None:
 
 
 def cmd_run(args) -> int:
-    suite = _load_suite(args, light=args.dry_run)
+    # a dry run and a SLURM submission run no model here: validated from the plugin registry's cache (the jobs
+    # validate their runs' parameters again with the plugins, RunSpec.__setstate__)
+    suite = _load_suite(args, light=args.dry_run or args.executor == "slurm")
     if args.dry_run:
         from bench_harness.results.store import finished_run_ids
 
@@ -137,13 +139,13 @@ def cmd_run(args) -> int:
         sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
         print(f"{len(suite.runs)} runs: {len(done)} finished, {len(todo)} to run")
         return 0
-    from bench_harness.running.executor import pending_runs, run_local
-
-    todo, done = pending_runs(suite, args.force)
     if args.executor == "slurm":
         return _run_slurm(suite, args)
     if args.executor != "local":
         raise BenchError(f"unknown executor {args.executor!r}: use 'local' or 'slurm'")
+    from bench_harness.running.executor import pending_runs, run_local
+
+    todo, done = pending_runs(suite, args.force)
     print(f"suite {suite.name}: {len(suite.runs)} runs, {len(done)} already finished, {len(todo)} to run "
           f"-> {suite.results_dir}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -195,7 +197,7 @@ def cmd_status(args) -> int:
 
     from bench_harness.slurm.executor import reconcile
 
-    suite = _load_suite(args)
+    suite = _load_suite(args, light=True)
     states = reconcile(suite)
     counts = Counter(s.state for s in states)
     print(f"suite {suite.name}: {len(states)} runs: " + ", ".join(
@@ -218,7 +220,7 @@ def cmd_resubmit(args) -> int:
 
     if not (args.failed or args.missing):
         raise BenchError("say what to resubmit: --failed, --missing or both")
-    suite = _load_suite(args)
+    suite = _load_suite(args, light=True)
     wanted = ({"failed"} if args.failed else set()) | ({"missing"} if args.missing else set())
     runs = [s.run for s in reconcile(suite) if s.state in wanted]
     _submit(suite, runs, f"no {' or '.join(sorted(wanted))} runs")
@@ -228,7 +230,7 @@ def cmd_resubmit(args) -> int:
 def cmd_cancel(args) -> int:
     from bench_harness.slurm.executor import cancel_suite
 
-    suite = _load_suite(args)
+    suite = _load_suite(args, light=True)
     jobs = cancel_suite(suite)
     print(f"cancelled {len(jobs)} jobs of suite {suite.name}" + (f": {', '.join(jobs)}" if jobs else ""))
     return 0

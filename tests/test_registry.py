@@ -16,7 +16,7 @@ from bench_harness.config.suite import load_suite, parse_suite, validate_suite
 from bench_harness.contract import registry as lazy
 from bench_harness.contract.params import describe_params
 from bench_harness.contract.plugins import Registry
-from bench_harness.errors import SuiteError
+from bench_harness.errors import BenchError, SuiteError
 from tests.conftest import ROOT
 
 PLUGIN = '''
@@ -394,7 +394,7 @@ def test_a_params_class_the_cache_cannot_hold_is_validated_by_importing():
                                        "sparsity_kind": "exact", "granularity": "unstructured",
                                        "requires": {"data": False, "labels": False, "pretrained": False},
                                        "ignores_sparsity": False, "has_scores": False, "test_only": False,
-                                       "params": None, "param_help": {}}, Fake)
+                                       "params": None, "param_help": {}, "has_stages": False}, Fake)
     assert meta.make_params({"n": 2}) == Checked(2) and imported == ["checked"]
 
 
@@ -441,3 +441,67 @@ def test_the_light_commands_do_not_import_torch(tmp_path):
         if args[0] == "results":  # half a second of imports for a table: the t distribution comes from scipy.special
             assert proc.stdout.split()[-2] == "NO-SCIPY.STATS", "bench results imported scipy.stats"
     assert "3 runs: 3 finished, 0 to run" in _cli(["run", suite, "--dry-run"], tmp_path, env).stdout
+
+
+# -- runs validated from the cache travel to SLURM jobs as values (a submission imports no plugin) ----------------
+def test_runs_validated_from_the_cache_pickle_as_values_the_job_validates_again(cache, shipped_suites_here):
+    import pickle
+
+    from bench_harness.config.suite import RebuiltParams
+    from bench_harness.contract.params import is_rebuilt
+
+    full = Registry()
+    light = lazy.LightRegistry(lazy.registry_data(full, lazy.installed_set()), lambda: full)
+    compared = 0
+    for path in _suites():
+        runs = load_suite(path, full).runs
+        lazy_runs = load_suite(path, light).runs
+        assert all(is_rebuilt(r.pruner_params) for r in lazy_runs)
+        travelled = pickle.loads(pickle.dumps(lazy_runs))  # unpickling validates with the plugins (a job)
+        for got, want in zip(travelled, runs):
+            assert type(got.pruner_params) is type(want.pruner_params) and got.pruner_params == want.pruner_params
+            assert got.run_id == want.run_id and got.identity() == want.identity()
+            got.__dict__.pop("_run_id", None)  # the id computed again from the job's parameters: the same
+            assert got.run_id == want.run_id
+        assert pickle.loads(pickle.dumps(runs))[0].pruner_params == runs[0].pruner_params  # own Params: as before
+        compared += len(runs)
+    assert compared > 100
+    # the job's plugin reads the values otherwise than the submitting machine's cache did: a clear error
+    odd = RebuiltParams("synflow", {"rounds": 3}, {"rounds": 4})
+    with pytest.raises(BenchError, match="install the same version of its plugin"):
+        odd.validate()
+
+
+def test_stages_are_planned_from_the_cache_and_the_pruner_imported_only_when_it_declares_some(cache):
+    from bench_harness.config.suite import load_suite as load
+    from bench_harness.running.plan import artifact_plan
+
+    full = Registry()
+    imported: list[str] = []
+
+    def importer():
+        imported.append("all")
+        return full
+
+    light = lazy.LightRegistry(lazy.registry_data(full, lazy.installed_set()), importer)
+    declares = {n for n in full.names("pruner") if lazy.declares_stages(full.get("pruner", n))}
+    assert "autosparse" in declares and not {"random", "magnitude", "snip", "synflow"} & declares
+    assert all(light.get("pruner", n).has_stages == (n in declares) for n in full.names("pruner"))
+    suite = cache.parent.parent / "stages.yaml"
+    suite.write_text("name: stages\ngrid:\n  models: [mlp]\n  datasets: [synthetic]\n  sparsities: [0.5]\n"
+                     "  pruners: [random, magnitude, synflow, autosparse]\n")
+    runs = {r.pruner.name: r for r in load(suite, light).runs}
+    assert [a.label for name in ("random", "magnitude", "synflow") for a in artifact_plan(runs[name], light)] == []
+    assert imported == []
+    real = {r.pruner.name: r for r in load(suite, full).runs}
+    assert [a.label for a in artifact_plan(runs["autosparse"], light)] == \
+        [a.label for a in artifact_plan(real["autosparse"], full)] != []
+    assert imported  # autosparse declares stages: asked with its own Params
+
+
+def test_a_static_declaration_says_whether_the_pruner_has_stages():
+    name, meta = lazy._declared_pruner({"name": "declared_one"})
+    assert meta["has_stages"] is True  # not said: the pruner is imported to plan them
+    assert lazy._declared_pruner({"name": "two", "stages": False})[1]["has_stages"] is False
+    with pytest.raises(ValueError, match="stages is true or false"):
+        lazy._declared_pruner({"name": "three", "stages": "no"})

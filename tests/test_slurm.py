@@ -1,5 +1,8 @@
 """The SLURM executor against a real single-node cluster (sbatch, sacct, scontrol, scancel)."""
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -80,6 +83,35 @@ def test_arrays_split_at_max_array_size_and_the_ledger(slurm_cluster, tmp_path):
     assert len(df) == 7 and (df.status == "ok").all()
     again = bench("run", path, "--executor", "slurm")
     assert "nothing to submit" in again.stderr
+
+
+LIGHT = """
+import sys
+from bench_harness.cli import main
+code = main(sys.argv[1:])
+print("TORCH" if "torch" in sys.modules else "NO-TORCH")
+print("PLUGINS:" + ",".join(sorted(m for m in sys.modules if m.startswith("bench_harness_plugins."))))
+sys.exit(code)
+"""
+
+
+def test_a_submission_imports_no_plugin_and_the_jobs_validate_the_runs_again(slurm_cluster, tmp_path):
+    from bench_harness.contract.registry import CACHE_ENV
+
+    path = _suite(tmp_path, "light", pruners="[dense, magnitude, {name: synflow, params: {rounds: 3}}]",
+                  sparsities="[0.5]", epochs=1)
+    env = {CACHE_ENV: str(tmp_path / "registry.json")}
+    bench("validate", path, env=env)  # builds the registry cache (imports the plugins)
+    proc = subprocess.run([sys.executable, "-c", LIGHT, "run", str(path), "--executor", "slurm"],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    assert "submitted 3 runs" in proc.stderr and lines[-2] == "NO-TORCH" and lines[-1] == "PLUGINS:", proc.stdout
+    done = _wait(path)
+    assert done.returncode == 0, done.stderr
+    df = load_results(tmp_path / "results", ["light"])
+    assert sorted(df.run_id) == sorted(r.run_id for r in load_suite(path).runs) and (df.status == "ok").all()
+    assert set(df.pruner_params) == {"{}", '{"rounds": 3}'}
 
 
 def test_packing_and_stage_dependencies(slurm_cluster, tmp_path, example_plugin_installed):

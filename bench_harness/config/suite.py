@@ -180,6 +180,28 @@ SETTING_KEYS = tuple(f.name for f in dataclasses.fields(RunSettings) if f.name !
 
 
 @dataclass(frozen=True)
+class RebuiltParams:
+    """A run's pruner parameters in a pickle, as validated from the registry's cache where it was made: ``values``
+    (every field) and the non-default fields its id hashed (``hashed``)."""
+
+    pruner: str
+    values: dict[str, Any]
+    hashed: dict[str, Any]
+
+    def validate(self) -> Any:
+        """The pruner's own ``Params`` of these values (the plugins imported); BenchError when the pruner installed
+        here reads them otherwise than where the run was made (its id would differ)."""
+        from bench_harness.contract.plugins import get_registry
+
+        params = get_registry().get("pruner", self.pruner).make_params(self.values)
+        if non_default_fields(params) != self.hashed:
+            raise BenchError(f"pruner {self.pruner!r} installed here reads the run's parameters as "
+                             f"{non_default_fields(params)!r}, not {self.hashed!r} as where the suite was submitted: "
+                             f"install the same version of its plugin on both machines")
+        return params
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One run of a suite, built complete by :func:`validate_suite` and never changed afterwards (assigning a
     field raises). Its id hashes :meth:`identity`; its settings (where results go, the device, ...) are the
@@ -281,6 +303,27 @@ class RunSpec:
 
     def __hash__(self) -> int:  # equal runs have equal ids; the parameters inside may be unhashable
         return hash(self.run_id)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickle holds (a run travels to worker processes and SLURM jobs). Parameters rebuilt from the
+        plugin registry's cache (a SLURM submission validates without importing the plugins) travel as their
+        values: a class made in this process cannot be pickled, and the job validates them with the pruner itself
+        (:meth:`__setstate__`)."""
+        from bench_harness.contract.params import is_rebuilt
+
+        state = dict(self.__dict__)
+        params = state.get("pruner_params")
+        if is_rebuilt(params):
+            state["pruner_params"] = RebuiltParams(
+                self.pruner.name, {f.name: getattr(params, f.name) for f in dataclasses.fields(params)},
+                self._hashed_pruner_params())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        params = state.get("pruner_params")
+        if isinstance(params, RebuiltParams):
+            state = {**state, "pruner_params": params.validate()}
+        self.__dict__.update(state)
 
     def with_settings(self, settings: RunSettings) -> RunSpec:
         """This run with other settings (its identity and id are unchanged)."""

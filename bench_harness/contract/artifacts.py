@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-
 from bench_harness.atomic import atomic_write
 from bench_harness.errors import BenchError
 from bench_harness.files import file_sha256, open_regular
@@ -107,6 +105,8 @@ class ArtifactStore:
 
     def _write(self, name: str, config: Mapping[str, Any], folder: Path, payload: Any) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        import torch  # here: planning and listing artifacts (a SLURM submission, bench artifacts) need no torch
+
         payload_path = folder / "artifact.pt"
         atomic_write(payload_path, lambda tmp: torch.save(payload, tmp))
         try:
@@ -130,6 +130,8 @@ class ArtifactStore:
         if digest != manifest.get("sha256"):
             raise ArtifactError(f"artifact {name!r} at {payload_path} is damaged: SHA-256 {digest[:16]}… differs "
                                 f"from its manifest's {str(manifest.get('sha256'))[:16]}…")
+        import torch
+
         try:
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:

@@ -271,6 +271,14 @@ def _check(original: type, rebuilt: type) -> None:
         raise Unsupported("rebuilt class differs")
 
 
+REBUILT = "__bench_rebuilt_params__"  # the mark of a class made by params_class
+
+
+def is_rebuilt(params: Any) -> bool:
+    """Whether ``params`` is an instance of a class rebuilt from the registry's cache (not the pruner's own)."""
+    return bool(getattr(type(params), REBUILT, False))
+
+
 def params_class(desc: Mapping[str, Any]) -> type:
     """A dataclass rebuilt from :func:`describe_params`'s data: same name, fields, types, defaults and help."""
     specs = []
@@ -285,7 +293,8 @@ def params_class(desc: Mapping[str, Any]) -> type:
                                                              metadata=meta)))
         else:
             specs.append((f["name"], kind, dataclasses.field(default=decode_value(f["default"]), metadata=meta)))
-    namespace = {"__module__": __name__, "__doc__": "A pruner's Params rebuilt from the plugin registry's cache."}
+    namespace = {"__module__": __name__, "__doc__": "A pruner's Params rebuilt from the plugin registry's cache.",
+                 REBUILT: True}
     if desc.get("config") is not None:
         from pydantic import ConfigDict
 

@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping
 from bench_harness.contract.hookspecs import PROJECT_NAME
 from bench_harness.contract.params import describe_params, params_class, validate_params
 
-FORMAT = 1
+FORMAT = 2  # 2: pruners record has_stages (the SLURM submission plans stage jobs from the cache)
 CACHE_ENV = "BENCH_HARNESS_REGISTRY_CACHE"
 SWITCHES = ("BENCH_HARNESS_DISABLE_PLUGIN_AUTOLOAD", "BENCH_HARNESS_PLUGINS", "BENCH_HARNESS_BLOCK_PLUGINS")
 KINDS = ("pruner", "model", "dataset", "metric")
@@ -137,7 +137,15 @@ def _pruner_meta(cls: Any) -> dict[str, Any]:
                          "pretrained": bool(cls.requires.pretrained)},
             "ignores_sparsity": bool(cls.ignores_sparsity), "has_scores": issubclass(cls, ScorePruner),
             "test_only": bool(getattr(cls, "test_only", False)), "params": describe_params(cls.Params),
-            "param_help": help_}
+            "param_help": help_, "has_stages": declares_stages(cls)}
+
+
+def declares_stages(cls: Any) -> bool:
+    """Whether a pruner class overrides ``Pruner.stages`` (a pruner that does not plans no stage artifact)."""
+    from bench_harness.contract.pruner import Pruner
+
+    own = getattr(cls, "stages", None)
+    return getattr(own, "__func__", own) is not Pruner.stages.__func__
 
 
 def _dataset_shape(spec: Any) -> list[int] | None:
@@ -159,7 +167,7 @@ SPARSITY_KINDS = ("exact", "target", "learned")
 GRANULARITIES = ("unstructured", "n:m")
 _DECLARED = {"pruners": "pruner", "models": "model", "datasets": "dataset", "metrics": "metric"}
 _PRUNER_KEYS = {"name", "version", "description", "regime", "sparsity_kind", "granularity", "requires",
-                "score_based", "params", "test_only"}
+                "score_based", "params", "test_only", "stages"}
 
 
 def _declared_pruner(item: Any) -> tuple[str, dict[str, Any]]:
@@ -192,6 +200,10 @@ def _declared_pruner(item: Any) -> tuple[str, dict[str, Any]]:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_[f.name] = [repr(default), str(f.metadata.get("help", ""))]
+    stages = item.get("stages", True)  # unknown: the pruner is imported to plan its stages (a SLURM submission)
+    if type(stages) is not bool:
+        raise ValueError(f"pruner {item['name']!r}: stages is true or false (whether the pruner class overrides "
+                         f"stages())")
     version = item.get("version", "1")
     if not isinstance(version, (str, int)) or isinstance(version, bool):
         raise ValueError(f"pruner {item['name']!r}: version is a string")
@@ -199,7 +211,8 @@ def _declared_pruner(item: Any) -> tuple[str, dict[str, Any]]:
         "version": str(version), "description": str(item.get("description", "")), "regime": regime,
         "sparsity_kind": item.get("sparsity_kind", "exact"), "granularity": item.get("granularity", "unstructured"),
         "requires": requires, "ignores_sparsity": regime == "none", "has_scores": bool(item.get("score_based")),
-        "test_only": bool(item.get("test_only")), "params": params_desc, "param_help": help_}
+        "test_only": bool(item.get("test_only")), "params": params_desc, "param_help": help_,
+        "has_stages": stages}
 
 
 def declared(declaration: Any) -> dict[str, dict[str, Any]]:
@@ -443,14 +456,14 @@ def _check_data(data: Any, key: str) -> None:
 
 def _check_pruner(name: str, m: Any) -> None:
     keys = {"version", "description", "regime", "sparsity_kind", "granularity", "requires", "ignores_sparsity",
-            "has_scores", "test_only", "params", "param_help"}
+            "has_scores", "test_only", "params", "param_help", "has_stages"}
     _expect(type(m) is dict and set(m) == keys, f"pruner {name!r}: keys")
     _expect(all(_is_str(m[k]) for k in ("version", "description", "regime", "sparsity_kind", "granularity")),
             f"pruner {name!r}")
     _expect(type(m["requires"]) is dict and set(m["requires"]) == {"data", "labels", "pretrained"}
             and all(type(v) is bool for v in m["requires"].values()), f"pruner {name!r}: requires")
-    _expect(type(m["ignores_sparsity"]) is bool and type(m["has_scores"]) is bool and type(m["test_only"]) is bool,
-            f"pruner {name!r}")
+    _expect(type(m["ignores_sparsity"]) is bool and type(m["has_scores"]) is bool and type(m["test_only"]) is bool
+            and type(m["has_stages"]) is bool, f"pruner {name!r}")
     _expect(type(m["param_help"]) is dict and all(type(v) is list and len(v) == 2 and all(map(_is_str, v))
                                                   for v in m["param_help"].values()), f"pruner {name!r}: help")
     if m["params"] is not None:
@@ -508,6 +521,7 @@ class PrunerMeta:
         self.ignores_sparsity = meta["ignores_sparsity"]
         self.has_scores = meta["has_scores"]
         self.test_only = meta["test_only"]
+        self.has_stages = meta["has_stages"]
         self.prefix = False
         self._help = {k: (_Repr(v[0]), v[1]) for k, v in meta["param_help"].items()}
         self._params = meta["params"]
@@ -540,6 +554,25 @@ class PrunerMeta:
     def param_help(self) -> dict[str, tuple[str, str]]:
         """name -> (default as repr text, help text)."""
         return dict(self._help)
+
+    def stages(self, params: Any, run: Any) -> list[Any]:
+        """The pruner's stage artifacts (``Pruner.stages``): none without importing it when the cache says its
+        class does not declare any; else the pruner is imported and asked, with its own ``Params``."""
+        if not self.has_stages:
+            return []
+        real = self._importer().get("pruner", self.name)
+        return real.stages(real_params(real, params), run)
+
+
+def real_params(pruner_cls: Any, params: Any) -> Any:
+    """``params`` as an instance of the pruner's own ``Params``: parameters rebuilt from the cache (see
+    :func:`~bench_harness.contract.params.params_class`) are validated again by the pruner; others are returned
+    as they are."""
+    from bench_harness.contract.params import is_rebuilt
+
+    if not is_rebuilt(params):
+        return params
+    return pruner_cls.make_params({f.name: getattr(params, f.name) for f in dataclasses.fields(params)})
 
 
 class _Repr(str):

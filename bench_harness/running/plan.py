@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from bench_harness import paths
 from bench_harness.config.suite import RunSpec
 from bench_harness.config.weights import PRETRAIN, parse_weights
 from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.contract.plugins import Registry, get_registry
-from bench_harness.contract.pruner import Stage
 from bench_harness.errors import BenchError
+
+if TYPE_CHECKING:  # the pruner contract imports torch; a plan needs none (a SLURM submission)
+    from bench_harness.contract.pruner import Stage
 
 PRETRAINING = "pretraining"  # the harness's pretrained weights (produced by pretraining the run's model)
 STAGE = "stage"  # a pruner's stage artifact

@@ -138,9 +138,11 @@ def submit_runs(suite: Suite, runs: list[RunSpec], limits: ClusterLimits | None 
 
     # Artifact jobs: one pretraining job per distinct pretrained model that is not stored yet, then one job per
     # distinct set of missing pruner stage artifacts (after the pretraining it needs, if any).
+    from bench_harness.contract.registry import light_registry
     from bench_harness.running.plan import PRETRAINING, STAGE, artifact_plan, missing
 
-    needs = {run.run_id: missing(artifact_plan(run)) for run in runs}
+    registry = light_registry()  # the cache's metadata: a pruner is imported only when it declares stages
+    needs = {run.run_id: missing(artifact_plan(run, registry)) for run in runs}
     for kind, job_kind, task in ((PRETRAINING, "pretrain", PretrainTask), (STAGE, "stage", StageTask)):
         _submit_artifact_jobs(batch, runs, job_kind, task,
                               lambda run, kind=kind: tuple(a.label for a in needs[run.run_id] if a.kind == kind))
