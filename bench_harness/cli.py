@@ -67,6 +67,12 @@ def cmd_check_plugin(args) -> int:
     from bench_harness.conformance.output import header_lines, progress_printer, report_lines
 
     cls = _registry().get("pruner", args.name)
+    from bench_harness.contract import registry as lazy
+
+    light = lazy.light_registry()
+    problem = lazy.stages_problem(light.get("pruner", args.name), cls) if light is not None else None
+    if problem:
+        raise BenchError(problem)
     raw = json.loads(args.params) if args.params else {}
     kit_params(cls, raw)  # bad parameters: one line here, before the child process starts
     print("\n".join(header_lines(cls, raw)), file=sys.stderr, flush=True)

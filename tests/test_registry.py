@@ -449,6 +449,7 @@ def test_runs_validated_from_the_cache_pickle_as_values_the_job_validates_again(
 
     from bench_harness.config.suite import RebuiltParams
     from bench_harness.contract.params import is_rebuilt
+    from bench_harness.running.plan import validated_params
 
     full = Registry()
     light = lazy.LightRegistry(lazy.registry_data(full, lazy.installed_set()), lambda: full)
@@ -457,10 +458,12 @@ def test_runs_validated_from_the_cache_pickle_as_values_the_job_validates_again(
         runs = load_suite(path, full).runs
         lazy_runs = load_suite(path, light).runs
         assert all(is_rebuilt(r.pruner_params) for r in lazy_runs)
-        travelled = pickle.loads(pickle.dumps(lazy_runs))  # unpickling validates with the plugins (a job)
+        travelled = pickle.loads(pickle.dumps(lazy_runs))  # a job: the values travel, validated when a run starts
         for got, want in zip(travelled, runs):
-            assert type(got.pruner_params) is type(want.pruner_params) and got.pruner_params == want.pruner_params
+            assert isinstance(got.pruner_params, RebuiltParams)
             assert got.run_id == want.run_id and got.identity() == want.identity()
+            params = validated_params(got)  # with the plugins
+            assert type(params) is type(want.pruner_params) and params == want.pruner_params
             got.__dict__.pop("_run_id", None)  # the id computed again from the job's parameters: the same
             assert got.run_id == want.run_id
         assert pickle.loads(pickle.dumps(runs))[0].pruner_params == runs[0].pruner_params  # own Params: as before

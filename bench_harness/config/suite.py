@@ -181,23 +181,38 @@ SETTING_KEYS = tuple(f.name for f in dataclasses.fields(RunSettings) if f.name !
 
 @dataclass(frozen=True)
 class RebuiltParams:
-    """A run's pruner parameters in a pickle, as validated from the registry's cache where it was made: ``values``
-    (every field) and the non-default fields its id hashed (``hashed``)."""
+    """A run's pruner parameters in a pickle, as validated from the registry's cache where the run was made (a
+    SLURM submission): ``values`` (every field), the non-default fields its id hashed (``hashed``) and the pruner's
+    version there. The job validates them with the pruner itself when the run starts (:meth:`validate`, through
+    ``running.plan.validated_params``): a run the job's plugin reads otherwise fails alone, with a row saying so."""
 
     pruner: str
     values: dict[str, Any]
     hashed: dict[str, Any]
+    version: str = "1"
 
     def validate(self) -> Any:
         """The pruner's own ``Params`` of these values (the plugins imported); BenchError when the pruner installed
-        here reads them otherwise than where the run was made (its id would differ)."""
+        here is another version or reads them otherwise than where the run was made (its id would differ)."""
         from bench_harness.contract.plugins import get_registry
 
-        params = get_registry().get("pruner", self.pruner).make_params(self.values)
+        fix = "install the same version of its plugin where the suite is submitted and where its jobs run"
+        try:
+            pruner_cls = get_registry().get("pruner", self.pruner)
+        except KeyError as exc:
+            raise BenchError(f"pruner {self.pruner!r} is not installed here ({exc}): {fix}") from None
+        if str(pruner_cls.version) != str(self.version):
+            raise BenchError(f"pruner {self.pruner!r} installed here is version {pruner_cls.version}, the run was made "
+                             f"with version {self.version}: {fix}")
+        try:
+            params = pruner_cls.make_params(self.values)
+        except (ValueError, TypeError) as exc:
+            raise BenchError(f"pruner {self.pruner!r} installed here does not accept the run's parameters ({exc}): "
+                             f"{fix}") from None
         if non_default_fields(params) != self.hashed:
             raise BenchError(f"pruner {self.pruner!r} installed here reads the run's parameters as "
                              f"{non_default_fields(params)!r}, not {self.hashed!r} as where the suite was submitted: "
-                             f"install the same version of its plugin on both machines")
+                             f"{fix}")
         return params
 
 
@@ -243,6 +258,8 @@ class RunSpec:
     def _hashed_pruner_params(self) -> dict[str, Any]:
         if self.pruner_params is None:
             return self.pruner.params
+        if isinstance(self.pruner_params, RebuiltParams):  # a run in a job, its parameters not validated yet
+            return self.pruner_params.hashed
         return non_default_fields(self.pruner_params)
 
     def identity(self) -> dict[str, Any]:
@@ -308,7 +325,7 @@ class RunSpec:
         """What a pickle holds (a run travels to worker processes and SLURM jobs). Parameters rebuilt from the
         plugin registry's cache (a SLURM submission validates without importing the plugins) travel as their
         values: a class made in this process cannot be pickled, and the job validates them with the pruner itself
-        (:meth:`__setstate__`)."""
+        when the run starts, :class:`RebuiltParams`)."""
         from bench_harness.contract.params import is_rebuilt
 
         state = dict(self.__dict__)
@@ -316,13 +333,12 @@ class RunSpec:
         if is_rebuilt(params):
             state["pruner_params"] = RebuiltParams(
                 self.pruner.name, {f.name: getattr(params, f.name) for f in dataclasses.fields(params)},
-                self._hashed_pruner_params())
+                self._hashed_pruner_params(), str(self.pruner_version))
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        params = state.get("pruner_params")
-        if isinstance(params, RebuiltParams):
-            state = {**state, "pruner_params": params.validate()}
+        # RebuiltParams stay as they are: validated when the run starts (one run of a task that its job's plugin
+        # reads otherwise fails alone, with its row), see running.plan.validated_params
         self.__dict__.update(state)
 
     def with_settings(self, settings: RunSettings) -> RunSpec:

@@ -140,6 +140,16 @@ def _pruner_meta(cls: Any) -> dict[str, Any]:
             "param_help": help_, "has_stages": declares_stages(cls)}
 
 
+def stages_problem(meta: Any, cls: Any) -> str | None:
+    """What is wrong when the registry's metadata of a pruner (``meta``: from the cache or a static declaration)
+    says it has no stages while its class declares some: a SLURM submission then plans no stage job, and every run
+    produces the stage artifacts itself (inside its own time limit)."""
+    if getattr(meta, "has_stages", True) or not declares_stages(cls):
+        return None
+    return (f"pruner {cls.name!r} overrides stages() but its metadata says it has none: a SLURM submission plans "
+            f"no stage job for it; declare `stages: true` (or leave it out) in its static declaration")
+
+
 def declares_stages(cls: Any) -> bool:
     """Whether a pruner class overrides ``Pruner.stages`` (a pruner that does not plans no stage artifact)."""
     from bench_harness.contract.pruner import Pruner

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from bench_harness import paths
-from bench_harness.config.suite import RunSpec
+from bench_harness.config.suite import RebuiltParams, RunSpec
 from bench_harness.config.weights import PRETRAIN, parse_weights
 from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.contract.plugins import Registry, get_registry
@@ -67,7 +67,20 @@ def validated_params(run: RunSpec) -> Any:
     if run.pruner_params is None:
         raise BenchError(f"run {run.run_id} has no validated pruner parameters: build runs with load_suite or "
                          f"validate_suite, not RunSpec(...) by hand")
+    if isinstance(run.pruner_params, RebuiltParams):  # validated from the cache where it was submitted: now here
+        return run.pruner_params.validate()
     return copy.deepcopy(run.pruner_params)
+
+
+def with_own_params(run: RunSpec) -> RunSpec:
+    """The run with its pruner's own ``Params`` (a run validated from the registry's cache where it was submitted
+    carries RebuiltParams until it starts: validated here, BenchError when the installed pruner reads them
+    otherwise); the run itself when it has them already."""
+    if not isinstance(run.pruner_params, RebuiltParams):
+        return run
+    own = object.__new__(RunSpec)
+    own.__dict__.update(run.__dict__, pruner_params=run.pruner_params.validate())
+    return own
 
 
 def artifact_store(run: RunSpec, producer: str = "") -> ArtifactStore:

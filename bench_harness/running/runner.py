@@ -59,6 +59,7 @@ from bench_harness.running.plan import (
     pretrain_key,
     pretrain_source,
     validated_params,
+    with_own_params,
 )
 from bench_harness.running.provenance import provenance, resolve_device
 from bench_harness.running.step_options import step_options
@@ -342,6 +343,10 @@ def execute_run(run: RunSpec, registry: Registry | None = None,
     resumed (the SLURM executor uses this).
     """
     registry = registry or get_registry()
+    try:  # parameters validated from the registry's cache where a SLURM job was submitted: by the pruner now
+        run = with_own_params(run)
+    except BenchError as exc:  # the plugin installed here is not the submitting machine's: this run fails alone
+        return write_failure_row(run, str(exc), registry)
     row = _start_row(run)
     device = torch.device("cpu")
     registry.call_lifecycle("bench_run_started", run=run)
@@ -551,10 +556,20 @@ class PreparedRun:
     updater: Any = None  # a during-training pruner's MaskUpdater: it changes the masks while the run trains
 
 
+def check_pruner_version(run: RunSpec, pruner_cls: Any) -> None:
+    """BenchError unless the installed pruner is the version the run's id names (a SLURM job on a machine with
+    another version of the plugin would store its row under an id that says otherwise)."""
+    if str(pruner_cls.version) != str(run.pruner_version):
+        raise BenchError(f"pruner {run.pruner.name!r} installed here is version {pruner_cls.version}, the run was "
+                         f"made with version {run.pruner_version}: install the same version of its plugin where "
+                         f"the suite is submitted and where its jobs run")
+
+
 def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, resume: bool) -> PreparedRun:
     """Data, model, pretrained weights, pruning (or the pruned checkpoint of an earlier attempt)."""
     entry = registry.entry("pruner", run.pruner.name)
     pruner_cls = entry.obj
+    check_pruner_version(run, pruner_cls)
     row.update(pruner_version=str(pruner_cls.version), regime=pruner_cls.regime.value,
                pruner_distribution=f"{entry.distribution} {entry.version}".strip(),
                sparsity_kind=pruner_cls.sparsity_kind.value)
