@@ -71,33 +71,6 @@ def test_many_parts_are_merged_and_compaction_merges_them(tmp_path):
     assert table.num_rows == index_parts.MAX_PARTS + 1 and stats["compacted_rows"] == table.num_rows
 
 
-def _compacted_rows(root) -> pa.Table:
-    runs = paths.runs_dir(root, SUITE)
-    [part] = dataset.list_store(runs).parts
-    table = dataset.read_file(str(runs / part))[0]
-    return table.select(sorted(table.column_names)).sort_by("run_id")
-
-
-def test_compaction_takes_the_rows_the_index_holds_for_the_very_files_and_parses_the_others(tmp_path, monkeypatch):
-    for root in (tmp_path / "indexed", tmp_path / "plain"):
-        _fill(root, 40)
-    update_index(tmp_path / "indexed", SUITE)  # a reader since the runs ended: the index holds every row
-    redone = paths.shard_path(tmp_path / "indexed", SUITE, _row(3)["run_id"])
-    write_shard(_row(3, top1=0.9), tmp_path / "indexed", SUITE)  # a run redone after the index read it
-    write_shard(_row(3, top1=0.9), tmp_path / "plain", SUITE)
-    _fill(tmp_path / "indexed", 5, start=40)  # and new runs the index has not seen
-    _fill(tmp_path / "plain", 5, start=40)
-    parsed: list[str] = []
-    real = dataset.read_shards
-    monkeypatch.setattr(dataset, "read_shards", lambda files, **kw: parsed.extend(files) or real(files, **kw))
-    done = compact(tmp_path / "indexed", SUITE)
-    assert done["compacted"] == 45 and sorted(parsed) == sorted(
-        [str(redone)] + [str(paths.shard_path(tmp_path / "indexed", SUITE, _row(i)["run_id"])) for i in range(40, 45)])
-    compact(tmp_path / "plain", SUITE)  # every file parsed: the same part, row for row
-    assert _compacted_rows(tmp_path / "indexed").equals(_compacted_rows(tmp_path / "plain"))
-    assert _compacted_rows(tmp_path / "indexed").column("top1").to_pylist()[3] == 0.9
-
-
 def test_the_single_file_index_of_earlier_versions_is_upgraded_in_place(tmp_path):
     _fill(tmp_path, 6)
     table, _ = update_index(tmp_path, SUITE)

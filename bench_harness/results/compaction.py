@@ -312,7 +312,8 @@ def compact(results_root: str | Path, suite: str) -> dict:
         _check_folders(results_root, suite)
         listing = dataset.list_store(runs)
         damaged: list[tuple[str, str]] = []
-        run_rows = _run_rows(results_root, suite, listing, damaged)
+        run_rows = dataset.read_shards([str(runs / n) for n in sorted(listing.runs)], damaged=damaged,
+                                       suite=suite)
         parts = dataset.read_parts(runs, listing.parts, damaged=damaged)
         quarantined = _quarantine(results_root, suite, damaged, {**listing.runs, **listing.parts})
         newer_ids = set(run_rows.column("run_id").to_pylist()) if run_rows is not None else set()
@@ -357,26 +358,6 @@ def compact(results_root: str | Path, suite: str) -> dict:
             pass
     return {"compacted": done["removed"], "put_back": done["put_back"], "parts_merged": len(folded),
             "rows": rows.num_rows if rows is not None else 0, "quarantined": quarantined}
-
-
-def _run_rows(results_root: str | Path, suite: str, listing: dataset.Listing,
-              damaged: list[tuple[str, str]]) -> pa.Table | None:
-    """The rows of the listed run files (with _shard/_mtime_ns/_size/_ino): those the shard index holds for the
-    very file listed (same signature: what a reader parsed from it, see index_parts.read_index) from the index,
-    the others parsed (damaged ones added to ``damaged``). A suite whose index is up to date (any reader since the
-    runs ended: ``bench results``, a ``--wait``, ``bench status``) is compacted without parsing its run files
-    again. The index is trusted as the run files are: it is derived from them, and whoever can write one can write
-    the other."""
-    runs = paths.runs_dir(results_root, suite)
-    try:
-        cached, _, _, _ = index_parts.read_index(paths.index_dir(results_root, suite), listing.runs)
-    except Exception:  # noqa: BLE001 - the index is an optimisation: parse every file
-        cached = None
-    known = set(cached.column("_shard").to_pylist()) if cached is not None else set()
-    fresh = sorted(n for n in listing.runs if n not in known)
-    new = dataset.read_shards([str(runs / n) for n in fresh], damaged=damaged, suite=suite)
-    tables = [t for t in (cached, new) if t is not None and t.num_rows]
-    return dataset.concat(tables) if tables else None
 
 
 # problems that say a file is malformed (and so is moved out of the dataset), as opposed to a passing failure to
