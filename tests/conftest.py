@@ -127,3 +127,12 @@ def shipped_suites_here(tmp_path, monkeypatch):
                 (tmp_path / weights[5:]).parent.mkdir(parents=True, exist_ok=True)
                 torch.save({}, tmp_path / weights[5:])
     return suites
+
+
+@pytest.fixture(autouse=True)
+def index_rows_settle_at_once(monkeypatch):
+    """Tests write run files and read them within the same second: the shard index caches their rows at once
+    (bench_harness.results.index_parts.SETTLE_S; its own test sets it back)."""
+    from bench_harness.results import index_parts
+
+    monkeypatch.setattr(index_parts, "SETTLE_S", 0.0)

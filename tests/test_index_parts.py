@@ -71,6 +71,37 @@ def test_many_parts_are_merged_and_compaction_merges_them(tmp_path):
     assert table.num_rows == index_parts.MAX_PARTS + 1 and stats["compacted_rows"] == table.num_rows
 
 
+def test_a_row_is_cached_only_for_a_file_older_than_one_clock_tick(tmp_path, monkeypatch):
+    """A run redone twice within one tick of the file system's clock, the freed inode reused (ext4 does) and a row
+    of the same size: the file has the signature of the one it replaced. Its row is not cached until it has
+    settled, so a reader parses it again and shows what it says."""
+    monkeypatch.setattr(index_parts, "SETTLE_S", 2.0)
+    _fill(tmp_path, 3)
+    path = paths.shard_path(tmp_path, SUITE, _row(1)["run_id"])
+    first = os.stat(path)
+    table, stats = update_index(tmp_path, SUITE)
+    assert stats["read"] == 3 and _parts(tmp_path) == []  # just written: parsed, not cached
+    for _ in range(20):
+        write_shard(_row(1, top1=0.9), tmp_path, SUITE)
+        if os.stat(path).st_ino == first.st_ino:
+            break
+    else:
+        pytest.skip("this file system did not reuse the inode")
+    os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))  # the coarse clock: the first write's tick
+    assert dataset.signature(os.stat(path)) == dataset.signature(first)
+    table, stats = update_index(tmp_path, SUITE)
+    top1 = dict(zip(table.column("run_id").to_pylist(), table.column("top1").to_pylist()))
+    assert stats["read"] == 3 and top1[_row(1)["run_id"]] == 0.9
+    old = os.stat(path).st_mtime_ns - 3 * 10**9  # settled files are cached
+    for i in range(3):
+        other = paths.shard_path(tmp_path, SUITE, _row(i)["run_id"])
+        os.utime(other, ns=(old, old))
+    table, stats = update_index(tmp_path, SUITE)
+    assert stats["read"] == 3 and len(_parts(tmp_path)) == 1
+    assert update_index(tmp_path, SUITE)[1]["read"] == 0
+    assert index_parts.settled(table, now_ns=old + 10**9).num_rows == 0
+
+
 def test_the_single_file_index_of_earlier_versions_is_upgraded_in_place(tmp_path):
     _fill(tmp_path, 6)
     table, _ = update_index(tmp_path, SUITE)

@@ -58,6 +58,23 @@ def read_part(path: str | Path) -> pa.Table | None:
         return None
 
 
+# A row is cached only for a file last modified this long before it was read ("racily clean" entries, as git's
+# index treats them): a file rewritten within one tick of the filesystem's clock (a jiffy on Linux, up to 2 s on
+# some NFS servers and FAT) may keep its mtime, and a file system that reuses the freed inode at once (ext4)
+# and a row of the same size would then give it the signature of the file it replaced. Such files are parsed
+# again by every reader until they are older.
+SETTLE_S = 2.0
+
+
+def settled(rows: pa.Table | None, now_ns: int | None = None) -> pa.Table | None:
+    """The rows of files whose mtime is at least SETTLE_S before ``now_ns`` (default: now): those an index part
+    may hold."""
+    if rows is None or not rows.num_rows:
+        return rows
+    cutoff = (time.time_ns() if now_ns is None else now_ns) - int(SETTLE_S * 1e9)
+    return rows.filter(pc.less_equal(pc.cast(rows.column("_mtime_ns"), pa.int64()), cutoff))
+
+
 def list_parts(folder: Path) -> list[str]:
     """The parts' names, oldest first."""
     try:

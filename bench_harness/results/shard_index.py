@@ -54,12 +54,14 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False,
         parts = dataset.read_parts(runs, listing.parts, columns=part_columns)
         try:
             if rebuild:
-                if run_rows is not None:
-                    index_parts.write_part(folder, run_rows)
+                settled = index_parts.settled(run_rows)
+                if settled is not None and settled.num_rows:
+                    index_parts.write_part(folder, settled)
                 index_parts.remove(folder, names)
             else:
-                if new is not None and new.num_rows:
-                    index_parts.write_part(folder, new)
+                settled = index_parts.settled(new)
+                if settled is not None and settled.num_rows:
+                    index_parts.write_part(folder, settled)
                 merge_after = len(names) >= index_parts.MAX_PARTS or ignored > max(1000, len(known))
         except OSError as exc:  # a read-only results folder: the index is an optimisation
             stats["index_not_saved"] = f"{type(exc).__name__}: {exc}"
