@@ -69,8 +69,7 @@ def cmd_check_plugin(args) -> int:
     cls = _registry().get("pruner", args.name)
     from bench_harness.contract import registry as lazy
 
-    light = lazy.light_registry()
-    problem = lazy.stages_problem(light.get("pruner", args.name), cls) if light is not None else None
+    problem = lazy.stages_problem(lazy.light_registry().get("pruner", args.name), cls)
     if problem:
         raise BenchError(problem)
     raw = json.loads(args.params) if args.params else {}

@@ -104,14 +104,14 @@ except Exception as exc:
     out["error"] = f"{type(exc).__name__}: {exc}"
 else:
     from bench_harness.running.plan import artifact_plan, validated_params
-    from bench_harness.running.runner import check_pruner_version
+    from bench_harness.config.suite import check_version
     runs = getattr(task, "runs", None) or [task.run]
     for run in runs:  # what the runner does when each run starts: check the version, validate the parameters
         cached = run.run_id
         facts = {"pruner": run.pruner.name, "cached_id": cached, "version": run.pruner_version,
                  "task": type(task).__name__, "error": None}
         try:
-            check_pruner_version(run, reg.get("pruner", run.pruner.name))
+            check_version(run.pruner.name, run.pruner_version, reg.get("pruner", run.pruner.name))
             params = validated_params(run)
             facts.update(params_type=f"{type(params).__module__}.{type(params).__qualname__}", params=repr(params),
                          labels=[a.label for a in artifact_plan(run)])
@@ -272,7 +272,7 @@ def test_a_run_in_a_job_whose_parameters_its_plugin_refuses_gets_a_failure_row(t
     light = lazy.LightRegistry(lazy.registry_data(full, lazy.installed_set()), lambda: full)
     [run] = load_suite(suite, light).runs
     state = pickle.loads(pickle.dumps(run)).__dict__
-    state["pruner_params"] = RebuiltParams("synflow", {"rounds": "three"}, {"rounds": 3}, "1")
+    state["pruner_params"] = RebuiltParams("synflow", {"rounds": "three"}, {"rounds": 3})
     odd = object.__new__(type(run))
     odd.__dict__.update(state)
     row = execute_run(odd, full)
@@ -307,18 +307,18 @@ def test_a_declaration_that_says_a_stage_pruner_has_no_stages_is_caught_by_check
 ])
 def test_rebuilt_params_with_unexpected_values_name_the_parameter(values, name):
     with pytest.raises((BenchError, ValueError), match=name):
-        RebuiltParams("synflow", values, {"rounds": 3}).validate()
+        RebuiltParams("synflow", values, {"rounds": 3}).validate("1")
 
 
 @pytest.mark.parametrize("values", [None, {}])
 def test_rebuilt_params_whose_values_miss_the_hashed_ones_give_a_clear_error(values):
     with pytest.raises((BenchError, ValueError), match="synflow"):
-        RebuiltParams("synflow", values, {"rounds": 3}).validate()
+        RebuiltParams("synflow", values, {"rounds": 3}).validate("1")
 
 
 def test_rebuilt_params_of_an_unknown_pruner_name_it():
     with pytest.raises(BenchError, match="no_such_pruner"):
-        RebuiltParams("no_such_pruner", {}, {}).validate()
+        RebuiltParams("no_such_pruner", {}, {}).validate("1")
 
 
 # -- 4. commands with a cache missing, damaged, unwritable or off: the same ids, no torch -----------------------

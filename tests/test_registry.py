@@ -472,7 +472,7 @@ def test_runs_validated_from_the_cache_pickle_as_values_the_job_validates_again(
     # the job's plugin reads the values otherwise than the submitting machine's cache did: a clear error
     odd = RebuiltParams("synflow", {"rounds": 3}, {"rounds": 4})
     with pytest.raises(BenchError, match="install the same version of its plugin"):
-        odd.validate()
+        odd.validate("1")
 
 
 def test_stages_are_planned_from_the_cache_and_the_pruner_imported_only_when_it_declares_some(cache):

@@ -179,40 +179,48 @@ class RunSettings:
 SETTING_KEYS = tuple(f.name for f in dataclasses.fields(RunSettings) if f.name != "base_dir")
 
 
+SAME_PLUGIN = "install the same version of its plugin where the suite is submitted and where its jobs run"
+
+
+def check_version(pruner: str, version: str, pruner_cls: Any) -> None:
+    """BenchError unless the installed pruner class is the version a run's id names (a SLURM job on a machine with
+    another version of the plugin would store its row under an id that says otherwise)."""
+    if str(pruner_cls.version) != str(version):
+        raise BenchError(f"pruner {pruner!r} installed here is version {pruner_cls.version}, the run was made with "
+                         f"version {version}: {SAME_PLUGIN}")
+
+
 @dataclass(frozen=True)
 class RebuiltParams:
     """A run's pruner parameters in a pickle, as validated from the registry's cache where the run was made (a
-    SLURM submission): ``values`` (every field), the non-default fields its id hashed (``hashed``) and the pruner's
-    version there. The job validates them with the pruner itself when the run starts (:meth:`validate`, through
-    ``running.plan.validated_params``): a run the job's plugin reads otherwise fails alone, with a row saying so."""
+    SLURM submission): ``values`` (every field) and the non-default fields its id hashed (``hashed``). The job
+    validates them with the pruner itself when the run starts (:meth:`validate`, through
+    ``running.plan.with_own_params``): a run the job's plugin reads otherwise fails alone, with a row saying so."""
 
     pruner: str
     values: dict[str, Any]
     hashed: dict[str, Any]
-    version: str = "1"
 
-    def validate(self) -> Any:
+    def validate(self, version: str) -> Any:
         """The pruner's own ``Params`` of these values (the plugins imported); BenchError when the pruner installed
-        here is another version or reads them otherwise than where the run was made (its id would differ)."""
+        here is not ``version`` (the run's) or reads them otherwise than where the run was made (its id would
+        differ)."""
         from bench_harness.contract.plugins import get_registry
 
-        fix = "install the same version of its plugin where the suite is submitted and where its jobs run"
         try:
             pruner_cls = get_registry().get("pruner", self.pruner)
         except KeyError as exc:
-            raise BenchError(f"pruner {self.pruner!r} is not installed here ({exc}): {fix}") from None
-        if str(pruner_cls.version) != str(self.version):
-            raise BenchError(f"pruner {self.pruner!r} installed here is version {pruner_cls.version}, the run was made "
-                             f"with version {self.version}: {fix}")
+            raise BenchError(f"pruner {self.pruner!r} is not installed here ({exc}): {SAME_PLUGIN}") from None
+        check_version(self.pruner, version, pruner_cls)
         try:
             params = pruner_cls.make_params(self.values)
         except (ValueError, TypeError) as exc:
             raise BenchError(f"pruner {self.pruner!r} installed here does not accept the run's parameters ({exc}): "
-                             f"{fix}") from None
+                             f"{SAME_PLUGIN}") from None
         if non_default_fields(params) != self.hashed:
             raise BenchError(f"pruner {self.pruner!r} installed here reads the run's parameters as "
                              f"{non_default_fields(params)!r}, not {self.hashed!r} as where the suite was submitted: "
-                             f"{fix}")
+                             f"{SAME_PLUGIN}")
         return params
 
 
@@ -326,19 +334,17 @@ class RunSpec:
         plugin registry's cache (a SLURM submission validates without importing the plugins) travel as their
         values: a class made in this process cannot be pickled, and the job validates them with the pruner itself
         when the run starts, :class:`RebuiltParams`)."""
-        from bench_harness.contract.params import is_rebuilt
+        from bench_harness.contract.params import field_values, is_rebuilt
 
         state = dict(self.__dict__)
         params = state.get("pruner_params")
         if is_rebuilt(params):
-            state["pruner_params"] = RebuiltParams(
-                self.pruner.name, {f.name: getattr(params, f.name) for f in dataclasses.fields(params)},
-                self._hashed_pruner_params(), str(self.pruner_version))
+            state["pruner_params"] = RebuiltParams(self.pruner.name, field_values(params), self._hashed_pruner_params())
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # RebuiltParams stay as they are: validated when the run starts (one run of a task that its job's plugin
-        # reads otherwise fails alone, with its row), see running.plan.validated_params
+        # reads otherwise fails alone, with its row), see running.plan.with_own_params
         self.__dict__.update(state)
 
     def with_settings(self, settings: RunSettings) -> RunSpec:

@@ -279,6 +279,11 @@ def is_rebuilt(params: Any) -> bool:
     return bool(getattr(type(params), REBUILT, False))
 
 
+def field_values(params: Any) -> dict[str, Any]:
+    """Every field of a ``Params`` instance, by name (what validating it again takes)."""
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+
+
 def params_class(desc: Mapping[str, Any]) -> type:
     """A dataclass rebuilt from :func:`describe_params`'s data: same name, fields, types, defaults and help."""
     specs = []

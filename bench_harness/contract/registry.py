@@ -578,11 +578,9 @@ def real_params(pruner_cls: Any, params: Any) -> Any:
     """``params`` as an instance of the pruner's own ``Params``: parameters rebuilt from the cache (see
     :func:`~bench_harness.contract.params.params_class`) are validated again by the pruner; others are returned
     as they are."""
-    from bench_harness.contract.params import is_rebuilt
+    from bench_harness.contract.params import field_values, is_rebuilt
 
-    if not is_rebuilt(params):
-        return params
-    return pruner_cls.make_params({f.name: getattr(params, f.name) for f in dataclasses.fields(params)})
+    return pruner_cls.make_params(field_values(params)) if is_rebuilt(params) else params
 
 
 class _Repr(str):

@@ -53,15 +53,12 @@ def update_index(results_root: str | Path, suite: str, rebuild: bool = False,
         run_rows = dataset.concat(tables) if tables else None
         parts = dataset.read_parts(runs, listing.parts, columns=part_columns)
         try:
+            to_cache = index_parts.settled(run_rows if rebuild else new)  # rebuild: every row; else the new ones
+            if to_cache is not None and to_cache.num_rows:
+                index_parts.write_part(folder, to_cache)
             if rebuild:
-                settled = index_parts.settled(run_rows)
-                if settled is not None and settled.num_rows:
-                    index_parts.write_part(folder, settled)
                 index_parts.remove(folder, names)
             else:
-                settled = index_parts.settled(new)
-                if settled is not None and settled.num_rows:
-                    index_parts.write_part(folder, settled)
                 merge_after = len(names) >= index_parts.MAX_PARTS or ignored > max(1000, len(known))
         except OSError as exc:  # a read-only results folder: the index is an optimisation
             stats["index_not_saved"] = f"{type(exc).__name__}: {exc}"

@@ -38,6 +38,11 @@ def _clean(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
+# A run file holds one row: column statistics, dictionary pages and compression only cost a reader time (a reader
+# parses one file per run; about a fifth less per file without them, docs/measurements.md) and the file is smaller.
+ONE_ROW_FILE = {"write_statistics": False, "use_dictionary": False, "compression": "none"}
+
+
 def write_shard(row: dict[str, Any], results_root: str | Path, suite: str) -> Path:
     """Write one run's row atomically; extra keys (e.g. metric_* columns) are kept."""
     path = paths.shard_path(results_root, suite, row["run_id"])
@@ -53,10 +58,6 @@ def write_shard(row: dict[str, Any], results_root: str | Path, suite: str) -> Pa
     table = pa.Table.from_pylist([full], schema=schema)
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp, **ONE_ROW_FILE))
 
-
-# A run file holds one row: column statistics, dictionary pages and compression only cost a reader time (a reader
-# parses one file per run; about a fifth less per file without them, docs/measurements.md) and the file is smaller.
-ONE_ROW_FILE = {"write_statistics": False, "use_dictionary": False, "compression": "none"}
 
 
 def read_shard(path: str | Path) -> dict[str, Any]:

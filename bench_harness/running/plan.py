@@ -67,9 +67,7 @@ def validated_params(run: RunSpec) -> Any:
     if run.pruner_params is None:
         raise BenchError(f"run {run.run_id} has no validated pruner parameters: build runs with load_suite or "
                          f"validate_suite, not RunSpec(...) by hand")
-    if isinstance(run.pruner_params, RebuiltParams):  # validated from the cache where it was submitted: now here
-        return run.pruner_params.validate()
-    return copy.deepcopy(run.pruner_params)
+    return copy.deepcopy(with_own_params(run).pruner_params)
 
 
 def with_own_params(run: RunSpec) -> RunSpec:
@@ -79,7 +77,7 @@ def with_own_params(run: RunSpec) -> RunSpec:
     if not isinstance(run.pruner_params, RebuiltParams):
         return run
     own = object.__new__(RunSpec)
-    own.__dict__.update(run.__dict__, pruner_params=run.pruner_params.validate())
+    own.__dict__.update(run.__dict__, pruner_params=run.pruner_params.validate(run.pruner_version))
     return own
 
 

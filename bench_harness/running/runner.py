@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Subset
 
 from bench_harness import paths
-from bench_harness.config.suite import RunSpec
+from bench_harness.config.suite import RunSpec, check_version
 from bench_harness.contract import ablations, masking
 from bench_harness.contract.artifacts import ArtifactStore
 from bench_harness.contract.datasets import (
@@ -556,20 +556,11 @@ class PreparedRun:
     updater: Any = None  # a during-training pruner's MaskUpdater: it changes the masks while the run trains
 
 
-def check_pruner_version(run: RunSpec, pruner_cls: Any) -> None:
-    """BenchError unless the installed pruner is the version the run's id names (a SLURM job on a machine with
-    another version of the plugin would store its row under an id that says otherwise)."""
-    if str(pruner_cls.version) != str(run.pruner_version):
-        raise BenchError(f"pruner {run.pruner.name!r} installed here is version {pruner_cls.version}, the run was "
-                         f"made with version {run.pruner_version}: install the same version of its plugin where "
-                         f"the suite is submitted and where its jobs run")
-
-
 def _prepare(run: RunSpec, registry: Registry, row: dict[str, Any], on_epoch, resume: bool) -> PreparedRun:
     """Data, model, pretrained weights, pruning (or the pruned checkpoint of an earlier attempt)."""
     entry = registry.entry("pruner", run.pruner.name)
     pruner_cls = entry.obj
-    check_pruner_version(run, pruner_cls)
+    check_version(run.pruner.name, run.pruner_version, pruner_cls)  # the version its id names
     row.update(pruner_version=str(pruner_cls.version), regime=pruner_cls.regime.value,
                pruner_distribution=f"{entry.distribution} {entry.version}".strip(),
                sparsity_kind=pruner_cls.sparsity_kind.value)
