@@ -77,6 +77,17 @@ def runs_of(text: str, results_root, name: str = "suite.yaml") -> list:
     return list(suite.with_settings(results_root=str(results_root)).runs)
 
 
+def suite_from_text(text: str, results_root, registry, source: str = "suite.yaml"):
+    """A suite validated from YAML text (``source``: the file name its errors give) with its results under
+    ``results_root``."""
+    import yaml
+
+    from bench_harness.config.suite import parse_suite, validate_suite
+
+    return validate_suite(parse_suite(yaml.safe_load(text), source), registry).with_settings(
+        results_root=str(results_root))
+
+
 def write_suite(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

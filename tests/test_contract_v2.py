@@ -9,12 +9,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 import bench_harness
 from bench_harness.api import make_recipe
-from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.conformance import check_pruner
 from bench_harness.contract import masking
 from bench_harness.contract.artifacts import ArtifactError, ArtifactStore, file_lock
@@ -27,6 +25,7 @@ from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
 from bench_harness.running.weights import WeightsNotFound, load_pretrained
 from tests import contract_plugins
+from tests.conftest import suite_from_text
 from tests.tiny import batches as _batches
 from tests.tiny import mlp as _mlp
 
@@ -39,8 +38,7 @@ def registry():
 
 
 def _suite(text, root, registry):
-    suite = validate_suite(parse_suite(yaml.safe_load(text), "contract.yaml"), registry)
-    return suite.with_settings(results_root=str(root))
+    return suite_from_text(text, root, registry, "contract.yaml")
 
 
 # -- the training service -----------------------------------------------------------------------------------

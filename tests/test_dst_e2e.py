@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.contract.plugins import Registry
 from bench_harness.running.runner import execute_run
+from tests.conftest import suite_from_text
 
 # 256 training images, batch 32: 8 steps per epoch, 3 epochs = 24 optimizer steps
 DATA = "{name: synthetic, params: {num_classes: 4, image_size: 28, in_channels: 1, train_size: 256, test_size: 64}}"
@@ -31,8 +31,7 @@ def rows(tmp_path_factory):
                  "pruners": pruners},
         "recipe": {"epochs": 3, "batch_size": 32, "lr": 0.05},
     })
-    suite = validate_suite(parse_suite(yaml.safe_load(text), "dst.yaml"), registry)
-    suite = suite.with_settings(results_root=str(tmp_path_factory.mktemp("dst")))
+    suite = suite_from_text(text, tmp_path_factory.mktemp("dst"), registry, "dst.yaml")
     out = {}
     for run in suite.runs:
         row = execute_run(run, registry)
@@ -102,8 +101,7 @@ def test_rigl_grows_by_the_dense_gradient_the_core_captures(tmp_path, monkeypatc
                  "pruners": [{"name": "rigl", "params": {"every": 4, "end": 0.5, "drop_fraction_anneal": "constant"}}]},
         "recipe": {"epochs": 1, "batch_size": 32, "lr": 0.05},
     })
-    suite = validate_suite(parse_suite(yaml.safe_load(text), "dst.yaml"), registry)
-    row = execute_run(suite.with_settings(results_root=str(tmp_path)).runs[0], registry)
+    row = execute_run(suite_from_text(text, tmp_path, registry, "dst.yaml").runs[0], registry)
     assert row["status"] == "ok", row.get("error")
     assert len(seen) >= 3 and {s for s, _ in seen} == {4}  # 8 steps, end step 4: one update of the sparse layers
     # a masked gradient would be exactly zero on every pruned entry; the dense one is not (it is zero only where a

@@ -10,12 +10,10 @@ import json
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from bench_harness import masking
 from bench_harness.api import make_recipe, prune
-from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.conformance import check_pruner
 from bench_harness.contract.plugins import Registry
 from bench_harness.errors import RunFailure
@@ -23,6 +21,7 @@ from bench_harness.running.mask_updates import MaskSchedule, reset_optimizer_sta
 from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
 from tests import contract_plugins
+from tests.conftest import suite_from_text
 from tests.tiny import batches as _batches
 from tests.tiny import mlp as _mlp
 
@@ -150,8 +149,7 @@ def test_an_updater_returning_bad_masks_fails_naming_it():
 # -- runs, the API, the conformance kit --------------------------------------------------------------------------
 
 def _suite(text, root, registry):
-    return validate_suite(parse_suite(yaml.safe_load(text), "during.yaml"), registry).with_settings(
-        results_root=str(root))
+    return suite_from_text(text, root, registry, "during.yaml")
 
 
 def _run(tmp_path, registry, pruner="swap_during_training", params="{}", sparsity=0.8):

@@ -24,6 +24,7 @@ from bench_harness.running.mask_updates import MaskSchedule
 from bench_harness.running.runner import execute_run
 from bench_harness.running.trainer import Trainer
 from tests import contract_plugins
+from tests.conftest import suite_from_text
 from tests.test_during_training import DATA, _batches, _initial, _mlp
 
 COMPARED = ("status", "top1", "top5", "loss", "achieved_sparsity", "layer_density", "pruner_info", "epochs_trained")
@@ -134,8 +135,7 @@ name: {name}
 grid: {{models: [mlp], datasets: [{DATA}], sparsities: [0.8], pruners: {pruners}}}
 recipe: {{epochs: {epochs}, batch_size: 32, lr: 0.05}}
 """
-    return validate_suite(parse_suite(yaml.safe_load(text), f"{name}.yaml"), registry).with_settings(
-        results_root=str(tmp_path))
+    return suite_from_text(text, tmp_path, registry, f"{name}.yaml")
 
 
 def _run(tmp_path, registry, pruner="swap_during_training", epochs=2):

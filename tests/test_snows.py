@@ -2,17 +2,16 @@
 (plugins/snows/solver.py): closed forms, finite differences, hand-computed masks, small end-to-end runs."""
 import pytest
 import torch
-import yaml
 from torch import nn
 
 import bench_harness
-from bench_harness.config.suite import parse_suite, validate_suite
 from bench_harness.conformance import check_pruner
 from bench_harness.contract.plugins import get_registry
 from bench_harness.running.runner import execute_run
 from bench_harness_plugins.providers.archs.cifar_resnet import CifarResNet
 from bench_harness_plugins.snows import network as net
 from bench_harness_plugins.snows import solver
+from tests.conftest import suite_from_text
 
 BLOCK_CONVS = r"layers\.\d+\.conv[12]\.weight"
 FAST = {"k_step": 3, "max_cg_iterations": 5, "newton_passes": 2, "batch_size": 8}
@@ -335,8 +334,7 @@ recipe: {{epochs: 0, batch_size: 32}}
 pretrain: {{epochs: 1, batch_size: 32, lr: 0.05}}
 """
     registry = get_registry()
-    suite = validate_suite(parse_suite(yaml.safe_load(text), "snows.yaml"), registry)
-    suite = suite.with_settings(results_root=str(tmp_path))
+    suite = suite_from_text(text, tmp_path, registry, "snows.yaml")
     rows = [execute_run(run, registry) for run in suite.runs]
     for row in rows:
         assert row["status"] == "ok", row.get("error")

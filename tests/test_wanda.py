@@ -26,6 +26,7 @@ from torch import nn
 import bench_harness
 from bench_harness.contract.pruning import SparsityOffTargetWarning
 from bench_harness_plugins.wanda import pruner as wanda
+from tests.conftest import suite_from_text
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "wanda" / "official.pt"
 
@@ -357,9 +358,6 @@ def test_check_plugin_conformance():
 
 
 def test_a_suite_prunes_a_harness_pretrained_resnet(tmp_path):
-    import yaml
-
-    from bench_harness.config.suite import parse_suite, validate_suite
     from bench_harness.contract.plugins import get_registry
     from bench_harness.running.runner import execute_run
 
@@ -379,8 +377,7 @@ pretrain: {epochs: 1, batch_size: 32, lr: 0.05}
 scoring: {examples: 32}
 """
     registry = get_registry()
-    suite = validate_suite(parse_suite(yaml.safe_load(text), "wanda.yaml"), registry)
-    suite = suite.with_settings(results_root=str(tmp_path))
+    suite = suite_from_text(text, tmp_path, registry, "wanda.yaml")
     rows = [execute_run(run, registry) for run in suite.runs]
     for row in rows:
         assert row["status"] == "ok", row.get("error")
