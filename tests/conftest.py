@@ -32,9 +32,12 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 # The plugin registry's cache (bench_harness/contract/registry.py) of the tests and of the `bench` processes they
 # start: a temporary file of this session, never the user's cache.
-_REGISTRY_CACHE_DIR = tempfile.mkdtemp(prefix="bench-registry-cache-")
-os.environ.setdefault("BENCH_HARNESS_REGISTRY_CACHE", os.path.join(_REGISTRY_CACHE_DIR, "registry.json"))
-atexit.register(shutil.rmtree, _REGISTRY_CACHE_DIR, True)
+# Made once, by the test session: a process the tests start inherits the variable (and makes no folder of its own,
+# which a test that kills it would leave behind).
+if "BENCH_HARNESS_REGISTRY_CACHE" not in os.environ:
+    _REGISTRY_CACHE_DIR = tempfile.mkdtemp(prefix="bench-registry-cache-")
+    os.environ["BENCH_HARNESS_REGISTRY_CACHE"] = os.path.join(_REGISTRY_CACHE_DIR, "registry.json")
+    atexit.register(shutil.rmtree, _REGISTRY_CACHE_DIR, True)
 
 
 def bench(*args, cwd=None, env=None, check=True, timeout=600):
